@@ -1,0 +1,177 @@
+"""Reading, adapting, checking and writing checkpoints.
+
+openeva's own format is a directory with ``model.safetensors`` (weights) and ``config.json`` (model name,
+model config, preprocessing, and anything the writer adds). Loading accepts that, a bare ``.safetensors``, or a
+``.pt/.pth/.bin`` file (read with ``weights_only=True``) in any layout ``convert.detect_format`` knows. A
+checkpoint that does not fit is refused with every missing, unexpected and mis-shaped key named; nothing is
+loaded unless everything fits.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from openeva.checkpoints.convert import detect_format, to_openeva, unwrap_state_dict
+from openeva.layers import resample_patch_kernel, resample_pos_embed
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+# Keys only a MIM student has; a backbone without them ignores them when loading MIM weights.
+MIM_ONLY_KEYS = ("mask_token", "lm_head.*")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint does not fit the model; lists what is missing, unexpected and mis-shaped."""
+
+    def __init__(self, path, missing, unexpected, mismatched):
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        lines = [f"checkpoint {path} does not fit the model (nothing was loaded):"]
+        for title, items in (("missing", missing), ("unexpected", unexpected)):
+            if items:
+                lines.append(f"  {len(items)} {title} keys: {_preview(items)}")
+        if mismatched:
+            shown = [f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in mismatched[:8]]
+            lines.append(f"  {len(mismatched)} mis-shaped keys: " + "; ".join(shown))
+        super().__init__("\n".join(lines))
+
+
+def _preview(items: list[str], n: int = 8) -> str:
+    return ", ".join(items[:n]) + (f", ... (+{len(items) - n})" if len(items) > n else "")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Raw tensors from an openeva directory, a safetensors file or a torch pickle (weights only)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+        if not path.exists():
+            raise FileNotFoundError(f"{path.parent} is not an openeva checkpoint directory (no {WEIGHTS_NAME})")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"cannot read safetensors checkpoint {path}: {e}") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors come in many types
+        raise ValueError(f"cannot read checkpoint {path} (not a torch or safetensors file, or corrupt): {e}") from e
+    return unwrap_state_dict(obj)
+
+
+def read_config(path: str | os.PathLike) -> dict | None:
+    """The ``config.json`` next to an openeva checkpoint, or None."""
+    path = Path(path)
+    cfg = (path if path.is_dir() else path.parent) / CONFIG_NAME
+    if not cfg.exists():
+        return None
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"corrupt checkpoint config {cfg}: {e}") from e
+
+
+def adapt_to_model(sd: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Fits a converted state dict to this model's resolution, patch size and head layout; returns notes."""
+    target = model.state_dict()
+    notes: list[str] = []
+    sd = dict(sd)
+    for prefix, tower in _vision_towers(model):
+        # MIM checkpoints keep their last LN as ``norm``; mean-pooling backbones name it ``fc_norm`` (timm).
+        if f"{prefix}norm.weight" in sd and f"{prefix}norm.weight" not in target and f"{prefix}fc_norm.weight" in target:
+            for part in ("weight", "bias"):
+                sd[f"{prefix}fc_norm.{part}"] = sd.pop(f"{prefix}norm.{part}")
+            notes.append("renamed norm -> fc_norm (MIM checkpoint into a mean-pooling backbone)")
+        for pattern in MIM_ONLY_KEYS:
+            for k in [k for k in sd if fnmatch.fnmatch(k, prefix + pattern) and k not in target]:
+                sd.pop(k)
+                notes.append(f"dropped {k} (MIM-only)")
+        key = f"{prefix}pos_embed"
+        if key in sd and key in target and sd[key].shape != target[key].shape:
+            n_old = sd[key].shape[1] - tower.num_prefix_tokens
+            side = int(round(n_old ** 0.5))
+            if side * side != n_old:
+                raise ValueError(f"cannot resample {key}: {n_old} patch slots is not a square grid")
+            sd[key] = resample_pos_embed(sd[key], tower.cfg.grid_size, (side, side), tower.num_prefix_tokens)
+            notes.append(f"resampled {key} {side}x{side} -> {tower.cfg.grid_size[0]}x{tower.cfg.grid_size[1]}")
+        key = f"{prefix}patch_embed.proj.weight"
+        if key in sd and key in target and sd[key].shape[-1] != target[key].shape[-1]:
+            sd[key] = resample_patch_kernel(sd[key], target[key].shape[-1])
+            notes.append(f"resampled patch kernel to {target[key].shape[-1]}px")
+    return sd, notes
+
+
+def _vision_towers(model: nn.Module):
+    from openeva.models.vit import EVAViT
+
+    if isinstance(model, EVAViT):
+        yield "", model
+    elif isinstance(getattr(model, "visual", None), EVAViT):
+        yield "visual.", model.visual
+
+
+def check_fit(path, sd: dict, model: nn.Module, ignore_missing: tuple[str, ...] = ()) -> None:
+    target = model.state_dict()
+    missing = [k for k in target if k not in sd and not any(fnmatch.fnmatch(k, p) for p in ignore_missing)]
+    unexpected = [k for k in sd if k not in target]
+    mismatched = [(k, sd[k].shape, target[k].shape) for k in sd if k in target and sd[k].shape != target[k].shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(path, missing, unexpected, mismatched)
+
+
+def load_checkpoint(
+    model: nn.Module, path: str | os.PathLike, strict: bool = True, ignore_missing: tuple[str, ...] = ()
+) -> dict:
+    """Loads any supported checkpoint into ``model``; returns ``{"format", "notes", "missing"}``.
+
+    ``strict``: refuse (CheckpointMismatchError) unless every model key is supplied with the right shape;
+    ``ignore_missing``: glob patterns of model keys allowed to stay as initialised (e.g. ``("head.*",)`` when a
+    new head is trained). With ``strict=False`` missing keys are allowed but shapes must still match.
+    """
+    from openeva.models.clip import CLIP
+
+    raw = read_state_dict(path)
+    fmt = detect_format(raw)
+    sd = to_openeva(raw, fmt, is_clip=isinstance(model, CLIP))
+    sd, notes = adapt_to_model(sd, model)
+    if not strict:
+        ignore_missing = ("*",)
+    check_fit(path, sd, model, ignore_missing)
+    target = model.state_dict()
+    missing = [k for k in target if k not in sd]
+    model.load_state_dict(sd, strict=False)
+    return {"format": fmt, "notes": notes, "missing": missing}
+
+
+def save_checkpoint(model: nn.Module, out_dir: str | os.PathLike, config: dict) -> Path:
+    """Writes ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(out_dir / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "openeva"}))
+    _atomic_write(out_dir / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2, default=list)))
+    return out_dir
+
+
+def _atomic_write(dest: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,182 @@
+"""Creating models the way open_clip and timm users expect: by name, with weights and transforms.
+
+``create_model("EVA02-B-16", pretrained="path/or/tag")``; a name can also be an openeva checkpoint directory
+(``local-dir:/path`` or a plain path holding ``config.json``), which rebuilds the saved model and loads it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from openeva.checkpoints import load_checkpoint, read_config
+from openeva.models.clip import CLIP, CLIPConfig
+from openeva.models.registry import ModelSpec, get_model_spec
+from openeva.models.vit import EVAViT, ViTConfig
+
+_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _pair(v) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
+
+
+def resolve_spec(name: str) -> tuple[ModelSpec, str | None]:
+    """A registered name, or an openeva checkpoint directory -> (spec, weights path or None)."""
+    path = name[len("local-dir:"):] if name.startswith("local-dir:") else name
+    if name.startswith("local-dir:") or (os.sep in name or Path(name).exists()):
+        cfg = read_config(path)
+        if cfg is None:
+            raise FileNotFoundError(f"{path} is not an openeva checkpoint directory (no config.json)")
+        return spec_from_saved_config(cfg), path
+    return get_model_spec(name), None
+
+
+def spec_from_saved_config(cfg: dict) -> ModelSpec:
+    try:
+        base = get_model_spec(cfg["model_name"]) if cfg.get("model_name") else None
+    except ValueError:
+        base = None
+    model_cfg = cfg["model_config"]
+    config = CLIPConfig.from_dict(model_cfg) if "vision" in model_cfg else ViTConfig.from_dict(model_cfg)
+    pre = cfg.get("preprocess", {})
+    kw = {k: tuple(pre[k]) for k in ("mean", "std") if k in pre}
+    if "interpolation" in pre:
+        kw["interpolation"] = pre["interpolation"]
+    return ModelSpec(name=cfg.get("model_name", "local"), config=config,
+                     pretrained=base.pretrained if base else {}, **kw)
+
+
+def build_config(
+    spec: ModelSpec, img_size=None, patch_dropout: float | None = None, **vision_overrides
+) -> ViTConfig | CLIPConfig:
+    """The spec's config with a new image size / patch dropout / other vision-tower overrides applied."""
+    size = _pair(img_size)
+    changes = dict(vision_overrides)
+    if size is not None:
+        changes["img_size"] = size
+    if patch_dropout is not None:
+        changes["patch_drop_rate"] = patch_dropout
+    if not changes:
+        return spec.config
+    if isinstance(spec.config, CLIPConfig):
+        return spec.config.replace(vision=spec.config.vision.replace(**changes))
+    return spec.config.replace(**changes)
+
+
+def create_model(
+    model_name: str,
+    pretrained: str | None = None,
+    precision: str = "fp32",
+    device: str | torch.device = "cpu",
+    img_size=None,
+    force_image_size=None,
+    force_patch_dropout: float | None = None,
+    num_classes: int | None = None,
+    strict: bool = True,
+    **vision_overrides,
+) -> nn.Module:
+    """Builds a registered model (CLIP or backbone), optionally loading weights.
+
+    ``img_size`` (timm) and ``force_image_size`` (open_clip) are synonyms: any size divisible by the patch size,
+    non-square too; position embeddings are resampled and RoPE rebuilt for it. ``pretrained``: a checkpoint path
+    in any supported format, or a published tag from ``list_pretrained()`` (needs network + huggingface_hub).
+    ``num_classes`` (backbones) sets a new classifier head, which is then not required in the checkpoint.
+    """
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+    spec, saved_weights = resolve_spec(model_name)
+    overrides = dict(vision_overrides)
+    if num_classes is not None:
+        if spec.is_clip:
+            raise ValueError("num_classes applies to backbones; a CLIP model's head is its projection")
+        overrides["num_classes"] = num_classes
+    cfg = build_config(spec, img_size=img_size or force_image_size, patch_dropout=force_patch_dropout, **overrides)
+    model = CLIP(cfg) if isinstance(cfg, CLIPConfig) else EVAViT(cfg)
+    model.spec = spec  # name, preprocessing and published tags travel with the model
+    weights = pretrained or saved_weights
+    if weights is not None:
+        ignore = ("head.*",) if num_classes is not None else ()
+        load_checkpoint(model, resolve_pretrained(spec, weights), strict=strict, ignore_missing=ignore)
+    device = torch.device(device)
+    if device.type != "meta":
+        model = model.to(device=device, dtype=_PRECISIONS[precision])
+    return model
+
+
+def resolve_pretrained(spec: ModelSpec, pretrained: str) -> str:
+    """A local path as is; a published tag downloaded through the Hugging Face Hub cache."""
+    if Path(pretrained).exists():
+        return pretrained
+    source = spec.pretrained.get(pretrained) or (pretrained if pretrained.startswith("hf-hub:") else None)
+    if source is None:
+        tags = ", ".join(spec.pretrained) or "none"
+        raise FileNotFoundError(f"pretrained {pretrained!r} is neither a file nor a tag of {spec.name} (tags: {tags})")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as e:
+        raise RuntimeError(f"downloading {source} needs `pip install huggingface_hub`, or pass a local path") from e
+    org, repo, filename = source[len("hf-hub:"):].split("/", 2)
+    try:
+        return hf_hub_download(f"{org}/{repo}", filename)
+    except Exception as e:  # offline, missing repo, ...
+        raise RuntimeError(f"could not download {source}: {e}. Download it elsewhere and pass the file path.") from e
+
+
+def image_transforms(model: nn.Module, image_mean=None, image_std=None, interpolation=None, resize_mode=None):
+    """(train, val) transforms from the model's preprocessing, as open_clip builds them."""
+    from openeva.data.transforms import PreprocessConfig, image_transform
+
+    cfg = preprocess_cfg(model)
+    for key, value in (("mean", image_mean), ("std", image_std), ("interpolation", interpolation),
+                       ("resize_mode", resize_mode)):
+        if value is not None:
+            cfg[key] = value
+    pcfg = PreprocessConfig.from_dict(cfg)
+    return image_transform(pcfg, is_train=True), image_transform(pcfg, is_train=False)
+
+
+def preprocess_cfg(model: nn.Module) -> dict:
+    vision = model.visual if isinstance(model, CLIP) else model
+    return model.spec.preprocess_cfg(vision.cfg.img_size)
+
+
+def create_model_and_transforms(model_name: str, pretrained: str | None = None, image_mean=None, image_std=None,
+                                image_interpolation=None, image_resize_mode=None, **kwargs):
+    """-> (model, preprocess_train, preprocess_val), as open_clip."""
+    model = create_model(model_name, pretrained, **kwargs)
+    train, val = image_transforms(model, image_mean, image_std, image_interpolation, image_resize_mode)
+    return model, train, val
+
+
+def create_model_from_pretrained(model_name: str, pretrained: str | None = None, **kwargs):
+    """-> (model, preprocess_val), as open_clip."""
+    model, _, val = create_model_and_transforms(model_name, pretrained, **kwargs)
+    return model, val
+
+
+def get_tokenizer(model_name: str | None = None, context_length: int | None = None):
+    """The CLIP BPE tokenizer, with the model's context length."""
+    from openeva.models.tokenizer import ClipTokenizer
+
+    if context_length is None and model_name is not None:
+        spec, _ = resolve_spec(model_name)
+        context_length = spec.config.text.context_length if spec.is_clip else 77
+    return ClipTokenizer(context_length=context_length or 77)
+
+
+def model_config_dict(model: nn.Module) -> dict:
+    """What ``save_checkpoint`` writes so ``create_model(dir)`` can rebuild the model."""
+    return {"model_name": model.spec.name, "model_config": model.cfg.to_dict(), "preprocess": preprocess_cfg(model)}
+
+
+def save_model(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None = None):
+    """Saves ``model`` in openeva's format (safetensors + config.json)."""
+    from openeva.checkpoints import save_checkpoint
+
+    return save_checkpoint(model, out_dir, {**model_config_dict(model), **(extra or {})})
