@@ -142,7 +142,7 @@ class EVAViT(nn.Module):
         n_pos = cfg.grid_size[0] * cfg.grid_size[1] + self.num_prefix_tokens
         self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, D)) if cfg.pos_embed else None
         self.rope = RotaryEmbedding2D(D // cfg.num_heads, cfg.rope_ref_grid, cfg.rope_temperature) if cfg.rope else None
-        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()  # stochastic depth decay rule
+        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # stochastic depth decay rule
         self.blocks = nn.ModuleList([Block(cfg, drop_path=r) for r in rates])
         token_pool = cfg.global_pool == "token"
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps) if token_pool else nn.Identity()
