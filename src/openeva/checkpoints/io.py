@@ -66,7 +66,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle/zip errors come in many types
-        raise ValueError(f"cannot read checkpoint {path} (not a torch or safetensors file, or corrupt): {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot read checkpoint {path} (not a torch or safetensors file, or corrupt): {first}") from e
     return unwrap_state_dict(obj)
 
 

@@ -1,0 +1,7 @@
+"""``python -m openeva`` is the ``openeva`` command."""
+
+import sys
+
+from openeva.cli import main
+
+sys.exit(main())

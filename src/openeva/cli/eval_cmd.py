@@ -1,0 +1,112 @@
+"""``openeva eval`` and ``openeva eval-merge`` subcommands.
+
+    openeva eval --model EVA02-B-16 --pretrained ckpt.safetensors --task zeroshot,linear_probe,knn \\
+        --dataset data/val --train-dataset data/train --classnames imagenet1k --output results/
+    openeva eval-merge results/ more/run.json --out table.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from openeva.eval.datasets import DATASET_TYPES
+from openeva.eval.features import PRECISIONS
+from openeva.eval.knn import DEFAULT_KS
+
+
+def register(subparsers) -> None:
+    """Add ``eval`` and ``eval-merge`` to an ``argparse`` subparsers object."""
+    p = subparsers.add_parser("eval", help="evaluate a model: zeroshot, retrieval, linear_probe, knn",
+                              description="Evaluate a model; writes one result JSON per task (and plots).")
+    p.add_argument("--model", required=True, help="model name (e.g. EVA02-B-16)")
+    p.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path")
+    p.add_argument("--task", action="append", required=True,
+                   help="zeroshot, retrieval, linear_probe, knn; repeat or comma-separate")
+    p.add_argument("--dataset", required=True, help="evaluation dataset path (folder, csv, jsonl, tar, IDX)")
+    p.add_argument("--dataset-type", default="auto", choices=DATASET_TYPES)
+    p.add_argument("--dataset-name", default=None, help="name in the results (default: from the path)")
+    p.add_argument("--train-dataset", default=None, help="training split for linear_probe / knn")
+    p.add_argument("--train-dataset-type", default=None, choices=DATASET_TYPES)
+    p.add_argument("--classnames", default=None,
+                   help="builtin (imagenet1k, cifar10, cifar100, mnist, fashion_mnist) or a JSON/text file")
+    p.add_argument("--templates", default=None,
+                   help="builtin (imagenet1k = 80 OpenAI templates, imagenet1k_short = 7, cifar10, ...) "
+                        "or a JSON/text file; '{c}' marks the class name")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--cache-dir", default=None, help="feature cache folder (reused across runs)")
+    p.add_argument("--output", default="eval_results", help="folder for result JSONs and plots")
+    p.add_argument("--few-shot", type=int, default=None, metavar="K", help="K training samples per class")
+    p.add_argument("--knn-k", type=int, nargs="+", default=list(DEFAULT_KS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--language", default="en")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+    m = subparsers.add_parser("eval-merge", help="merge eval result JSONs into one CSV table",
+                              description="Merge result JSON files (or folders of them) into a CSV.")
+    m.add_argument("results", nargs="+", help="result JSON files or folders")
+    m.add_argument("--out", required=True, help="CSV file to write")
+    m.set_defaults(func=run_merge)
+
+
+def _fail(message: str) -> int:
+    print(f"openeva eval: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace, *, model=None, tokenizer=None, preprocess=None) -> int:
+    """Run ``openeva eval``; ``model``/``tokenizer``/``preprocess`` let callers (tests) inject a built model."""
+    from openeva.eval.runner import evaluate
+
+    try:
+        evaluate(
+            model if model is not None else args.model,
+            args.task,
+            args.dataset,
+            pretrained=args.pretrained,
+            dataset_type=args.dataset_type,
+            train_dataset=args.train_dataset,
+            train_dataset_type=args.train_dataset_type,
+            classnames=args.classnames,
+            templates=args.templates,
+            tokenizer=tokenizer,
+            preprocess=preprocess,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            device=args.device,
+            num_workers=args.workers,
+            cache_dir=args.cache_dir,
+            output_dir=args.output,
+            few_shot=args.few_shot,
+            knn_ks=tuple(args.knn_k),
+            seed=args.seed,
+            dataset_name=args.dataset_name,
+            model_name=args.model,
+            language=args.language,
+            make_plots=not args.no_plots,
+            progress=not args.no_progress,
+            verbose=True,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        return _fail(str(e))
+    print(f"results written to {args.output}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """Run ``openeva eval-merge``: validate every result file, write the CSV, print the table."""
+    from openeva.eval.results import format_table, load_results, write_csv
+
+    try:
+        results = load_results(args.results)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail(str(e))
+    out = write_csv(results, args.out)
+    print(format_table(results))
+    print(f"{len(results)} results merged into {out}")
+    return 0
