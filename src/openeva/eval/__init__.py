@@ -1,0 +1,35 @@
+"""Evaluation of openeva models: zero-shot classification, retrieval, linear probe and kNN.
+
+``evaluate(model, tasks, dataset, ...)`` runs tasks end to end (``openeva eval`` on the command line);
+the task modules also work on features you encoded yourself.
+"""
+
+from openeva.eval.datasets import load_classification_dataset, load_retrieval_dataset, read_idx
+from openeva.eval.features import FeatureCache, encode_images, encode_texts
+from openeva.eval.knn import knn_classify
+from openeva.eval.linear_probe import evaluate_linear_probe
+from openeva.eval.results import format_table, load_results, make_result, merge_results, validate_result
+from openeva.eval.retrieval import evaluate_retrieval
+from openeva.eval.runner import evaluate
+from openeva.eval.zeroshot import build_zeroshot_classifier, load_classnames, load_templates
+
+__all__ = [
+    "FeatureCache",
+    "build_zeroshot_classifier",
+    "encode_images",
+    "encode_texts",
+    "evaluate",
+    "evaluate_retrieval",
+    "format_table",
+    "knn_classify",
+    "evaluate_linear_probe",
+    "load_classification_dataset",
+    "load_classnames",
+    "load_results",
+    "load_retrieval_dataset",
+    "load_templates",
+    "make_result",
+    "merge_results",
+    "read_idx",
+    "validate_result",
+]

@@ -1,0 +1,191 @@
+"""Frozen-feature encoding for evaluation, with an on-disk cache.
+
+Linear probe and kNN train on features of a frozen model, so encoding a dataset once and keeping the
+result under a hash of (model, checkpoint, dataset, transform, precision) saves the expensive part of
+repeated runs (e.g. a weight-decay sweep, or kNN after a probe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+
+
+def autocast(device: str | torch.device, precision: str):
+    """Autocast context for ``bf16`` / ``fp16``; a no-op for ``fp32`` (the model stays in fp32)."""
+    check_precision(precision)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def has_image_tower(model) -> bool:
+    return hasattr(model, "encode_image") or (
+        hasattr(model, "forward_features") and hasattr(model, "forward_head")
+    )
+
+
+def has_text_tower(model) -> bool:
+    return hasattr(model, "encode_text")
+
+
+def image_features(model, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, E): CLIP image embedding, or a backbone's pooled pre-logits features."""
+    if hasattr(model, "encode_image"):
+        return model.encode_image(images, normalize=False)
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        return model.forward_head(model.forward_features(images), pre_logits=True)
+    raise TypeError(
+        f"{type(model).__name__} has neither encode_image nor forward_features/forward_head; cannot encode images"
+    )
+
+
+@dataclass
+class EncodedImages:
+    """Features of the images that decoded; ``indices`` map rows back to dataset positions."""
+
+    features: torch.Tensor  # (M, E) float32 on CPU
+    indices: torch.Tensor  # (M,) long, positions in the dataset
+    skipped: list[int]  # dataset positions whose image failed to decode
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+
+def _collate(batch):
+    kept = [(x, i) for x, i in batch if x is not None]
+    skipped = [i for x, i in batch if x is None]
+    images = torch.stack([x for x, _ in kept]) if kept else None  # (B', 3, H, W)
+    return images, torch.tensor([i for _, i in kept], dtype=torch.long), skipped
+
+
+@torch.no_grad()
+def encode_images(
+    model,
+    dataset: torch.utils.data.Dataset,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "encoding images",
+) -> EncodedImages:
+    """Encode every image of an :class:`~openeva.eval.datasets.ImageDataset` (items: (tensor | None, index))."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_precision(precision)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate
+    )
+    feats, indices, skipped = [], [], []
+    for images, idx, bad in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+        skipped += bad
+        if images is None:
+            continue
+        with autocast(device, precision):
+            out = image_features(model, images.to(device))  # (B, E)
+        feats.append(out.float().cpu())
+        indices.append(idx)
+    if not feats:
+        raise ValueError(f"no image of the dataset could be decoded ({len(skipped)} failed)")
+    return EncodedImages(torch.cat(feats), torch.cat(indices), skipped)
+
+
+@torch.no_grad()
+def encode_texts(
+    model,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    texts: Sequence[str],
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    progress: bool = False,
+    desc: str = "encoding texts",
+) -> torch.Tensor:
+    """(N,) texts -> (N, E) float32 CPU embeddings (not normalized)."""
+    if not has_text_tower(model):
+        raise TypeError(f"{type(model).__name__} has no encode_text; this task needs a CLIP model")
+    out = []
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
+        tokens = tokenizer(list(texts[start:start + batch_size])).to(device)  # (B, 77)
+        with autocast(device, precision):
+            out.append(model.encode_text(tokens, normalize=False).float().cpu())  # (B, E)
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------------------------- cache
+def checkpoint_fingerprint(pretrained: str | None) -> str:
+    """A tag names itself; a checkpoint file is identified by path, size and modification time."""
+    if pretrained is None:
+        return "none"
+    p = Path(pretrained)
+    if p.exists():
+        st = p.stat()
+        return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return str(pretrained)
+
+
+def model_fingerprint(model) -> str:
+    """Hash of a model object's class and weights, for models passed in already built."""
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    state = model.state_dict() if hasattr(model, "state_dict") else {}
+    for name, tensor in state.items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    if not state:
+        h.update(repr(model).encode())
+    return h.hexdigest()
+
+
+def cache_key(**parts) -> str:
+    """Stable hash of the JSON-serialised parts (model, checkpoint, dataset, transform, precision, ...)."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+class FeatureCache:
+    """Encoded features on disk, one ``<key>.pt`` per (model, checkpoint, dataset, transform, precision)."""
+
+    def __init__(self, cache_dir: str | os.PathLike):
+        self.cache_dir = Path(cache_dir)
+
+    def path(self, key: str) -> Path:
+        return self.cache_dir / f"{key}.pt"
+
+    def load(self, key: str) -> EncodedImages | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return EncodedImages(blob["features"], blob["indices"], list(blob["skipped"]))
+
+    def save(self, key: str, encoded: EncodedImages, meta: dict | None = None) -> Path:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        path = self.path(key)
+        tmp = path.with_suffix(".tmp")
+        blob = {"features": encoded.features, "indices": encoded.indices, "skipped": list(encoded.skipped),
+                "meta": json.dumps(meta or {}, default=str)}
+        torch.save(blob, tmp)
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache entry
+        return path

@@ -1,0 +1,153 @@
+"""Linear probe: multinomial logistic regression on frozen features (CLIP paper, Sec. 3.2 / App. A.3).
+
+CLIP fits sklearn's L-BFGS logistic regression and sweeps the L2 strength on a validation split; here the
+same objective is minimised in torch with full-batch L-BFGS (GPU-capable), sweeping the weight decay on a
+held-out part of the training split, then refitting on the whole training split with the best value.
+Features are standardised with training statistics so one weight-decay grid suits every model width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from openeva.eval.zeroshot import classification_metrics
+
+DEFAULT_WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+FALLBACK_WEIGHT_DECAY = 1e-4  # used when no held-out samples remain for the search
+
+
+@dataclass
+class LinearProbeResult:
+    metrics: dict[str, float]
+    weight_decay: float
+    val_acc1: dict[float, float] = field(default_factory=dict)  # search: weight decay -> held-out top-1
+    scores: torch.Tensor | None = None  # (N_test, C) logits
+    num_train: int = 0
+
+
+def few_shot_indices(labels: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """k random positions per class (all of a class's samples when it has fewer than k)."""
+    if k < 1:
+        raise ValueError(f"few-shot k must be >= 1, got {k}")
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in labels.unique():
+        pos = (labels == c).nonzero().flatten()
+        picked.append(pos[torch.randperm(len(pos), generator=g)[:k]])
+    return torch.cat(picked).sort().values
+
+
+def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train positions, held-out positions): ``val_fraction`` of each class with >= 2 samples held out."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    g = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in labels.unique():
+        pos = (labels == c).nonzero().flatten()
+        pos = pos[torch.randperm(len(pos), generator=g)]
+        n_val = 0 if len(pos) < 2 else max(1, round(val_fraction * len(pos)))
+        val.append(pos[:n_val])
+        train.append(pos[n_val:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def _standardize(fit_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    mean = fit_x.mean(dim=0, keepdim=True)  # (1, D)
+    std = fit_x.std(dim=0, keepdim=True).nan_to_num(1.0).clamp(min=1e-6)  # (1, D)
+    return [(x - mean) / std for x in (fit_x, *others)]
+
+
+def fit_logistic_regression(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    weight_decay: float,
+    *,
+    max_iter: int = 500,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise mean cross-entropy + wd/2 * ||W||^2 with full-batch L-BFGS; returns W (D, C), b (C,)."""
+    weight = torch.zeros(x.shape[1], num_classes, device=x.device, requires_grad=True)
+    bias = torch.zeros(num_classes, device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
+    y = y.long()
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ weight + bias, y) + 0.5 * weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def _accuracy(x, y, weight, bias) -> float:
+    return ((x @ weight + bias).argmax(dim=1) == y).float().mean().item()
+
+
+def evaluate_linear_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    *,
+    weight_decays=DEFAULT_WEIGHT_DECAYS,
+    val_fraction: float = 0.2,
+    few_shot: int | None = None,
+    seed: int = 0,
+    max_iter: int = 500,
+    device: str | torch.device = "cpu",
+) -> LinearProbeResult:
+    """Fit and evaluate a linear classifier on (N, D) features.
+
+    Without ``few_shot``: hold out ``val_fraction`` of each class for the weight-decay search, then refit on
+    the whole training set. With ``few_shot=k``: train on k samples per class, search on k other samples per
+    class where the training split has them (else use ``FALLBACK_WEIGHT_DECAY``), never train on those.
+    """
+    train_labels, test_labels = train_labels.long(), test_labels.long()
+    if train_features.shape[0] != train_labels.shape[0] or test_features.shape[0] != test_labels.shape[0]:
+        raise ValueError("features and labels must have the same number of rows")
+    if train_labels.max() >= num_classes or test_labels.max() >= num_classes:
+        raise ValueError(f"a label is >= num_classes ({num_classes})")
+    train_x = F.normalize(train_features.float(), dim=-1)
+    test_x = F.normalize(test_features.float(), dim=-1)
+
+    if few_shot is not None:
+        fit_idx = few_shot_indices(train_labels, few_shot, seed)
+        rest = torch.ones(len(train_labels), dtype=torch.bool)
+        rest[fit_idx] = False
+        rest_idx = rest.nonzero().flatten()
+        val_idx = rest_idx[few_shot_indices(train_labels[rest_idx], few_shot, seed + 1)] if len(rest_idx) else rest_idx
+        final_idx = fit_idx
+    else:
+        fit_idx, val_idx = stratified_split(train_labels, val_fraction, seed)
+        final_idx = torch.arange(len(train_labels))
+
+    weight_decays = list(weight_decays)
+    val_acc: dict[float, float] = {}
+    if len(weight_decays) == 1:
+        best_wd = weight_decays[0]
+    elif len(val_idx) == 0:
+        best_wd = FALLBACK_WEIGHT_DECAY
+    else:
+        fx, vx = _standardize(train_x[fit_idx], train_x[val_idx])
+        fy, vy = train_labels[fit_idx].to(device), train_labels[val_idx].to(device)
+        fx, vx = fx.to(device), vx.to(device)
+        for wd in weight_decays:
+            w, b = fit_logistic_regression(fx, fy, num_classes, wd, max_iter=max_iter)
+            val_acc[wd] = _accuracy(vx, vy, w, b)
+        best_wd = max(weight_decays, key=lambda wd: (val_acc[wd], wd))  # ties: stronger regularisation
+
+    fx, tx = _standardize(train_x[final_idx], test_x)
+    w, b = fit_logistic_regression(fx.to(device), train_labels[final_idx].to(device), num_classes, best_wd,
+                                   max_iter=max_iter)
+    scores = (tx.to(device) @ w + b).cpu()  # (N_test, C)
+    metrics = classification_metrics(scores, test_labels, num_classes)
+    return LinearProbeResult(metrics, best_wd, val_acc, scores, num_train=len(final_idx))

@@ -1,0 +1,244 @@
+"""End to end: evaluate(...) and the CLI on tiny generated datasets with fake models."""
+
+import argparse
+import csv
+import json
+
+import pytest
+import torch
+import torchvision.transforms as T
+from evalfakes import NAMES, FakeBackbone, FakeCLIP, fake_tokenizer, solid_image, write_mnist_split
+
+from openeva.cli import eval_cmd
+from openeva.eval.features import FeatureCache, cache_key, encode_images, model_fingerprint
+from openeva.eval.results import load_results, make_result, merge_results, validate_result
+from openeva.eval.runner import evaluate, parse_tasks
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_zeroshot_end_to_end_with_corrupt_file(make_folder, preprocess, tmp_path):
+    root = make_folder(per_class=2)
+    (root / "bravo" / "broken.png").write_bytes(b"\x89PNG garbage")
+    model = FakeCLIP()
+    out = tmp_path / "out"
+    (result,) = evaluate(model, "zeroshot", root, tokenizer=fake_tokenizer, preprocess=preprocess,
+                         batch_size=3, output_dir=out, model_name="fake", progress=False)
+    assert result["task"] == "zeroshot_classification" and result["model"] == "fake"
+    assert result["metrics"] == {"acc1": 1.0, "acc5": 1.0, "mean_per_class_recall": 1.0}
+    assert result["num_skipped"] == 1 and result["skipped_files"][0].endswith("broken.png")
+    assert result["num_samples"] == 8 and result["num_templates"] == 1
+    saved = json.loads(open(result["result_file"]).read())
+    validate_result(saved)
+    for png in result["plots"]:
+        assert open(png, "rb").read(8) == PNG_MAGIC
+
+
+def test_zeroshot_with_builtin_templates_and_classnames_file(make_folder, preprocess, tmp_path):
+    root = make_folder(per_class=1, names=["c0", "c1", "c2"])  # folder names are not the class names
+    names_file = tmp_path / "names.txt"
+    names_file.write_text("alpha\nbravo\ncharlie\n")
+    (result,) = evaluate(FakeCLIP(), ["zeroshot"], root, classnames=str(names_file), templates="imagenet1k_short",
+                         tokenizer=fake_tokenizer, preprocess=preprocess, progress=False)
+    assert result["metrics"]["acc1"] == 1.0 and result["num_templates"] == 7
+
+
+def test_bad_inputs_fail_before_any_compute(make_folder, preprocess, tmp_path):
+    root = make_folder(per_class=1)
+    model = FakeCLIP()
+    kw = dict(tokenizer=fake_tokenizer, preprocess=preprocess, progress=False)
+    bad_names = tmp_path / "names.txt"
+    bad_names.write_text("alpha\nbravo\n")
+    with pytest.raises(ValueError, match="class names do not match"):
+        evaluate(model, "zeroshot", root, classnames=str(bad_names), **kw)
+    with pytest.raises(ValueError, match="unknown task 'segmentation'"):
+        evaluate(model, "zeroshot,segmentation", root, **kw)
+    with pytest.raises(ValueError, match="need a training dataset"):
+        evaluate(model, "knn", root, **kw)
+    with pytest.raises(ValueError, match="unknown precision"):
+        evaluate(model, "zeroshot", root, precision="int3", **kw)
+    with pytest.raises(ValueError, match="no captions"):
+        evaluate(model, "retrieval", root, **kw)  # an image folder has no captions
+    with pytest.raises(ValueError, match="text tower"):
+        evaluate(FakeBackbone(), "zeroshot", root, **kw)
+    (root / "zulu").mkdir()
+    with pytest.raises(ValueError, match="contains no images"):
+        evaluate(model, "zeroshot", root, **kw)
+    assert model.image_calls == 0 and model.text_calls == 0
+
+
+def test_retrieval_end_to_end(tmp_path, preprocess):
+    rows = []
+    for k in range(4):
+        solid_image(k).save(tmp_path / f"{k}.png")
+        rows += [{"image": f"{k}.png", "captions": [f"a photo of {NAMES[k]}", f"{NAMES[k]} again"]}]
+    rows[3]["captions"].append(f"mislabelled {NAMES[0]}")  # ranks image 0 first, its own image second
+    (tmp_path / "caps.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (result,) = evaluate(FakeCLIP(), "retrieval", tmp_path / "caps.jsonl", tokenizer=fake_tokenizer,
+                         preprocess=preprocess, output_dir=tmp_path / "out", model_name="fake", progress=False)
+    m = result["metrics"]
+    assert result["task"] == "zeroshot_retrieval" and result["num_texts"] == 9
+    assert m["text_retrieval_recall@1"] == 1.0
+    assert m["image_retrieval_recall@1"] == pytest.approx(8 / 9)
+    assert m["image_retrieval_recall@5"] == 1.0
+    assert open(result["plots"][0], "rb").read(8) == PNG_MAGIC
+
+
+def test_probe_and_knn_with_backbone_share_cached_features(make_folder, preprocess, tmp_path):
+    train = make_folder("train", names=NAMES[:3], per_class=6, jitter=30, seed=1)
+    test = make_folder("test", names=NAMES[:3], per_class=3, jitter=30, seed=2)
+    model = FakeBackbone(num_classes=3)
+    kw = dict(train_dataset=train, preprocess=preprocess, batch_size=4, cache_dir=tmp_path / "cache",
+              weight_decays=(1e-4, 1e-2), probe_max_iter=50, knn_ks=(1, 5), progress=False, model_name="bb")
+    probe, knn = evaluate(model, "linear_probe,knn", test, output_dir=tmp_path / "out", **kw)
+    assert probe["metrics"]["acc1"] == 1.0 and probe["weight_decay"] in (1e-4, 1e-2)
+    assert knn["metrics"]["knn1_acc1"] == 1.0 and knn["metrics"]["knn5_acc1"] == 1.0
+    assert knn["main_k"] == 5 and knn["num_train"] == 18
+    calls = model.calls
+    assert calls == 3 + 5  # each dataset encoded once for both tasks: ceil(9/4) + ceil(18/4) batches
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+    again = evaluate(model, ["knn"], test, **kw)
+    assert model.calls == calls  # second run reads the disk cache
+    assert again[0]["metrics"] == knn["metrics"]
+    (few,) = evaluate(model, "linear_probe", test, few_shot=2, **kw)
+    assert few["num_train"] == 6 and few["few_shot"] == 2
+
+
+def test_feature_cache_key_changes_with_transform_and_model(tmp_path):
+    a = cache_key(model="m", dataset="d", transform=repr(T.ToTensor()), precision="fp32")
+    b = cache_key(model="m", dataset="d", transform=repr(T.Compose([T.Resize(4), T.ToTensor()])), precision="fp32")
+    c = cache_key(model="m", dataset="d", transform=repr(T.ToTensor()), precision="bf16")
+    assert len({a, b, c}) == 3
+    m1, m2 = FakeBackbone(), FakeBackbone()
+    assert model_fingerprint(m1) == model_fingerprint(m2)
+    with torch.no_grad():
+        m2.bias.add_(1.0)
+    assert model_fingerprint(m1) != model_fingerprint(m2)
+    cache = FeatureCache(tmp_path)
+    assert cache.load(a) is None
+
+
+def test_encode_images_bf16_autocast(make_folder, preprocess):
+    from openeva.eval.datasets import ImageDataset, load_classification_dataset
+
+    data = load_classification_dataset(make_folder(per_class=1))
+    enc = encode_images(FakeBackbone(), ImageDataset(data.images, preprocess), batch_size=2, precision="bf16",
+                        progress=False)
+    assert enc.features.dtype == torch.float32 and enc.features.shape == (4, 8)
+    assert enc.indices.tolist() == [0, 1, 2, 3] and enc.skipped == []
+
+
+# ------------------------------------------------------------------------------------------ results
+def test_validate_result_reports_problems():
+    good = make_result("cifar10", "m", None, "zeroshot", {"acc1": 0.5}, num_skipped=0)
+    assert good["task"] == "zeroshot_classification" and good["pretrained"] == ""
+    with pytest.raises(ValueError, match="missing field 'metrics'"):
+        validate_result({k: v for k, v in good.items() if k != "metrics"})
+    with pytest.raises(ValueError, match="finite number"):
+        validate_result({**good, "metrics": {"acc1": float("nan")}})
+    with pytest.raises(ValueError, match="unknown task"):
+        validate_result({**good, "task": "dance"})
+    with pytest.raises(ValueError, match="num_skipped"):
+        validate_result({**good, "num_skipped": -1})
+
+
+def test_parse_tasks():
+    assert parse_tasks(["zeroshot,knn", "knn", "linear-probe"]) == ["zeroshot", "knn", "linear_probe"]
+    with pytest.raises(ValueError, match="finetune"):
+        parse_tasks("finetune")
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def make_parser():
+    parser = argparse.ArgumentParser(prog="openeva")
+    eval_cmd.register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_cli_eval_and_merge(make_folder, tmp_path, capsys):
+    root = make_folder(per_class=2)
+    out = tmp_path / "results"
+    parser = make_parser()
+    args = parser.parse_args(["eval", "--model", "fake-clip", "--task", "zeroshot", "--task", "knn",
+                              "--dataset", str(root), "--train-dataset", str(root), "--knn-k", "1", "3",
+                              "--output", str(out), "--batch-size", "4", "--no-progress"])
+    assert args.func is eval_cmd.run
+    code = args.func(args, model=FakeCLIP(), tokenizer=fake_tokenizer,
+                     preprocess=T.Compose([T.Resize((8, 8)), T.ToTensor()]))
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "zeroshot_classification" in printed and "knn" in printed
+    files = sorted(out.glob("*.json"))
+    assert len(files) == 2
+    assert all(validate_result(json.loads(f.read_text())) for f in files)
+    assert len(list((out / "plots").glob("*.png"))) == 4
+
+    merge_args = parser.parse_args(["eval-merge", str(out), "--out", str(tmp_path / "table.csv")])
+    assert merge_args.func(merge_args) == 0
+    rows = list(csv.DictReader(open(tmp_path / "table.csv")))
+    assert {r["task"] for r in rows} == {"zeroshot_classification", "knn"}
+    assert all(r["model"] == "fake-clip" for r in rows)
+    assert {r["acc1"] for r in rows} == {"1.0"}
+    assert "knn3_acc1" in rows[0]
+
+
+def test_cli_reports_input_errors_with_exit_code_2(make_folder, tmp_path, capsys):
+    root = make_folder(per_class=1)
+    parser = make_parser()
+    args = parser.parse_args(["eval", "--model", "m", "--task", "knn", "--dataset", str(root),
+                              "--output", str(tmp_path)])
+    assert eval_cmd.run(args, model=FakeBackbone(), preprocess=T.ToTensor()) == 2
+    assert "need a training dataset" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"dataset": "x"}))
+    merge_args = parser.parse_args(["eval-merge", str(bad), "--out", str(tmp_path / "t.csv")])
+    assert eval_cmd.run_merge(merge_args) == 2
+    assert "missing field" in capsys.readouterr().err
+
+
+def test_merge_results_wide_csv(tmp_path):
+    a = make_result("d1", "m", "x", "zeroshot", {"acc1": 0.5})
+    b = make_result("d1", "m", "x", "retrieval", {"text_retrieval_recall@1": 0.25}, num_skipped=3)
+    for i, r in enumerate((a, b)):
+        (tmp_path / f"{i}.json").write_text(json.dumps(r))
+    assert len(load_results([tmp_path])) == 2
+    merge_results([tmp_path / "0.json", tmp_path / "1.json"], tmp_path / "t.csv")
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert rows[0]["acc1"] == "0.5" and rows[0]["text_retrieval_recall@1"] == ""
+    assert rows[1]["text_retrieval_recall@1"] == "0.25" and rows[1]["num_skipped"] == "3"
+
+
+def test_model_by_name_uses_factory_lazily(make_folder, preprocess, tmp_path, monkeypatch):
+    """A model name goes through openeva.factory (stubbed here); the checkpoint file keys the cache."""
+    import sys
+    import types
+
+    built = []
+
+    def create_model_and_transforms(name, pretrained=None, **kw):
+        built.append((name, pretrained))
+        return FakeCLIP(), None, preprocess
+
+    factory = types.SimpleNamespace(create_model_and_transforms=create_model_and_transforms,
+                                    get_tokenizer=lambda name: fake_tokenizer)
+    monkeypatch.setitem(sys.modules, "openeva.factory", factory)
+    ckpt = tmp_path / "ckpt.safetensors"
+    ckpt.write_bytes(b"weights")
+    root = make_folder(per_class=1)
+    (result,) = evaluate("EVA02-fake", "zeroshot", root, pretrained=str(ckpt), cache_dir=tmp_path / "c",
+                         output_dir=tmp_path / "o", make_plots=False, progress=False)
+    assert built == [("EVA02-fake", str(ckpt))]
+    assert result["model"] == "EVA02-fake" and result["pretrained"] == str(ckpt)
+    assert result["metrics"]["acc1"] == 1.0
+    assert result["result_file"].endswith("ds__EVA02-fake__ckpt.safetensors__zeroshot_classification.json")
+
+
+def test_idx_train_and_test_splits_from_one_folder(tmp_path):
+    write_mnist_split(tmp_path, "train", [0, 1, 2, 0, 1, 2])
+    write_mnist_split(tmp_path, "t10k", [2, 1, 0])
+    tf = T.Compose([T.Resize((8, 8)), T.ToTensor()])
+    (result,) = evaluate(FakeBackbone(num_classes=3), "knn", tmp_path, train_dataset=tmp_path, knn_ks=(1,),
+                         classnames=["zero", "one", "two"], preprocess=tf, progress=False)
+    assert result["metrics"]["acc1"] == 1.0
+    assert result["num_samples"] == 3 and result["num_train"] == 6
+    assert result["dataset"].endswith("_test") and result["train_dataset"].endswith("_train")
