@@ -242,3 +242,41 @@ def test_idx_train_and_test_splits_from_one_folder(tmp_path):
     assert result["metrics"]["acc1"] == 1.0
     assert result["num_samples"] == 3 and result["num_train"] == 6
     assert result["dataset"].endswith("_test") and result["train_dataset"].endswith("_train")
+
+
+def test_named_model_without_checkpoint_is_cached_by_weights(make_folder, preprocess, tmp_path, monkeypatch):
+    """pretrained=None means random init: a new draw of weights must not reuse cached features."""
+    import sys
+    import types
+
+    models = []
+
+    def create_model_and_transforms(name, pretrained=None, **kw):
+        models.append(FakeBackbone(num_classes=4))
+        with torch.no_grad():
+            models[-1].bias.fill_(float(len(models)))  # a different "random init" per build
+        return models[-1], None, preprocess
+
+    monkeypatch.setitem(sys.modules, "openeva.factory",
+                        types.SimpleNamespace(create_model_and_transforms=create_model_and_transforms))
+    root = make_folder(per_class=1)
+    for _ in range(2):
+        evaluate("tiny", "knn", root, train_dataset=root, knn_ks=(1,), cache_dir=tmp_path / "c", progress=False)
+    assert [m.calls for m in models] == [1, 1]
+    assert len(list((tmp_path / "c").glob("*.pt"))) == 2
+
+
+def test_real_tiny_clip_from_factory(make_folder, tmp_path):
+    """Integration with openeva.factory: the registered tiny EVA-CLIP runs every task end to end."""
+    root = make_folder(names=NAMES[:3], per_class=2, jitter=50)
+    caps = tmp_path / "caps.csv"
+    caps.write_text("image,caption\n" + "".join(f"ds/{n}/0.png,a photo of {n}\n" for n in NAMES[:3]))
+    results = evaluate("EVA02-test", "zeroshot,linear_probe,knn", root, train_dataset=root, knn_ks=(1,),
+                       weight_decays=(1e-3,), probe_max_iter=10, precision="bf16", progress=False,
+                       make_plots=False)
+    results += evaluate("EVA02-test", "retrieval", caps, progress=False)
+    assert [r["task"] for r in results] == ["zeroshot_classification", "linear_probe", "knn", "zeroshot_retrieval"]
+    for r in results:
+        validate_result(r)
+        assert all(0.0 <= v <= 1.0 for k, v in r["metrics"].items() if "rank" not in k)
+    assert results[2]["metrics"]["acc1"] == 1.0  # each training image is its own nearest neighbour

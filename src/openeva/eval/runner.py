@@ -216,14 +216,18 @@ def evaluate(
 
     # ---- 2. model, transform, tokenizer
     if isinstance(model, str):
-        from openeva.factory import create_model_and_transforms, get_tokenizer
+        from openeva.factory import create_model_and_transforms
 
         model_obj, _, default_preprocess = create_model_and_transforms(model, pretrained=pretrained)
         preprocess = preprocess or default_preprocess
         if wants & TEXT_TASKS and tokenizer is None:
+            from openeva.factory import get_tokenizer
+
             tokenizer = get_tokenizer(model)
 
         def model_id() -> str:
+            if pretrained is None:  # randomly initialised weights: only their hash identifies them
+                return f"{model}|{model_fingerprint(model_obj)}"
             return f"{model}|{checkpoint_fingerprint(pretrained)}"
     else:
         model_obj = model
