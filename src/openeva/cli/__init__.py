@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = [
     "openeva.cli.models_cmd",
     "openeva.cli.convert_cmd",
+    "openeva.cli.eval_cmd",
 ]
 
 
