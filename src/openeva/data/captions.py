@@ -1,0 +1,209 @@
+"""Image-caption datasets from an index file (CSV / TSV / JSONL) or a folder of images with .txt captions.
+
+Problems with the index itself (missing file, missing column, unreadable rows) raise at construction,
+before any compute. Problems with individual samples (missing image, corrupt image, missing or empty
+caption) never raise: ``__getitem__`` returns ``None`` and counts the reason in ``dataset.skipped``; use
+:func:`openeva.data.loader.collate_skip_none` (re-exported here) as the DataLoader collate fn.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from openeva.data.loader import Batch, collate_skip_none, record_skip
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Batch",
+    "CaptionDataset",
+    "ImageTextFolder",
+    "clean_caption",
+    "collate_skip_none",
+    "open_rgb",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+_INDEX_FORMATS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".jsonl": None}
+# What PIL raises on unreadable / truncated / hostile image data.
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def open_rgb(source: str | Path | bytes) -> Image.Image:
+    """Decode an image file or bytes fully (so truncation errors surface here) as RGB."""
+    handle = io.BytesIO(source) if isinstance(source, bytes) else source
+    with Image.open(handle) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def clean_caption(value: Any) -> str | None:
+    """A usable caption string, or None. Lists (several captions per image) give their first caption."""
+    if isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    if not isinstance(value, str):
+        return None
+    return " ".join(value.split())
+
+
+class _PairSource:
+    """Shared skip-and-count logic: turn (image source, caption) into a sample or None."""
+
+    transform: Callable[[Image.Image], Any] | None
+    tokenizer: Callable[[list[str]], Any] | None
+    skipped: Counter
+
+    def _make_sample(self, image_source: str | Path | bytes | None, caption: Any, name: str) -> tuple | None:
+        text = clean_caption(caption)
+        if text is None:
+            record_skip(self.skipped, "missing_caption", name)
+            return None
+        if not text:
+            record_skip(self.skipped, "empty_caption", name)
+            return None
+        if image_source is None or (isinstance(image_source, Path) and not image_source.is_file()):
+            record_skip(self.skipped, "missing_file", name)
+            return None
+        try:
+            image = open_rgb(image_source)
+        except FileNotFoundError:
+            record_skip(self.skipped, "missing_file", name)
+            return None
+        except IMAGE_ERRORS as err:
+            record_skip(self.skipped, "corrupt_image", f"{name}: {err}")
+            return None
+        out_image = self.transform(image) if self.transform is not None else image
+        out_text = self.tokenizer([text])[0] if self.tokenizer is not None else text
+        return out_image, out_text
+
+
+def _read_index(path: Path, sep: str | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of a CSV/TSV/JSONL index and its column names (union of keys for JSONL)."""
+    suffix = path.suffix.lower()
+    if suffix not in _INDEX_FORMATS:
+        raise ValueError(f"unsupported caption index {path}: extension must be one of {sorted(_INDEX_FORMATS)}")
+    if suffix == ".jsonl":
+        if sep is not None:
+            raise ValueError(f"sep={sep!r} does not apply to JSONL index {path}")
+        rows, columns = [], {}
+        with path.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}, line {line_no}: invalid JSON ({err})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}, line {line_no}: expected a JSON object, got {type(row).__name__}")
+                rows.append(row)
+                columns.update(dict.fromkeys(row))
+        return rows, list(columns)
+    delimiter = sep if sep is not None else _INDEX_FORMATS[suffix]
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        rows = list(reader)
+        return rows, list(reader.fieldnames or [])
+
+
+class CaptionDataset(_PairSource):
+    """Map-style image-caption pairs listed in a CSV, TSV or JSONL file: ``ds[i] -> (image, text) | None``.
+
+    ``image_key`` / ``caption_key`` name the columns (open_clip's ``filepath`` / ``title`` by default).
+    Relative image paths resolve against ``root``, or the index file's folder. ``sep`` overrides the
+    CSV/TSV delimiter (e.g. a tab-separated file named ``.csv``).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        image_key: str = "filepath",
+        caption_key: str = "title",
+        root: str | Path | None = None,
+        transform: Callable[[Image.Image], Any] | None = None,
+        tokenizer: Callable[[list[str]], Any] | None = None,
+        sep: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"caption index file not found: {self.path}")
+        self.root = Path(root) if root is not None else self.path.parent
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image root folder not found: {self.root}")
+        rows, columns = _read_index(self.path, sep)
+        for role, key in (("image_key", image_key), ("caption_key", caption_key)):
+            if key not in columns:
+                hint = " (only one column was found: is sep right?)" if len(columns) == 1 else ""
+                raise ValueError(
+                    f"{role}={key!r} is not a column of {self.path}; available columns: {columns}{hint}"
+                )
+        if not rows:
+            raise ValueError(f"caption index {self.path} has no rows")
+        self.image_paths: list[Any] = [row.get(image_key) for row in rows]
+        self.captions: list[Any] = [row.get(caption_key) for row in rows]
+        self.transform = transform
+        self.tokenizer = tokenizer
+        self.skipped: Counter = Counter()
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def caption(self, index: int) -> str | None:
+        """The cleaned caption of row ``index`` (None if unusable)."""
+        return clean_caption(self.captions[index])
+
+    def image_path(self, index: int) -> Path | None:
+        value = self.image_paths[index]
+        if not isinstance(value, str) or not value.strip():
+            return None
+        return self.root / value.strip()  # an absolute value replaces root
+
+    def __getitem__(self, index: int) -> tuple[Any, Any] | None:
+        image_path = self.image_path(index)
+        return self._make_sample(image_path, self.captions[index], f"{self.path.name} row {index}: {image_path}")
+
+
+class ImageTextFolder(_PairSource):
+    """Images under ``root`` (jpg/jpeg/png/webp/bmp, searched recursively) with same-name ``.txt`` captions.
+
+    ``ds[i] -> (image, text) | None``; an image without a caption file counts as ``missing_caption``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable[[Image.Image], Any] | None = None,
+        tokenizer: Callable[[list[str]], Any] | None = None,
+        recursive: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image-text folder not found: {self.root}")
+        pattern = self.root.rglob("*") if recursive else self.root.glob("*")
+        self.image_paths = sorted(p for p in pattern if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not self.image_paths:
+            raise ValueError(f"no images with extensions {IMAGE_EXTENSIONS} found in {self.root}")
+        self.transform = transform
+        self.tokenizer = tokenizer
+        self.skipped: Counter = Counter()
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def caption(self, index: int) -> str | None:
+        caption_path = self.image_paths[index].with_suffix(".txt")
+        try:
+            return clean_caption(caption_path.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            return None
+
+    def __getitem__(self, index: int) -> tuple[Any, Any] | None:
+        image_path = self.image_paths[index]
+        return self._make_sample(image_path, self.caption(index), str(image_path))

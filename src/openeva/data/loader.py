@@ -1,0 +1,171 @@
+"""Batches from datasets whose bad samples come back as ``None``.
+
+The skip design, shared by every openeva data source:
+
+* A dataset's ``__getitem__`` (or iterator) returns/yields ``None`` for a bad sample (missing file, corrupt
+  image, empty caption) and increments ``dataset.skipped[reason]``; it never raises in the training loop.
+* :func:`collate_skip_none` drops the Nones and returns a :class:`Batch`: a tuple of collated columns
+  (so ``images, texts = batch`` works) that also carries ``batch.num_skipped``. With DataLoader worker
+  processes, ``dataset.skipped`` in the main process stays at zero (each worker counts in its own copy),
+  so ``num_skipped`` is how skip counts reach the training loop.
+* If every sample of a batch is bad, the collate returns ``None``; the engine skips that step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
+
+logger = logging.getLogger(__name__)
+_WARN_FIRST_N = 5
+
+
+def record_skip(skipped: Counter, reason: str, detail: str) -> None:
+    """Count a skipped sample under ``reason``; log the first few of each reason so problems are visible."""
+    skipped[reason] += 1
+    if skipped[reason] <= _WARN_FIRST_N:
+        logger.warning("skipping sample (%s): %s", reason, detail)
+
+
+class Batch(tuple):
+    """Collated columns of the good samples of a batch, e.g. ``(images, texts)``, plus ``num_skipped``."""
+
+    num_skipped: int
+
+    def __new__(cls, columns: Sequence[Any], num_skipped: int = 0) -> Batch:
+        self = super().__new__(cls, columns)
+        self.num_skipped = int(num_skipped)
+        return self
+
+    def __getnewargs__(self) -> tuple[tuple[Any, ...], int]:  # keep num_skipped across worker pickling
+        return tuple(self), self.num_skipped
+
+    def __repr__(self) -> str:
+        return f"Batch({len(self)} columns, size={self.size}, num_skipped={self.num_skipped})"
+
+    @property
+    def images(self) -> Any:
+        return self[0]
+
+    @property
+    def texts(self) -> Any:
+        """Second column: caption tokens or strings (class labels for classification sources)."""
+        return self[1]
+
+    @property
+    def size(self) -> int:
+        """Number of good samples."""
+        first = self[0]
+        return int(first.shape[0]) if isinstance(first, torch.Tensor) else len(first)
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        return Batch([fn(c) if isinstance(c, torch.Tensor) else c for c in self], self.num_skipped)
+
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True); keeps the Batch type and its count."""
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+
+def _collate_column(values: list[Any]) -> Any:
+    """Stack tensors / numbers / strings with torch's default collate; keep anything else (PIL) as a list."""
+    try:
+        return default_collate(values)
+    except TypeError:
+        return list(values)
+
+
+def collate_skip_none(samples: Sequence[Any]) -> Batch | None:
+    """Collate fn: drop ``None`` samples, collate the rest column-wise; ``None`` if nothing is left."""
+    good = [s for s in samples if s is not None]
+    num_skipped = len(samples) - len(good)
+    if not good:
+        return None
+    if not isinstance(good[0], (tuple, list)):
+        return Batch([_collate_column(good)], num_skipped)
+    columns = [_collate_column([s[i] for s in good]) for i in range(len(good[0]))]
+    return Batch(columns, num_skipped)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tell a loader's sampler and dataset which epoch starts (reshuffles shards, samplers and mixes).
+
+    Datasets in persistent worker processes keep the epoch they were forked with; use
+    ``persistent_workers=False`` (the default here) with epoch-dependent datasets.
+    """
+    for obj in (loader.sampler, loader.dataset):
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+
+
+def make_loader(
+    dataset: Dataset | IterableDataset,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    seed: int = 0,
+    drop_last: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
+    collate_fn: Callable[[Sequence[Any]], Any] = collate_skip_none,
+) -> DataLoader:
+    """A DataLoader with openeva's conventions: skip-None collate, seeded order, DDP-aware sampling.
+
+    Map-style datasets are shuffled by a seeded generator, or split across ranks by a DistributedSampler
+    when ``world_size > 1``. Iterable datasets (tar shards) split themselves across ranks and workers.
+    Call :func:`set_epoch` at the start of each epoch.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    generator = torch.Generator().manual_seed(seed)  # also seeds worker RNGs (mask generation, augmentation)
+    sampler = None
+    if isinstance(dataset, IterableDataset):
+        shuffle = False
+    elif world_size > 1:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
+        shuffle = False
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        generator=generator,
+        persistent_workers=persistent_workers and num_workers > 0,
+    )
+
+
+class MaskingCollate:
+    """Collate with :func:`collate_skip_none`, then append a ``BoolTensor[B, H, W]`` mask column for MIM.
+
+    Masks come from ``mask_generator(None)`` i.e. torch's global RNG, which DataLoader seeds differently in
+    each worker (from the loader's generator), so masks are reproducible for a seeded loader and never
+    repeat across workers. ``images, texts, masks = batch``.
+    """
+
+    def __init__(self, mask_generator: Callable[[torch.Generator | None], torch.Tensor]) -> None:
+        self.mask_generator = mask_generator
+
+    def __call__(self, samples: Sequence[Any]) -> Batch | None:
+        batch = collate_skip_none(samples)
+        if batch is None:
+            return None
+        masks = torch.stack([self.mask_generator(None) for _ in range(batch.size)])  # (B, H, W)
+        return Batch([*batch, masks], batch.num_skipped)
