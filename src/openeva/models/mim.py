@@ -1,0 +1,259 @@
+"""EVA-02 masked image modelling (MIM): the student and the frozen CLIP teacher that makes its targets.
+
+EVA-02 (Fang et al., 2023, arXiv 2303.11331, section 2) pretrains a plain ViT by regressing, for every masked
+patch, the features a frozen CLIP vision tower gives that patch when it sees the whole image:
+
+* :class:`MIMStudent` is an :class:`~openeva.models.vit.EVAViT` (so the pretrained backbone is the class that is
+  served) with a learned ``mask_token``, its final LayerNorm named ``norm`` (EVA's MIM layout) and an ``lm_head``
+  (D -> C) applied to masked tokens only.
+* :class:`ClipTeacher` wraps a CLIP vision tower, frozen and in eval mode. Target = tower tokens after its final
+  norm, CLS dropped, the CLIP projection ``head`` applied per token: (B, N_teacher, C). When the teacher's patch
+  grid differs from the student's (patch 16 vs 14, another resolution) the (B, C, h, w) target map is resampled
+  bilinearly to the student grid; projection and bilinear resampling are both linear, so resampling after the
+  projection equals resampling before it, at less cost when C < D.
+
+The saved student (:func:`save_mim_backbone`) is a plain backbone checkpoint in EVA's MIM layout: every backbone
+tensor plus ``norm``, ``mask_token`` and ``lm_head``, with a ``config.json`` describing the plain mean-pooling
+backbone. ``create_model(dir)`` / ``create_model(name, pretrained=dir, num_classes=K)`` then load it as a
+classifier (``norm`` -> ``fc_norm``, MIM-only keys dropped) and ``load_checkpoint(clip.visual, dir, ...)`` as a
+CLIP vision tower (``norm`` -> ``norm``, ``head`` new).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openeva.models.vit import EVAViT, ViTConfig
+
+TEACHER_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+class MIMStudent(EVAViT):
+    """EVA-02 MIM student: backbone with ``mask_token``, final ``norm`` and ``lm_head`` on masked tokens.
+
+    ``cfg`` is any backbone config; the student forces ``mask_token=True``, ``global_pool="token"`` (so the final
+    LayerNorm is ``norm`` and ``forward_features`` returns normalised tokens) and no classifier head.
+    ``target_dim`` is the teacher's feature dim C (or p * p * 3 for the pixel target).
+    """
+
+    def __init__(self, cfg: ViTConfig, target_dim: int):
+        if target_dim <= 0:
+            raise ValueError(f"target_dim must be positive, got {target_dim}")
+        self.target_dim = target_dim
+        super().__init__(cfg.replace(mask_token=True, global_pool="token", num_classes=0, patch_drop_rate=0.0))
+        self.lm_head = nn.Linear(self.embed_dim, target_dim)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The backbone's EVA-02 MIM init; ``lm_head`` Xavier-normal like every other Linear (EVA-02 code)."""
+        super().reset_parameters()
+        if getattr(self, "lm_head", None) is not None:
+            nn.init.xavier_normal_(self.lm_head.weight)
+            nn.init.zeros_(self.lm_head.bias)
+
+    def layer_id(self, name: str) -> int:
+        return self.cfg.depth + 1 if name.startswith("lm_head") else super().layer_id(name)
+
+    def predict(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Normalised tokens (B, 1 + N, D) and mask (B, N) -> predictions (M, C) for the M masked patches.
+
+        Masked patches are taken in row-major (batch, patch) order, the order ``targets[mask]`` uses.
+        """
+        patches = tokens[:, self.num_prefix_tokens:]  # (B, N, D)
+        return self.lm_head(patches[mask])  # (M, C)
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) + bool mask (B, N), True = masked -> predictions (M, C) for the masked patches."""
+        return self.predict(self.forward_features(images, mask), mask)
+
+    def backbone_config(self) -> ViTConfig:
+        """The config of the plain backbone these weights initialise: mean pooling, no mask token, no MIM-only
+        training settings (drop path, patch-embed gradient scale); fine-tuning sets its own."""
+        return self.cfg.replace(mask_token=False, global_pool="avg", num_classes=0, drop_path_rate=0.0,
+                                patch_embed_grad_scale=1.0)
+
+
+def build_student(
+    model_name: str,
+    target_dim: int,
+    img_size=None,
+    drop_path_rate: float = 0.0,
+    patch_embed_grad_scale: float = 0.1,
+) -> MIMStudent:
+    """A registered backbone (e.g. ``eva02_base_patch14_224``) as a freshly initialised MIM student."""
+    from openeva.factory import build_config, resolve_spec
+
+    spec, _ = resolve_spec(model_name)
+    if spec.is_clip:
+        raise ValueError(f"student {model_name!r} is a CLIP model; the MIM student is a backbone "
+                         "(e.g. eva02_base_patch14_224; see `openeva models`)")
+    cfg = build_config(spec, img_size=img_size, drop_path_rate=drop_path_rate,
+                       patch_embed_grad_scale=patch_embed_grad_scale)
+    student = MIMStudent(cfg, target_dim)
+    student.spec = spec
+    return student
+
+
+def save_mim_backbone(student: MIMStudent, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Writes the student as an openeva checkpoint directory that both downstream loaders take directly.
+
+    ``model.safetensors``: EVA's MIM layout (backbone tensors, final ``norm``, ``mask_token``, ``lm_head``), so
+    MIM can be inspected or continued; ``config.json``: the plain mean-pooling backbone (``backbone_config``),
+    the model name and preprocessing, plus ``extra`` (e.g. ``{"mim": {...}}``).
+    """
+    from openeva.checkpoints import save_checkpoint
+
+    spec = getattr(student, "spec", None)
+    if spec is None:
+        raise ValueError("the student has no .spec (build it with build_student) so its name is unknown")
+    config = {"model_name": spec.name, "model_config": student.backbone_config().to_dict(),
+              "preprocess": spec.preprocess_cfg(student.cfg.img_size), **(extra or {})}
+    return save_checkpoint(student, out_dir, config)
+
+
+# Tensors an EVA-CLIP vision tower has and a MIM backbone does not: the projection head (new) and EVA-CLIP's
+# sub-LN on the merged attention heads (``inner_attn_ln``, B/L towers), both left at their fresh init.
+CLIP_TOWER_NEW_KEYS = ("head.*", "blocks.*.attn.norm.*")
+
+
+def load_mim_into_clip(model: nn.Module, path: str | os.PathLike) -> dict:
+    """EVA-CLIP's initialisation: a CLIP model's (or bare tower's) vision tower from a MIM checkpoint.
+
+    Every backbone tensor lands in place (final ``norm`` -> the tower's ``norm``; the patch kernel and position
+    grid are resampled when the tower's patch size or resolution differ); ``mask_token`` and ``lm_head`` are
+    dropped; ``head`` (the CLIP projection) and ``attn.norm`` keep their fresh init. Anything else missing or
+    mis-shaped is refused. Returns ``load_checkpoint``'s report (format, notes, missing keys).
+    """
+    from openeva.checkpoints import load_checkpoint
+
+    visual = getattr(model, "visual", model)
+    if not isinstance(visual, EVAViT):
+        raise ValueError(f"expected a CLIP model or an EVAViT tower, got {type(model).__name__}")
+    return load_checkpoint(visual, path, strict=True, ignore_missing=CLIP_TOWER_NEW_KEYS)
+
+
+class ClipTeacher(nn.Module):
+    """A frozen CLIP vision tower turned into per-patch MIM targets (B, N_student, C).
+
+    ``visual``: the tower (an ``EVAViT``, e.g. ``CLIP.visual``); its parameters are frozen and cast to
+    ``precision`` ("bf16" halves memory and is faster on GPUs and bf16-capable CPUs; targets come back fp32).
+    ``input_mean``/``input_std``: the normalisation of the images it is given; when they differ from the
+    teacher's own ``mean``/``std`` the images are re-normalised for it.
+    """
+
+    def __init__(
+        self,
+        visual: EVAViT,
+        precision: str = "bf16",
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+        input_mean: tuple[float, float, float] | None = None,
+        input_std: tuple[float, float, float] | None = None,
+    ):
+        super().__init__()
+        if not isinstance(visual, EVAViT):
+            raise ValueError(f"teacher must be an EVAViT vision tower, got {type(visual).__name__}")
+        if not isinstance(visual.head, nn.Linear):
+            raise ValueError("teacher tower has no projection head; use a CLIP model's vision tower")
+        if precision not in TEACHER_PRECISIONS:
+            raise ValueError(f"teacher precision must be one of {sorted(TEACHER_PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        self.visual = visual.to(TEACHER_PRECISIONS[precision]).requires_grad_(False).eval()
+        self._renorm = None
+        if None not in (mean, std, input_mean, input_std) and (tuple(mean), tuple(std)) != (
+                tuple(input_mean), tuple(input_std)):
+            self._renorm = [torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1)
+                            for v in (input_mean, input_std, mean, std)]
+
+    @property
+    def target_dim(self) -> int:
+        return self.visual.head.out_features
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.visual.cfg.img_size
+
+    def train(self, mode: bool = True) -> "ClipTeacher":
+        """The teacher stays in eval mode (no dropout, drop path or patch dropout) whatever its owner does."""
+        return super().train(False)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Student images (B, 3, H, W) -> the same crop at the teacher's size and normalisation."""
+        if self._renorm is not None:
+            in_mean, in_std, mean, std = (t.to(images.device) for t in self._renorm)
+            images = (images.float() * in_std + in_mean - mean) / std
+        if tuple(images.shape[-2:]) != self.img_size:
+            images = F.interpolate(images.float(), size=self.img_size, mode="bicubic", align_corners=False,
+                                   antialias=True)  # (B, 3, H_t, W_t)
+        return images
+
+    def patch_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Teacher targets on its own grid: (B, N_teacher, C) = head(final_norm(tokens))[:, patches]."""
+        visual = self.visual
+        dtype = TEACHER_PRECISIONS[self.precision]
+        x = self._prepare(images).to(dtype)
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            tokens = visual.forward_features(x)  # (B, 1 + N_t, D_t), final norm applied for token-pool towers
+            patches = tokens[:, visual.num_prefix_tokens:]  # (B, N_t, D_t)
+            if visual.cfg.global_pool == "avg":  # a mean-pooling tower keeps its final LN in fc_norm
+                patches = visual.fc_norm(patches)
+            return visual.head(patches).float()  # (B, N_t, C)
+
+    def forward(self, images: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        """Images (B, 3, H, W) -> targets (B, h * w, C) on the student's ``grid_size`` (h, w)."""
+        target = self.patch_features(images)  # (B, N_t, C)
+        grid_t = self.visual.patch_embed.grid_size(self.img_size)
+        return resample_target_grid(target, grid_t, tuple(grid_size))
+
+
+def resample_target_grid(
+    target: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int]
+) -> torch.Tensor:
+    """Per-patch targets (B, h * w, C) on ``grid`` -> (B, h' * w', C) on ``new_grid``, bilinear on (B, C, h, w)."""
+    B, N, C = target.shape
+    if N != grid[0] * grid[1]:
+        raise ValueError(f"target has {N} patches, not the {grid[0]}x{grid[1]} grid")
+    if tuple(grid) == tuple(new_grid):
+        return target
+    fmap = target.transpose(1, 2).reshape(B, C, *grid)  # (B, C, h, w)
+    fmap = F.interpolate(fmap, size=tuple(new_grid), mode="bilinear", align_corners=False)  # (B, C, h', w')
+    return fmap.flatten(2).transpose(1, 2)  # (B, h' * w', C)
+
+
+def build_teacher(
+    model_name: str,
+    pretrained: str | None = None,
+    precision: str = "bf16",
+    input_mean: tuple[float, float, float] | None = None,
+    input_std: tuple[float, float, float] | None = None,
+) -> ClipTeacher:
+    """A CLIP model's vision tower as a teacher, weights from any format ``load_checkpoint`` reads.
+
+    ``model_name``: a registered CLIP name (``EVA02-B-16``, ``EVA01-g-14``) or an openeva CLIP checkpoint
+    directory (then ``pretrained`` defaults to it). ``pretrained``: an EVA-CLIP ``.pt``, open_clip ``.bin``, timm
+    vision-tower file, openeva directory, or a published tag. Only the vision tower is built and loaded (no text
+    tower in memory). With no weights at all the teacher is random (tests, smoke runs), which is logged loudly
+    by the caller's config, not refused.
+    """
+    from openeva.checkpoints import load_checkpoint
+    from openeva.factory import resolve_pretrained, resolve_spec
+
+    spec, saved = resolve_spec(model_name)
+    if not spec.is_clip:
+        raise ValueError(f"teacher {model_name!r} is not a CLIP model; the target needs the CLIP projection head "
+                         "(use e.g. EVA02-B-16 or EVA01-g-14)")
+    visual = EVAViT(spec.config.vision)
+    weights = pretrained or saved
+    if weights is not None:
+        load_checkpoint(visual, resolve_pretrained(spec, weights), strict=True)
+    teacher = ClipTeacher(visual, precision=precision, mean=spec.mean, std=spec.std,
+                          input_mean=input_mean, input_std=input_std)
+    teacher.spec = spec
+    teacher.pretrained = weights
+    return teacher
