@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", default="4096,8192,16384,32768,65536", help="comma-separated batch sizes")
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--tile-size", type=int, default=4096)
+    parser.add_argument("--tile-size", type=int, default=1024)
     parser.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated subset of {IMPLS}")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--max-matrix-gib", type=float, default=12.0)

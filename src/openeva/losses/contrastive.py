@@ -68,7 +68,7 @@ class ClipLoss(nn.Module):
         rank: int = 0,
         world_size: int = 1,
         tiled: bool = False,
-        tile_size: int = 4096,
+        tile_size: int = 1024,
     ) -> None:
         super().__init__()
         check_rank(rank, world_size)

@@ -123,7 +123,7 @@ def tiled_logsumexp(
     q: torch.Tensor,
     k: torch.Tensor,
     logit_scale: torch.Tensor | float,
-    tile_size: int = 4096,
+    tile_size: int = 1024,
     both_directions: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Row-wise (and optionally column-wise) fp32 log-sum-exp of ``logit_scale * q @ k.T`` in tiles.
@@ -154,7 +154,7 @@ def tiled_cross_entropy(
     k: torch.Tensor,
     logit_scale: torch.Tensor | float,
     offset: int = 0,
-    tile_size: int = 4096,
+    tile_size: int = 1024,
 ) -> torch.Tensor:
     """Mean softmax cross-entropy of the rows of ``logit_scale * q @ k.T`` with row ``i``'s target column
     ``offset + i``; equal to ``F.cross_entropy(s * q @ k.T, arange(M) + offset)`` without the (M, N) matrix.
@@ -170,7 +170,7 @@ def tiled_clip_loss(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
     logit_scale: torch.Tensor | float,
-    tile_size: int = 4096,
+    tile_size: int = 1024,
 ) -> torch.Tensor:
     """Symmetric CLIP loss over matched (B, D) pairs, both directions from one pass over the tiles."""
     if image_features.shape != text_features.shape:
