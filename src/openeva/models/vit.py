@@ -278,7 +278,10 @@ class EVAViT(nn.Module):
         Stops after the last requested block. Not combined with patch dropout (maps need every patch).
         """
         depth = self.cfg.depth
-        wanted = list(range(depth - indices, depth)) if isinstance(indices, int) else [i % depth for i in indices]
+        if isinstance(indices, int):
+            wanted = list(range(depth - indices, depth))
+        else:  # negative indices count from the end; anything outside [-depth, depth) is refused, not wrapped
+            wanted = [i + depth if i < 0 else i for i in indices]
         if not wanted or any(i < 0 or i >= depth for i in wanted):
             raise ValueError(f"indices {indices} out of range for a {depth}-block model")
         was_training, self.training = self.training, False  # disables patch dropout only for the embedding
