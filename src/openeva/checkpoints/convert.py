@@ -30,11 +30,15 @@ def unwrap_state_dict(obj) -> dict[str, torch.Tensor]:
         raise ValueError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
     for key in ("model_ema", "model", "module", "state_dict"):
         inner = obj.get(key)
-        if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+        if isinstance(inner, dict) and _holds_tensors(inner):  # may itself wrap one, e.g. model_ema.state_dict
             return unwrap_state_dict(inner) if not _is_flat(inner) else inner
     if not _is_flat(obj):
         raise ValueError("no state dict found in checkpoint (looked under model_ema, model, module, state_dict)")
     return obj
+
+
+def _holds_tensors(d: dict) -> bool:
+    return any(isinstance(v, torch.Tensor) or (isinstance(v, dict) and _holds_tensors(v)) for v in d.values())
 
 
 def _is_flat(d: dict) -> bool:
