@@ -144,8 +144,9 @@ def test_validate_result_reports_problems():
 
 def test_parse_tasks():
     assert parse_tasks(["zeroshot,knn", "knn", "linear-probe"]) == ["zeroshot", "knn", "linear_probe"]
-    with pytest.raises(ValueError, match="finetune"):
-        parse_tasks("finetune")
+    assert parse_tasks("finetune") == ["finetune"]
+    with pytest.raises(ValueError, match="unknown task"):
+        parse_tasks("finetuning")
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -140,7 +140,7 @@ def test_student_layout_and_predictions():
     mask[1, 5:10] = True
     pred = student(_images(), mask)
     assert pred.shape == (8, 32)
-    plain = student.backbone_config()
+    plain = student.export_config()
     assert (plain.global_pool, plain.mask_token, plain.drop_path_rate, plain.patch_embed_grad_scale) == (
         "avg", False, 0.0, 1.0)
 

@@ -10,6 +10,9 @@ import sys
 COMMAND_MODULES = [
     "openeva.cli.models_cmd",
     "openeva.cli.convert_cmd",
+    "openeva.cli.quickstart_cmd",
+    "openeva.cli.train_cmd",
+    "openeva.cli.pretrain_cmd",
     "openeva.cli.eval_cmd",
 ]
 

@@ -2,6 +2,9 @@
 
     openeva eval --model EVA02-B-16 --pretrained ckpt.safetensors --task zeroshot,linear_probe,knn \\
         --dataset data/val --train-dataset data/train --classnames imagenet1k --output results/
+    openeva eval --model eva02_base_patch14_224 --pretrained mim_in22k --task finetune \\
+        --train-dataset data/train --dataset data/val --finetune-config configs/finetune_eva02_B.py \\
+        --finetune-set schedule.epochs=5
     openeva eval-merge results/ more/run.json --out table.csv
 """
 
@@ -17,16 +20,16 @@ from openeva.eval.knn import DEFAULT_KS
 
 def register(subparsers) -> None:
     """Add ``eval`` and ``eval-merge`` to an ``argparse`` subparsers object."""
-    p = subparsers.add_parser("eval", help="evaluate a model: zeroshot, retrieval, linear_probe, knn",
+    p = subparsers.add_parser("eval", help="evaluate a model: zeroshot, retrieval, linear_probe, knn, finetune",
                               description="Evaluate a model; writes one result JSON per task (and plots).")
     p.add_argument("--model", required=True, help="model name (e.g. EVA02-B-16)")
     p.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path")
     p.add_argument("--task", action="append", required=True,
-                   help="zeroshot, retrieval, linear_probe, knn; repeat or comma-separate")
+                   help="zeroshot, retrieval, linear_probe, knn, finetune; repeat or comma-separate")
     p.add_argument("--dataset", required=True, help="evaluation dataset path (folder, csv, jsonl, tar, IDX)")
     p.add_argument("--dataset-type", default="auto", choices=DATASET_TYPES)
     p.add_argument("--dataset-name", default=None, help="name in the results (default: from the path)")
-    p.add_argument("--train-dataset", default=None, help="training split for linear_probe / knn")
+    p.add_argument("--train-dataset", default=None, help="training split for linear_probe / knn / finetune")
     p.add_argument("--train-dataset-type", default=None, choices=DATASET_TYPES)
     p.add_argument("--classnames", default=None,
                    help="builtin (imagenet1k, cifar10, cifar100, mnist, fashion_mnist) or a JSON/text file")
@@ -43,6 +46,11 @@ def register(subparsers) -> None:
     p.add_argument("--knn-k", type=int, nargs="+", default=list(DEFAULT_KS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--language", default="en")
+    p.add_argument("--finetune-config", default=None, metavar="FILE",
+                   help="finetune recipe: a training config (configs/finetune_*.py); default: a short generic one")
+    p.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a finetune config field, e.g. schedule.epochs=3 optim.lr=1e-4 "
+                        "task_options.ema_decay=0.999 (repeatable)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -84,6 +92,8 @@ def run(args: argparse.Namespace, *, model=None, tokenizer=None, preprocess=None
             output_dir=args.output,
             few_shot=args.few_shot,
             knn_ks=tuple(args.knn_k),
+            finetune_config=args.finetune_config,
+            finetune_overrides=tuple(args.finetune_set),
             seed=args.seed,
             dataset_name=args.dataset_name,
             model_name=args.model,

@@ -92,6 +92,9 @@ def validate_result(result) -> dict:
     return result
 
 
+RUNS_DIR = "finetune_runs"  # eval/finetune.py keeps its training runs here
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "none"
 
@@ -111,11 +114,12 @@ def save_result(result: dict, output_dir) -> Path:
 
 
 def load_results(paths: Iterable) -> list[dict]:
-    """Load and validate result JSONs; a folder contributes every ``*.json`` below it."""
+    """Load and validate result JSONs; a folder contributes every ``*.json`` below it, except the training runs
+    (configs, checkpoints) the finetune task keeps in ``finetune_runs/`` beside its results."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(p.rglob("*.json"))
+            files += sorted(f for f in p.rglob("*.json") if RUNS_DIR not in f.relative_to(p).parts[:-1])
         elif p.is_file():
             files.append(p)
         else:

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from openeva.eval import finetune as finetune_mod
 from openeva.eval import knn as knn_mod
 from openeva.eval import linear_probe as probe_mod
 from openeva.eval import plots, retrieval
@@ -48,9 +49,10 @@ from openeva.eval.zeroshot import (
     zeroshot_logits,
 )
 
-TASKS = ("zeroshot", "retrieval", "linear_probe", "knn")
-CLASSIFICATION_TASKS = frozenset({"zeroshot", "linear_probe", "knn"})
-TRAIN_TASKS = frozenset({"linear_probe", "knn"})
+TASKS = ("zeroshot", "retrieval", "linear_probe", "knn", "finetune")
+CLASSIFICATION_TASKS = frozenset({"zeroshot", "linear_probe", "knn", "finetune"})
+TRAIN_TASKS = frozenset({"linear_probe", "knn", "finetune"})
+FROZEN_TASKS = frozenset({"zeroshot", "retrieval", "linear_probe", "knn"})  # tasks on the frozen model's features
 TEXT_TASKS = frozenset({"zeroshot", "retrieval"})
 DEFAULT_TEMPLATES = ("a photo of a {c}.",)
 MAX_LISTED_SKIPS = 20
@@ -66,8 +68,6 @@ def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
             t = t.strip().replace("-", "_")
             if not t:
                 continue
-            if t == "finetune":
-                raise ValueError("task 'finetune' is not available in `openeva eval` yet")
             if t not in TASKS:
                 raise ValueError(f"unknown task {t!r}; expected one of {', '.join(TASKS)}")
             if t not in out:
@@ -158,6 +158,8 @@ def evaluate(
     weight_decays: Sequence[float] = probe_mod.DEFAULT_WEIGHT_DECAYS,
     val_fraction: float = 0.2,
     probe_max_iter: int = 500,
+    finetune_config=None,
+    finetune_overrides: Sequence[str] = (),
     dataset_name: str | None = None,
     model_name: str | None = None,
     language: str = "en",
@@ -172,6 +174,9 @@ def evaluate(
     zeroshot / retrieval). ``classnames`` / ``templates`` take a builtin name (``imagenet1k``, ``cifar10``,
     ``imagenet1k_short`` for templates), a JSON/text file or a list. Linear probe and kNN train on
     ``train_dataset``. Results (and plots) are written under ``output_dir`` when given.
+    ``finetune`` trains a classifier on ``train_dataset`` with the training engine, using the recipe
+    ``finetune_config`` (a ``configs/finetune_*.py`` file or ``TrainConfig``; None: a short default) with
+    ``finetune_overrides`` (``key=value``), and reports the fine-tuned model's accuracy on ``dataset``.
     """
     # ---- 1. check every input before any compute
     task_list = parse_tasks(tasks)
@@ -187,7 +192,7 @@ def evaluate(
         model_label = model_name or model
     else:
         model_label = model_name or type(model).__name__
-        if preprocess is None:
+        if preprocess is None and wants & FROZEN_TASKS:
             raise ValueError("a built model needs preprocess= (its validation transform)")
         if wants & TEXT_TASKS and tokenizer is None and model_name is None:
             raise ValueError(f"tasks {sorted(wants & TEXT_TASKS)} need tokenizer= when the model is passed built")
@@ -199,6 +204,10 @@ def evaluate(
     if wants & TRAIN_TASKS:
         train_data = load_classification_dataset(train_dataset, train_dataset_type or dataset_type, names,
                                                  split="train")
+        present = len(set(train_data.labels))
+        if present < 2:
+            raise ValueError(f"training dataset {train_data.name} has {present} class(es) with images; "
+                             "classification needs at least 2")
         if names is None:
             cls_data = _remap_classes(cls_data, train_data.classnames, f"dataset {dataset}")
         elif train_data.classnames != cls_data.classnames:
@@ -213,44 +222,51 @@ def evaluate(
         else:
             template_list = list(DEFAULT_TEMPLATES)
     data_label = (cls_data or ret_data).name
+    if "finetune" in wants:
+        finetune_mod.check_finetune_model(model)
+        finetune_cfg = finetune_mod.load_finetune_config(finetune_config, finetune_overrides)
+        finetune_mod.check_finetune_inputs(finetune_cfg, train_data, cls_data)
 
-    # ---- 2. model, transform, tokenizer
-    if isinstance(model, str):
-        from openeva.factory import create_model_and_transforms
+    # ---- 2. model, transform, tokenizer (fine-tuning builds its own classifier in step 3)
+    model_obj = encoder = None
+    if wants & FROZEN_TASKS:
+        if isinstance(model, str):
+            from openeva.factory import create_model_and_transforms
 
-        model_obj, _, default_preprocess = create_model_and_transforms(model, pretrained=pretrained)
-        preprocess = preprocess or default_preprocess
-        if wants & TEXT_TASKS and tokenizer is None:
-            from openeva.factory import get_tokenizer
+            model_obj, _, default_preprocess = create_model_and_transforms(model, pretrained=pretrained)
+            preprocess = preprocess or default_preprocess
+            if wants & TEXT_TASKS and tokenizer is None:
+                from openeva.factory import get_tokenizer
 
-            tokenizer = get_tokenizer(model)
+                tokenizer = get_tokenizer(model)
 
-        def model_id() -> str:
-            if pretrained is None:  # randomly initialised weights: only their hash identifies them
-                return f"{model}|{model_fingerprint(model_obj)}"
-            return f"{model}|{checkpoint_fingerprint(pretrained)}"
-    else:
-        model_obj = model
-        if wants & TEXT_TASKS and tokenizer is None:
-            from openeva.factory import get_tokenizer
+            def model_id() -> str:
+                if pretrained is None:  # randomly initialised weights: only their hash identifies them
+                    return f"{model}|{model_fingerprint(model_obj)}"
+                return f"{model}|{checkpoint_fingerprint(pretrained)}"
+        else:
+            model_obj = model
+            if wants & TEXT_TASKS and tokenizer is None:
+                from openeva.factory import get_tokenizer
 
-            tokenizer = get_tokenizer(model_name)
+                tokenizer = get_tokenizer(model_name)
 
-        def model_id() -> str:
-            return f"object|{model_fingerprint(model_obj)}|{checkpoint_fingerprint(pretrained)}"
+            def model_id() -> str:
+                return f"object|{model_fingerprint(model_obj)}|{checkpoint_fingerprint(pretrained)}"
 
-    if wants & TEXT_TASKS and not has_text_tower(model_obj):
-        raise ValueError(f"tasks {sorted(wants & TEXT_TASKS)} need a CLIP model with a text tower; "
-                         f"{model_label} has no encode_text")
-    if not has_image_tower(model_obj):
-        raise ValueError(f"{model_label} has neither encode_image nor forward_features/forward_head")
-    if hasattr(model_obj, "to"):
-        model_obj = model_obj.to(device)
-    if hasattr(model_obj, "eval"):
-        model_obj.eval()
+        if wants & TEXT_TASKS and not has_text_tower(model_obj):
+            raise ValueError(f"tasks {sorted(wants & TEXT_TASKS)} need a CLIP model with a text tower; "
+                             f"{model_label} has no encode_text")
+        if not has_image_tower(model_obj):
+            raise ValueError(f"{model_label} has neither encode_image nor forward_features/forward_head")
+        if hasattr(model_obj, "to"):
+            model_obj = model_obj.to(device)
+        if hasattr(model_obj, "eval"):
+            model_obj.eval()
 
-    encoder = _Encoder(model_obj, preprocess, model_id, batch_size, device, precision, num_workers, progress,
-                       FeatureCache(cache_dir) if cache_dir is not None else None)
+        encoder = _Encoder(model_obj, preprocess, model_id, batch_size, device, precision, num_workers, progress,
+                           FeatureCache(cache_dir) if cache_dir is not None else None)
+
     common = {"model": model_label, "pretrained": pretrained, "language": language,
               "config": {"batch_size": batch_size, "precision": precision, "device": str(device), "seed": seed}}
     out_dir = Path(output_dir) if output_dir is not None else None
@@ -270,6 +286,14 @@ def evaluate(
             _classification_plots(result, scores, labels, cls_data.classnames, out_dir, make_plots)
         elif task == "retrieval":
             result = _run_retrieval(ret_data, encoder, tokenizer, data_label, common, out_dir, make_plots)
+        elif task == "finetune":
+            metrics, scores, labels, extra = finetune_mod.run_finetune(
+                model, train_data, cls_data, cfg=finetune_cfg, pretrained=pretrained, device=device,
+                precision=precision, batch_size=batch_size, num_workers=num_workers, seed=seed,
+                output_dir=out_dir, progress=progress, warmup_fraction=0.1 if finetune_config is None else None)
+            result = make_result(data_label, task=task, metrics=metrics, num_samples=len(labels),
+                                 num_classes=cls_data.num_classes, train_dataset=train_data.name, **extra, **common)
+            _classification_plots(result, scores, labels, cls_data.classnames, out_dir, make_plots)
         else:
             enc = encoder.encode(cls_data, f"encoding {cls_data.name}")
             train_enc = encoder.encode(train_data, f"encoding {train_data.name}")

@@ -72,11 +72,16 @@ class MIMStudent(EVAViT):
         """Images (B, 3, H, W) + bool mask (B, N), True = masked -> predictions (M, C) for the masked patches."""
         return self.predict(self.forward_features(images, mask), mask)
 
-    def backbone_config(self) -> ViTConfig:
-        """The config of the plain backbone these weights initialise: mean pooling, no mask token, no MIM-only
-        training settings (drop path, patch-embed gradient scale); fine-tuning sets its own."""
-        return self.cfg.replace(mask_token=False, global_pool="avg", num_classes=0, drop_path_rate=0.0,
-                                patch_embed_grad_scale=1.0)
+    def export_config(self) -> ViTConfig:
+        """The config saved with these weights: the plain backbone they initialise (see :func:`plain_backbone`)."""
+        return plain_backbone(self.cfg)
+
+
+def plain_backbone(cfg: ViTConfig) -> ViTConfig:
+    """A student config -> the plain backbone its weights initialise: mean pooling + ``fc_norm`` (EVA-02
+    fine-tuning), no mask token, no MIM-only training settings (drop path, patch-embed gradient scale)."""
+    return cfg.replace(mask_token=False, global_pool="avg", num_classes=0, drop_path_rate=0.0,
+                       patch_embed_grad_scale=1.0, patch_drop_rate=0.0)
 
 
 def build_student(
@@ -104,7 +109,7 @@ def save_mim_backbone(student: MIMStudent, out_dir: str | os.PathLike, extra: di
     """Writes the student as an openeva checkpoint directory that both downstream loaders take directly.
 
     ``model.safetensors``: EVA's MIM layout (backbone tensors, final ``norm``, ``mask_token``, ``lm_head``), so
-    MIM can be inspected or continued; ``config.json``: the plain mean-pooling backbone (``backbone_config``),
+    MIM can be inspected or continued; ``config.json``: the plain mean-pooling backbone (``export_config``),
     the model name and preprocessing, plus ``extra`` (e.g. ``{"mim": {...}}``).
     """
     from openeva.checkpoints import save_checkpoint
@@ -112,7 +117,7 @@ def save_mim_backbone(student: MIMStudent, out_dir: str | os.PathLike, extra: di
     spec = getattr(student, "spec", None)
     if spec is None:
         raise ValueError("the student has no .spec (build it with build_student) so its name is unknown")
-    config = {"model_name": spec.name, "model_config": student.backbone_config().to_dict(),
+    config = {"model_name": spec.name, "model_config": student.export_config().to_dict(),
               "preprocess": spec.preprocess_cfg(student.cfg.img_size), **(extra or {})}
     return save_checkpoint(student, out_dir, config)
 

@@ -168,3 +168,21 @@ register_model(ModelSpec(
                       text=TextConfig(width=64, heads=2, layers=2, embed_dim=32)),
     description="test EVA-CLIP with the post-norm GELU tower of EVA02-E",
 ))
+
+# Quickstart sizes (`openeva quickstart`: the whole EVA chain on the built-in shapes data, on 2 CPU cores).
+# A small EVA-02 tower (64 px, patch 8, 8x8 grid = the RoPE reference grid, sub-LN SwiGLU) registered twice: as
+# a CLIP vision tower and as the matching MIM backbone, so the MIM student hands off to the CLIP tower.
+_QUICKSTART_TOWER = dict(embed_dim=128, depth=4, num_heads=4, mlp_hidden=344, patch_size=8, img_size=64,
+                         mlp_norm=True, rope_ref_grid=(8, 8))
+register_model(ModelSpec(
+    name="eva02_quickstart_patch8_64",
+    config=ViTConfig(**_QUICKSTART_TOWER),
+    description="quickstart EVA-02 backbone (64px, patch 8, width 128, depth 4, sub-LN SwiGLU, RoPE)",
+))
+register_model(ModelSpec(
+    name="EVA02-quickstart",
+    config=CLIPConfig(embed_dim=64,
+                      vision=ViTConfig(**_QUICKSTART_TOWER, attn_norm=True, global_pool="token", num_classes=64),
+                      text=TextConfig(width=128, heads=4, layers=3, embed_dim=64, context_length=20)),
+    description="quickstart EVA-CLIP (vision tower = eva02_quickstart_patch8_64; 3-layer text, context 20)",
+))

@@ -5,17 +5,36 @@ One method per paper step, as MAE writes it: ``masks`` (block-wise, from the bat
 ``targets`` (frozen CLIP teacher patch features on the same crop, or normalised pixels) and ``loss`` (negative
 cosine similarity, or MAE's pixel MSE, over masked tokens only). The engine owns precision, optimiser,
 schedule, checkpoints and logging.
+
+Runs: a :class:`~openeva.train.config.TrainConfig` with ``task="openeva.train.mim_task:build_mim"`` (see
+``configs/mim_*.py``), the student in ``model`` (``name``, ``img_size``, ``drop_path_rate``, ``pretrained``
+to continue MIM), the images in ``data`` (any CLIP source; captions ignored; ``data.scale`` (0.2, 1) for the
+recipe) and the MIM settings in ``task_options`` (:class:`MIMOptions`: teacher, masking, target). ``pretrain``
+runs one and leaves ``RUN/final``, a plain backbone checkpoint (see :mod:`openeva.models.mim`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 from torch import nn
+from torch.utils.data import Dataset, IterableDataset
 
 from openeva.losses.mim import mim_cosine_loss, patchify, pixel_regression_loss
-from openeva.models.mim import ClipTeacher, MIMStudent
+from openeva.models.mim import TEACHER_PRECISIONS, ClipTeacher, MIMStudent, plain_backbone
 from openeva.train.task import ParamGroupSpec, Task
 
+logger = logging.getLogger(__name__)
+
+MIM_TASK = "openeva.train.mim_task:build_mim"  # the ``task`` of MIM run configs
 TARGETS = ("clip", "pixel")
 
 
@@ -26,6 +45,8 @@ class MIMTask(Task):
     dim); ``target="pixel"`` is the MAE baseline (``student.target_dim = patch**2 * 3``, ``norm_pix`` per-patch
     normalised targets). Batches are ``(images, [texts,] masks)`` as ``data.loader.MaskingCollate`` makes them
     (masks (B, h, w) or (B, N), True = masked); batches without masks get them from ``mask_generator``.
+    ``layer_decay`` < 1 gives the student layer-wise lr decay; ``val_data`` ((image, mask) samples, see
+    :class:`MaskedImages`) makes :meth:`evaluate` report the loss on held-out images with fixed masks.
     The teacher lives inside the Task (frozen, eval mode) but is left out of its ``state_dict``: it is rebuilt
     from the run config, so checkpoints hold only what trains.
     """
@@ -37,6 +58,9 @@ class MIMTask(Task):
         target: str = "clip",
         norm_pix: bool = True,
         mask_generator=None,
+        layer_decay: float = 1.0,
+        val_data: Dataset | None = None,
+        val_batch_size: int = 64,
     ):
         super().__init__()
         if not isinstance(student, MIMStudent):
@@ -61,7 +85,9 @@ class MIMTask(Task):
         self.target = target
         self.norm_pix = norm_pix
         self.mask_generator = mask_generator
-        self._register_state_dict_hook(_drop_teacher_keys)
+        self.layer_decay = float(layer_decay)
+        self.val_data, self.val_batch_size = val_data, val_batch_size
+        self.register_state_dict_post_hook(_drop_teacher_keys)
         self.register_load_state_dict_pre_hook(_teacher_keys_are_not_expected)
 
     @property
@@ -130,7 +156,32 @@ class MIMTask(Task):
         return loss, metrics
 
     def param_group_specs(self) -> list[ParamGroupSpec]:
-        return [ParamGroupSpec(module=self.student, prefix="student")]
+        return [ParamGroupSpec(module=self.student, prefix="student", layer_decay=self.layer_decay)]
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Mean loss (and cosine similarity) on ``val_data``: the same images and masks at every evaluation."""
+        if self.val_data is None:
+            return {}
+        from openeva.data.loader import collate_skip_none
+
+        loader = torch.utils.data.DataLoader(self.val_data, batch_size=self.val_batch_size, shuffle=False,
+                                             collate_fn=collate_skip_none)
+        device = self.student.cls_token.device
+        total, count = 0.0, 0
+        for batch in loader:
+            if batch is None:
+                continue
+            images, mask = self.masks([t.to(device) for t in batch])
+            pred = self.predict(self.encode(images, mask), mask)  # (M, C)
+            total += float(self.loss(pred, self.targets(images)[mask])) * len(images)
+            count += len(images)
+        if count == 0:
+            return {}
+        metrics = {"loss": total / count}
+        if self.target == "clip":
+            metrics["cos_sim"] = -metrics["loss"]
+        return metrics
 
     def train(self, mode: bool = True) -> "MIMTask":
         super().train(mode)
@@ -154,3 +205,284 @@ def _teacher_keys_are_not_expected(module, state_dict, prefix, local_metadata, s
         return
     for name, tensor in teacher.state_dict().items():
         state_dict.setdefault(f"{prefix}teacher.{name}", tensor)
+
+
+# ------------------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class MIMOptions:
+    """MIM settings of a run (``task_options`` of its TrainConfig; ``task_options.KEY=VALUE`` overrides)."""
+
+    teacher: str = "EVA02-B-16"  # a registered CLIP name or an openeva CLIP checkpoint directory
+    teacher_pretrained: str | None = None  # checkpoint (any format) or tag; "random": untrained (smoke tests)
+    teacher_precision: str = "bf16"  # teacher weights and forward; targets are fp32 either way
+    target: str = "clip"  # "clip" (EVA-02) | "pixel" (MAE normalised-pixel baseline)
+    num_masking_patches: int | None = None  # default: 105/256 of the grid, i.e. EVA-02's 105 on 16x16
+    min_num_patches: int = 16  # smallest masking block
+    max_num_patches: int | None = None  # largest block (default: num_masking_patches)
+    min_aspect: float = 0.3  # block aspect ratio in [min_aspect, 1 / min_aspect]
+    hflip: float = 0.5  # horizontal flip probability (the crop is RandomResizedCrop with data.scale)
+    norm_pix: bool = True  # pixel target: per-patch normalised pixels (MAE)
+    patch_embed_grad_scale: float = 0.1  # EVA-02: the patch embedding learns with a tenth of its gradient
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MIMOptions":
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in fields:
+                close = difflib.get_close_matches(key, list(fields), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(fields)}"
+                raise ValueError(f"unknown MIM option task_options.{key}{hint}")
+        opts = cls(**d)
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        def bad(key, expected):
+            return ValueError(f"config task_options.{key}={getattr(self, key)!r} is invalid: expected {expected}")
+
+        if not isinstance(self.teacher, str) or not self.teacher:
+            raise bad("teacher", "a CLIP model name or checkpoint directory")
+        if self.teacher_pretrained is not None and not isinstance(self.teacher_pretrained, str):
+            raise bad("teacher_pretrained", "a checkpoint path, a tag or 'random'")
+        if self.teacher_precision not in TEACHER_PRECISIONS:
+            raise bad("teacher_precision", f"one of {', '.join(TEACHER_PRECISIONS)}")
+        if self.target not in TARGETS:
+            raise bad("target", f"one of {', '.join(TARGETS)}")
+        for key in ("num_masking_patches", "max_num_patches", "min_num_patches"):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise bad(key, "a positive int")
+        a = self.min_aspect
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 1:
+            raise bad("min_aspect", "a number in (0, 1]")
+        if isinstance(self.hflip, bool) or not isinstance(self.hflip, (int, float)) or not 0 <= self.hflip <= 1:
+            raise bad("hflip", "a probability in [0, 1]")
+        if not isinstance(self.norm_pix, bool):
+            raise bad("norm_pix", "true or false")
+        g = self.patch_embed_grad_scale
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g <= 1:
+            raise bad("patch_embed_grad_scale", "a number in [0, 1]")
+
+    def mask_generator(self, grid_size: tuple[int, int]):
+        from openeva.data.masking import BlockMaskGenerator
+
+        return BlockMaskGenerator(grid_size, num_masking_patches=self.num_masking_patches,
+                                  min_num_patches=self.min_num_patches, max_num_patches=self.max_num_patches,
+                                  min_aspect=self.min_aspect)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _mask_of(mask_generator, seed: int | None, index: int) -> torch.Tensor:
+    if seed is None:  # the engine loads each training sample under its own seeded RNG stream
+        return mask_generator(None)
+    from openeva.train.data import derive_seed
+
+    return mask_generator(torch.Generator().manual_seed(derive_seed(seed, index)))
+
+
+class MaskedImages(Dataset):
+    """``(image, mask)`` from any image(-text) dataset: captions dropped, one block mask (h, w) per image.
+
+    Masks are drawn per sample, so they are as reproducible as the sample's crop: from the global RNG (which the
+    training loader seeds per ``(seed, epoch, index)``), or from ``seed`` and the index alone (validation).
+    Samples that fail to load stay ``None`` (the collate skips them).
+    """
+
+    def __init__(self, dataset: Dataset, mask_generator, seed: int | None = None):
+        self.dataset, self.mask_generator, self.seed = dataset, mask_generator, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        sample = self.dataset[index]
+        if sample is None:
+            return None
+        image = sample[0] if isinstance(sample, (tuple, list)) else sample
+        return image, _mask_of(self.mask_generator, self.seed, index)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    @property
+    def skipped(self):
+        return getattr(self.dataset, "skipped", None)
+
+
+class MaskedImageStream(IterableDataset):
+    """:class:`MaskedImages` for streams (tar shards)."""
+
+    def __init__(self, dataset: IterableDataset, mask_generator):
+        self.dataset, self.mask_generator = dataset, mask_generator
+
+    def __iter__(self):
+        for sample in self.dataset:
+            if sample is None:
+                yield None
+                continue
+            image = sample[0] if isinstance(sample, (tuple, list)) else sample
+            yield image, self.mask_generator(None)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    @property
+    def skipped(self):
+        return getattr(self.dataset, "skipped", None)
+
+
+def with_masks(dataset, mask_generator, seed: int | None = None):
+    if isinstance(dataset, IterableDataset):
+        return MaskedImageStream(dataset, mask_generator)
+    return MaskedImages(dataset, mask_generator, seed)
+
+
+# ------------------------------------------------------------------------------------ build / preflight
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or value.startswith(".") or Path(value).suffix in (".pt", ".pth", ".bin", ".safetensors")
+
+
+def preflight_mim(cfg) -> MIMOptions:
+    """Every check that needs no compute: student and teacher names, weight files, masking, data paths."""
+    from openeva.factory import build_config, resolve_spec
+    from openeva.train.data import check_sources
+
+    opts = MIMOptions.from_dict(cfg.task_options)
+    try:
+        student_spec, _ = resolve_spec(cfg.model.name)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"model.name: {e}") from None
+    if student_spec.is_clip:
+        raise ValueError(f"model.name={cfg.model.name!r} is a CLIP model; the MIM student is a backbone "
+                         "(e.g. eva02_base_patch14_224; see `openeva models --kind backbone`)")
+    if cfg.model.patch_dropout:
+        raise ValueError("model.patch_dropout must be 0 for MIM (every patch is either seen or predicted)")
+    if cfg.model.pretrained and _looks_like_path(cfg.model.pretrained) and not Path(cfg.model.pretrained).exists():
+        raise FileNotFoundError(f"model.pretrained: checkpoint not found: {cfg.model.pretrained}")
+    if opts.target == "clip":
+        try:
+            teacher_spec, saved = resolve_spec(opts.teacher)
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(f"task_options.teacher: {e}") from None
+        if not teacher_spec.is_clip:
+            raise ValueError(f"task_options.teacher={opts.teacher!r} is not a CLIP model")
+        weights = opts.teacher_pretrained
+        if weights is None and saved is None:
+            raise ValueError("task_options.teacher_pretrained is not set: MIM against an untrained teacher learns "
+                             "nothing useful. Give its checkpoint (EVA-CLIP .pt, open_clip .bin, timm, openeva "
+                             "directory) or a tag, or 'random' for smoke tests")
+        if weights not in (None, "random") and _looks_like_path(weights) and not Path(weights).exists():
+            raise FileNotFoundError(f"task_options.teacher_pretrained: checkpoint not found: {weights}")
+    grid = build_config(student_spec, img_size=cfg.model.img_size).grid_size
+    opts.mask_generator(grid)  # raises on masking that does not fit the grid
+    check_sources(cfg.data.sources())
+    if cfg.data.val not in (None, "synthetic") and not Path(cfg.data.val).exists():
+        raise FileNotFoundError(f"data.val: not found: {cfg.data.val}")
+    return opts
+
+
+def build_mim_task(cfg, opts: MIMOptions | None = None) -> MIMTask:
+    """The MIMTask of a TrainConfig (models only; no data): teacher, student sized to its targets."""
+    from openeva.checkpoints import load_checkpoint
+    from openeva.models.mim import build_student, build_teacher
+
+    opts = opts or MIMOptions.from_dict(cfg.task_options)
+    from openeva.factory import build_config, resolve_spec
+
+    student_spec, _ = resolve_spec(cfg.model.name)
+    teacher = None
+    if opts.target == "clip":
+        weights = opts.teacher_pretrained
+        if weights == "random":
+            logger.warning("MIM teacher %s is untrained (teacher_pretrained=random): a smoke test, not pretraining",
+                           opts.teacher)
+            weights = None
+        teacher = build_teacher(opts.teacher, pretrained=weights, precision=opts.teacher_precision,
+                                input_mean=student_spec.mean, input_std=student_spec.std)
+        target_dim = teacher.target_dim
+    else:
+        c = build_config(student_spec, img_size=cfg.model.img_size)
+        target_dim = c.patch_size ** 2 * c.in_chans  # one normalised pixel patch
+    student = build_student(cfg.model.name, target_dim, img_size=cfg.model.img_size,
+                            drop_path_rate=cfg.model.drop_path_rate or 0.0,
+                            patch_embed_grad_scale=opts.patch_embed_grad_scale)
+    if cfg.model.pretrained:  # continue MIM from a student checkpoint (e.g. IN-21K -> Merged-38M)
+        load_checkpoint(student, cfg.model.pretrained, strict=False)
+    if cfg.model.grad_checkpointing:
+        student.set_grad_checkpointing(True)
+    return MIMTask(student, teacher, target=opts.target, norm_pix=opts.norm_pix,
+                   mask_generator=opts.mask_generator(student.cfg.grid_size), layer_decay=cfg.optim.layer_decay)
+
+
+def build_mim(cfg, world):
+    """(MIMTask, ResumableLoader) for a TrainConfig on this process: the engine's ``build(cfg, world)``."""
+    from openeva.data.transforms import PreprocessConfig, image_transform
+    from openeva.train.data import ResumableLoader, build_image_text_dataset, build_val_pairs
+
+    opts = MIMOptions.from_dict(cfg.task_options)
+    task = build_mim_task(cfg, opts)
+    student = task.student
+    pre = PreprocessConfig.from_dict(student.spec.preprocess_cfg(student.cfg.img_size))
+    # student and teacher see this one crop: the teacher gets the same tensor (resized when its size differs)
+    train_tf = image_transform(pre, is_train=True, scale=tuple(cfg.data.scale), hflip=opts.hflip)
+    size = int(student.cfg.img_size[0])
+    d = cfg.data
+    images = build_image_text_dataset(d, train_tf, None, size, cfg.seed, world.rank, world.world_size)
+    train = with_masks(images, task.mask_generator)
+    loader = ResumableLoader(train, d.batch_size, rank=world.rank, world_size=world.world_size, seed=cfg.seed,
+                             num_workers=d.num_workers, pin_memory=world.device.type == "cuda",
+                             samples_per_epoch=d.train_num_samples)
+    if world.is_main:
+        val = build_val_pairs(d, image_transform(pre, is_train=False), None, size, cfg.seed)
+        if val is not None:
+            task.val_data = MaskedImages(val, task.mask_generator, seed=cfg.seed + 3_000_017)
+            task.val_batch_size = min(d.batch_size * 2, 256)
+    return task, loader
+
+
+build_mim.preflight = preflight_mim  # found by the runner for task="openeva.train.mim_task:build_mim"
+
+
+# ----------------------------------------------------------------------------------------------- run
+def pretrain(config, overrides=(), world=None) -> Path:
+    """Run MIM pretraining to completion (or ``max_steps_this_run``); returns the run directory.
+
+    ``config``: a TrainConfig or a config file (``configs/mim_*.py``), with ``key=value`` ``overrides``.
+    The run directory is the engine's (config.json, metrics.jsonl, tb/, plots/, checkpoints/); when the run
+    completes, ``RUN/final`` holds the student as a plain backbone checkpoint: ``create_model(RUN/final)``,
+    ``create_model(name, pretrained=RUN/final, num_classes=K)`` and CLIP training's
+    ``model.pretrained_image=RUN/final`` all take it directly.
+    """
+    from openeva.train.config import TrainConfig, load_config
+    from openeva.train.runner import run_dir_of, train
+
+    cfg = config if isinstance(config, TrainConfig) else load_config(config, overrides)
+    if isinstance(config, TrainConfig) and overrides:
+        cfg = cfg.with_overrides(list(overrides))
+    if cfg.task not in (MIM_TASK, "mim"):
+        raise ValueError(f"task={cfg.task!r} is not MIM pretraining; set task={MIM_TASK!r} (or use `openeva train`)")
+    summary = train(cfg, world)
+    run_dir = Path(summary.get("run_dir") or run_dir_of(cfg))
+    finalize_export(run_dir / "final")
+    return run_dir
+
+
+def finalize_export(model_dir: Path) -> None:
+    """Make an exported student's ``config.json`` describe the plain backbone (mean pooling, no mask token)
+    that its weights initialise, so loaders build the right model. Idempotent; a missing directory is skipped."""
+    cfg_file = Path(model_dir) / "config.json"
+    if not cfg_file.is_file():
+        return
+    from openeva.models.vit import ViTConfig
+
+    config = json.loads(cfg_file.read_text())
+    vit = ViTConfig.from_dict(config["model_config"])
+    if not vit.mask_token and vit.global_pool == "avg":
+        return
+    config["model_config"] = plain_backbone(vit).to_dict()
+    fd, tmp = tempfile.mkstemp(dir=cfg_file.parent, prefix=".config.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(config, indent=2, default=list))
+    os.replace(tmp, cfg_file)

@@ -1,0 +1,479 @@
+"""Run configuration: one frozen dataclass, validated when built, so a bad value fails before any compute.
+
+A config file is a Python file defining ``config = TrainConfig(...)`` (see ``configs/clip_*.py``); the command
+line overrides fields with ``key=value`` (dotted keys reach the nested sections, e.g. ``optim.lr=1e-4``),
+each value parsed by the field's type. The resolved config is written to the run directory and into every
+checkpoint (nanoGPT / dinov2 style), and ``TrainConfig.from_dict`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import importlib.util
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+# Keys EVA-CLIP re-initialises when it builds a CLIP from a MIM vision tower and a CLIP text tower.
+EVA_CLIP_SKIP_LIST = ("head.weight", "head.bias", "lm_head.weight", "lm_head.bias", "mask_token",
+                      "text_projection", "logit_scale")
+OPTIMIZERS = ("adamw", "lamb")
+SCHEDULERS = ("cosine", "const", "const-cooldown")
+PRECISIONS = ("fp32", "bf16", "fp16")
+STRATEGIES = ("ddp", "fsdp")
+BACKENDS = ("auto", "gloo", "nccl")
+DEVICES = ("auto", "cpu", "cuda")
+LOSSES = ("clip", "siglip")
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"config {key}={value!r} is invalid: expected {expected}")
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    _check(value in choices, key, value, f"one of {', '.join(choices)}")
+
+
+def _check_positive(key: str, value: Any, allow_zero: bool = False, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    _check(ok, key, value, "a number >= 0" if allow_zero else "a number > 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What is trained and where its weights come from."""
+
+    name: str = "EVA02-test"  # a registered model (``openeva models``) or an openeva checkpoint directory
+    pretrained: str | None = None  # whole-model weights (path or tag); loaded before the tower inits
+    pretrained_image: str | None = None  # vision tower init, e.g. an EVA-02 MIM checkpoint (any format)
+    pretrained_text: str | None = None  # text tower init, from a CLIP checkpoint (open_clip / EVA-CLIP / ours)
+    skip_list: tuple[str, ...] = EVA_CLIP_SKIP_LIST  # tower keys left as initialised (glob, relative to tower)
+    img_size: int | None = None
+    patch_dropout: float = 0.0  # FLIP token dropping in the vision tower while training
+    drop_path_rate: float | None = None
+    lock_image: bool = False
+    lock_image_unlocked_groups: int = 0
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
+    grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile the Task
+
+    def validate(self, p: str = "model") -> None:
+        _check(isinstance(self.name, str) and bool(self.name), f"{p}.name", self.name, "a model name")
+        _check(0.0 <= self.patch_dropout < 1.0, f"{p}.patch_dropout", self.patch_dropout, "a rate in [0, 1)")
+        if self.drop_path_rate is not None:
+            _check(0.0 <= self.drop_path_rate < 1.0, f"{p}.drop_path_rate", self.drop_path_rate, "a rate in [0, 1)")
+        _check_positive(f"{p}.img_size", self.img_size, allow_none=True)
+        for key in ("lock_image_unlocked_groups", "lock_text_unlocked_layers"):
+            value = getattr(self, key)
+            _check(isinstance(value, int) and value >= 0, f"{p}.{key}", value, "an int >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training pairs, batch size and the validation sets watched during training."""
+
+    train: str = "synthetic"  # "synthetic", or sources joined by ';': caption index, image-text folder, tar shards
+    train_weights: tuple[float, ...] | None = None  # mixing weight per ';' source
+    train_num_samples: int | None = None  # synthetic size; samples per epoch for tar shards (required there)
+    image_key: str = "filepath"  # caption index columns (open_clip's defaults)
+    caption_key: str = "title"
+    batch_size: int = 32  # per process and micro-step: global batch = batch_size * world_size * accum_steps
+    num_workers: int = 0
+    scale: tuple[float, float] = (0.9, 1.0)  # RandomResizedCrop area range (EVA-CLIP)
+    val: str | None = "synthetic"  # image-text pairs for validation loss and retrieval, or None
+    val_num_samples: int = 256
+    zeroshot: str | None = "shapes"  # "shapes" (synthetic held-out pairs) or a labelled folder / csv, or None
+    zeroshot_classnames: str | None = None  # file or builtin name (needed for a folder / csv zero-shot set)
+    zeroshot_templates: str | None = None
+    zeroshot_num_samples: int = 250
+
+    def sources(self) -> list[str]:
+        return [s.strip() for s in self.train.split(";") if s.strip()]
+
+    def validate(self, p: str = "data") -> None:
+        _check(isinstance(self.train, str) and bool(self.sources()), f"{p}.train", self.train, "a data source")
+        if self.train_weights is not None:
+            _check(len(self.train_weights) == len(self.sources()) and all(w >= 0 for w in self.train_weights)
+                   and sum(self.train_weights) > 0, f"{p}.train_weights", self.train_weights,
+                   f"{len(self.sources())} weights >= 0 (one per ';' source), not all zero")
+        for key in ("batch_size", "val_num_samples", "zeroshot_num_samples"):
+            value = getattr(self, key)
+            _check(isinstance(value, int) and value > 0, f"{p}.{key}", value, "an int > 0")
+        _check(isinstance(self.num_workers, int) and self.num_workers >= 0, f"{p}.num_workers", self.num_workers,
+               "an int >= 0")
+        if self.train_num_samples is not None:
+            _check(isinstance(self.train_num_samples, int) and self.train_num_samples > 0,
+                   f"{p}.train_num_samples", self.train_num_samples, "an int > 0")
+        lo, hi = self.scale
+        _check(0 < lo <= hi <= 1, f"{p}.scale", self.scale, "(min, max) with 0 < min <= max <= 1")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer, per-tower learning rates and layer-wise lr decay (EVA-CLIP), clipping, accumulation."""
+
+    optimizer: str = "adamw"  # adamw | lamb (timm's Lamb, as EVA-CLIP)
+    lr: float = 5e-4  # base lr: parameters outside the towers (logit scale) and towers without their own lr
+    visual_lr: float | None = None
+    text_lr: float | None = None
+    visual_layer_decay: float = 1.0
+    text_layer_decay: float = 1.0
+    layer_decay: float = 1.0  # for single-model tasks (MIM, fine-tuning) that do not set their own
+    weight_decay: float = 0.05
+    visual_weight_decay: float | None = None
+    text_weight_decay: float | None = None
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    grad_clip: float | None = 5.0  # max global grad norm; None disables
+    lamb_max_grad_norm: float | None = 1.0  # timm Lamb's own global-norm clip (its default, kept by EVA-CLIP)
+    accum_steps: int = 1
+
+    def validate(self, p: str = "optim") -> None:
+        _check_choice(f"{p}.optimizer", self.optimizer, OPTIMIZERS)
+        _check_positive(f"{p}.lr", self.lr)
+        for key in ("visual_lr", "text_lr"):
+            _check_positive(f"{p}.{key}", getattr(self, key), allow_zero=True, allow_none=True)
+        for key in ("visual_layer_decay", "text_layer_decay", "layer_decay"):
+            value = getattr(self, key)
+            _check(isinstance(value, (int, float)) and 0 < value <= 1, f"{p}.{key}", value, "a factor in (0, 1]")
+        for key in ("weight_decay", "visual_weight_decay", "text_weight_decay"):
+            _check_positive(f"{p}.{key}", getattr(self, key), allow_zero=True, allow_none=key != "weight_decay")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{p}.betas", self.betas,
+               "(beta1, beta2) in [0, 1)")
+        _check_positive(f"{p}.eps", self.eps)
+        _check_positive(f"{p}.grad_clip", self.grad_clip, allow_none=True)
+        _check_positive(f"{p}.lamb_max_grad_norm", self.lamb_max_grad_norm, allow_none=True)
+        _check(isinstance(self.accum_steps, int) and self.accum_steps >= 1, f"{p}.accum_steps", self.accum_steps,
+               "an int >= 1")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule over optimizer steps: linear warmup, then cosine / constant / cooldown."""
+
+    scheduler: str = "cosine"
+    warmup_steps: int = 2000
+    total_steps: int | None = None  # optimizer steps; or derive them from epochs
+    epochs: int | None = None
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of each group's lr
+    cooldown_steps: int = 0  # const-cooldown: linear decay to the floor over the last steps
+
+    def validate(self, p: str = "schedule") -> None:
+        _check_choice(f"{p}.scheduler", self.scheduler, SCHEDULERS)
+        _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, f"{p}.warmup_steps",
+               self.warmup_steps, "an int >= 0")
+        _check((self.total_steps is None) != (self.epochs is None), f"{p}.total_steps", self.total_steps,
+               f"exactly one of {p}.total_steps and {p}.epochs (got epochs={self.epochs!r})")
+        for key in ("total_steps", "epochs"):
+            value = getattr(self, key)
+            if value is not None:
+                _check(isinstance(value, int) and value > 0, f"{p}.{key}", value, "an int > 0")
+        if self.total_steps is not None:
+            _check(self.warmup_steps <= self.total_steps, f"{p}.warmup_steps", self.warmup_steps,
+                   f"at most {p}.total_steps={self.total_steps}")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, f"{p}.min_lr_ratio", self.min_lr_ratio, "a fraction in [0, 1]")
+        _check(isinstance(self.cooldown_steps, int) and self.cooldown_steps >= 0, f"{p}.cooldown_steps",
+               self.cooldown_steps, "an int >= 0")
+        if self.scheduler == "const-cooldown":
+            _check(self.cooldown_steps > 0, f"{p}.cooldown_steps", self.cooldown_steps, "> 0 for const-cooldown")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The contrastive objective and how it spans processes (open_clip's semantics)."""
+
+    kind: str = "clip"  # clip (softmax) | siglip (sigmoid)
+    local_loss: bool = True  # EVA-CLIP: local rows against gathered columns ...
+    gather_with_grad: bool = True  # ... with gradients through the gather
+    tiled: bool = False  # Inf-CL tiled softmax loss (memory linear in the batch)
+    max_logit_scale: float = 100.0  # logit scale clamped to ln(this) after every step (CLIP)
+
+    def validate(self, p: str = "loss") -> None:
+        _check_choice(f"{p}.kind", self.kind, LOSSES)
+        _check_positive(f"{p}.max_logit_scale", self.max_logit_scale)
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    """Process layout: DDP everywhere, FSDP2 (``fully_shard``) for large models."""
+
+    strategy: str = "ddp"
+    backend: str = "auto"  # auto: nccl on GPU, gloo on CPU
+    find_unused_parameters: bool = False
+    static_graph: bool = False
+
+    def validate(self, p: str = "dist") -> None:
+        _check_choice(f"{p}.strategy", self.strategy, STRATEGIES)
+        _check_choice(f"{p}.backend", self.backend, BACKENDS)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs. Top-level fields are the run itself; sections are nested dataclasses."""
+
+    task: str = "clip"  # a registered task ("clip") or "package.module:build_function"
+    output_dir: str = "runs"
+    name: str | None = None  # run directory = output_dir/name (the CLI defaults it to the config file's stem)
+    seed: int = 0
+    resume: str | None = None  # "latest" or a checkpoint directory
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + grad scaler)
+    device: str = "auto"  # auto: cuda when available, else cpu
+    max_steps_this_run: int | None = None  # stop (after checkpointing) once this many steps ran in this process
+    save_every: int = 1000  # optimizer steps between checkpoints (one is always written at the end)
+    keep_last: int = 3  # checkpoints kept (older ones deleted)
+    log_every: int = 10
+    eval_every: int = 0  # steps between validations; 0: only at the end
+    progress: bool = True  # progress bar on rank 0
+    tensorboard: bool = True
+    plot: bool = True
+    task_options: dict[str, Any] = field(default_factory=dict)  # free-form options for custom tasks
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+    def __post_init__(self):
+        for name, kind in (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig),
+                           ("schedule", ScheduleConfig), ("loss", LossConfig), ("dist", DistConfig)):
+            _check(isinstance(getattr(self, name), kind), name, getattr(self, name), f"a {kind.__name__}")
+            getattr(self, name).validate(name)
+        _check(isinstance(self.task, str) and bool(self.task), "task", self.task, "a task name")
+        _check(isinstance(self.output_dir, str) and bool(self.output_dir), "output_dir", self.output_dir, "a path")
+        if self.name is not None:
+            _check(isinstance(self.name, str) and bool(self.name) and "/" not in self.name and self.name not in
+                   (".", ".."), "name", self.name, "a directory name without '/'")
+        _check(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0, "seed", self.seed,
+               "an int >= 0")
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("device", self.device, DEVICES)
+        for key in ("save_every", "keep_last", "log_every"):
+            value = getattr(self, key)
+            _check(isinstance(value, int) and value >= 1, key, value, "an int >= 1")
+        _check(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every", self.eval_every,
+               "an int >= 0 (0: evaluate at the end only)")
+        if self.max_steps_this_run is not None:
+            _check(isinstance(self.max_steps_this_run, int) and self.max_steps_this_run >= 1, "max_steps_this_run",
+                   self.max_steps_this_run, "an int >= 1")
+        _check(isinstance(self.task_options, dict), "task_options", self.task_options, "a dict")
+
+    # ------------------------------------------------------------------------------------ (de)serialising
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=list)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict` (JSON lists become tuples); unknown keys are an error."""
+        return _from_dict(cls, d, "")
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> "TrainConfig":
+        return apply_overrides(self, overrides)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_section(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _from_dict(cls, d: dict[str, Any], prefix: str):
+    if not isinstance(d, dict):
+        raise ValueError(f"config section {prefix.rstrip('.') or 'root'} must be a dict, got {type(d).__name__}")
+    types_ = _field_types(cls)
+    unknown = [k for k in d if k not in types_]
+    if unknown:
+        raise ValueError(_unknown_key_message(prefix + unknown[0], list(_all_keys(cls, prefix))))
+    kwargs = {}
+    for key, value in d.items():
+        tp = types_[key]
+        if _is_section(tp):
+            kwargs[key] = _from_dict(tp, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, prefix + key)
+    return cls(**kwargs)
+
+
+def _all_keys(cls, prefix: str = ""):
+    for name, tp in _field_types(cls).items():
+        if _is_section(tp):
+            yield from _all_keys(tp, f"{prefix}{name}.")
+        else:
+            yield prefix + name
+
+
+def _unknown_key_message(key: str, known: list[str]) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(key, known, n=4, cutoff=0.5)
+    close += [k for k in known if k.rsplit(".", 1)[-1] == leaf and k not in close]
+    hint = f"; did you mean {', '.join(close[:5])}?" if close else f"; known keys: {', '.join(known)}"
+    return f"unknown config key {key!r}{hint}"
+
+
+def _optional_inner(tp):
+    """``X | None`` -> (X, True); anything else -> (tp, False)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(value: Any, tp, key: str):
+    """A Python value (from a config dict / JSON) converted to the field's type, or ValueError naming the key."""
+    inner, optional = _optional_inner(tp)
+    if value is None:
+        if optional or tp is Any:
+            return None
+        raise ValueError(f"config {key}=None is invalid: this field cannot be None")
+    origin = typing.get_origin(inner)
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            raise ValueError(f"config {key}={value!r} is invalid: expected a sequence")
+        args = typing.get_args(inner)
+        items = list(value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in items)
+        if len(items) != len(args):
+            raise ValueError(f"config {key}={value!r} is invalid: expected {len(args)} values")
+        return tuple(_coerce(v, a, key) for v, a in zip(items, args))
+    if origin is dict or inner is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config {key}={value!r} is invalid: expected a dict")
+        return dict(value)
+    if inner is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config {key}={value!r} is invalid: expected true or false")
+        return value
+    if inner is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ValueError(f"config {key}={value!r} is invalid: expected an integer")
+        return int(value)
+    if inner is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config {key}={value!r} is invalid: expected a number")
+        return float(value)
+    if inner is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config {key}={value!r} is invalid: expected a string")
+        return value
+    return value
+
+
+def parse_value(text: str, tp, key: str):
+    """A command-line string parsed by the field's type: ``none``, ``true``/``false``, numbers, ``a,b`` tuples."""
+    inner, optional = _optional_inner(tp)
+    stripped = text.strip()
+    if stripped.lower() in ("none", "null") and (optional or tp is Any):
+        return None
+    origin = typing.get_origin(inner)
+    if origin is tuple:
+        if stripped.startswith(("(", "[")):
+            try:
+                items = ast.literal_eval(stripped)
+            except (ValueError, SyntaxError):
+                raise ValueError(f"config {key}={text!r} is invalid: not a tuple literal") from None
+        else:
+            items = [s for s in stripped.split(",") if s.strip()]
+        args = typing.get_args(inner)
+        elem = args[0]
+        if not (len(args) == 2 and args[1] is Ellipsis) and len(items) != len(args):
+            raise ValueError(f"config {key}={text!r} is invalid: expected {len(args)} comma-separated values")
+        elems = args if not (len(args) == 2 and args[1] is Ellipsis) else [elem] * len(items)
+        return tuple(parse_value(str(v), a, key) if isinstance(v, str) else _coerce(v, a, key)
+                     for v, a in zip(items, elems))
+    if inner is bool:
+        low = stripped.lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"config {key}={text!r} is invalid: expected true or false")
+    if inner is int:
+        try:
+            return int(stripped)
+        except ValueError:
+            raise ValueError(f"config {key}={text!r} is invalid: expected an integer") from None
+    if inner is float:
+        try:
+            return float(stripped)
+        except ValueError:
+            raise ValueError(f"config {key}={text!r} is invalid: expected a number") from None
+    if inner is str:
+        return text
+    try:  # dicts / Any: a Python literal, else the raw string
+        return ast.literal_eval(stripped)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
+    """``["optim.lr=1e-4", "name=run2"]`` applied to ``cfg`` (validated again). ``task_options.k=v`` sets one
+    custom option."""
+    known = list(_all_keys(TrainConfig))
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key.startswith("task_options."):
+            options = dict(changes.get("task_options", cfg.task_options))
+            options[key.split(".", 1)[1]] = parse_value(text, Any, key)
+            changes["task_options"] = options
+            continue
+        if key not in known:
+            raise ValueError(_unknown_key_message(key, known))
+        changes[key] = text
+    data = cfg.to_dict()
+    for key, text in changes.items():
+        if key == "task_options":
+            data["task_options"] = text
+            continue
+        *path, leaf = key.split(".")
+        owner_cls, section = TrainConfig, data
+        for part in path:
+            owner_cls, section = _field_types(owner_cls)[part], section[part]
+        section[leaf] = parse_value(text, _field_types(owner_cls)[leaf], key)
+    return TrainConfig.from_dict(data)
+
+
+def load_config(path: str | Path, overrides=()) -> TrainConfig:
+    """Runs the Python config file and returns its ``config`` (a :class:`TrainConfig`) with overrides applied."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    if path.suffix == ".json":
+        raw = json.loads(path.read_text())
+        cfg = TrainConfig.from_dict(raw.get("train_config", raw))
+        return apply_overrides(cfg, overrides)
+    spec = importlib.util.spec_from_file_location(f"openeva_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"config file {path}: {e}") from e
+    cfg = getattr(module, "config", None)
+    if not isinstance(cfg, TrainConfig):
+        raise ValueError(f"config file {path} must define `config = TrainConfig(...)`, "
+                         f"found {type(cfg).__name__ if cfg is not None else 'nothing'}")
+    return apply_overrides(cfg, overrides)

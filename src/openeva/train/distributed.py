@@ -1,0 +1,230 @@
+"""Process layout: environment detection (torchrun, SLURM), process-group setup, DDP / FSDP2 wrapping.
+
+All rank and device logic of a run lives here and in the engine; models and tasks only receive ``rank`` and
+``world_size`` through ``Task.set_world``. The environment is read when :func:`detect_world` is called, never
+at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None  # None: single process, no process group
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(env, *names: str) -> int | None:
+    for name in names:
+        if env.get(name) not in (None, ""):
+            try:
+                return int(env[name])
+            except ValueError:
+                raise ValueError(f"environment variable {name}={env[name]!r} is not an integer") from None
+    return None
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    """``node[03-05,07],gpu1`` -> ``node03`` (enough for MASTER_ADDR without calling scontrol)."""
+    m = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist)
+    if not m:
+        return nodelist
+    prefix, ranges = m.group(1), m.group(3)
+    if not ranges:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def detect_env(env=None) -> dict:
+    """``{rank, world_size, local_rank, source}`` from torchrun's or SLURM's variables (torchrun wins).
+
+    Under SLURM without torchrun (``srun python -m openeva train ...``), MASTER_ADDR defaults to the first
+    node of the allocation and MASTER_PORT to 29500; both are set in the environment for ``init_process_group``.
+    """
+    env = os.environ if env is None else env
+    world_size = _env_int(env, "WORLD_SIZE")
+    if world_size is not None and _env_int(env, "RANK") is not None:
+        return {"rank": _env_int(env, "RANK"), "world_size": world_size,
+                "local_rank": _env_int(env, "LOCAL_RANK") or 0, "source": "torchrun"}
+    slurm_ntasks = _env_int(env, "SLURM_NTASKS")
+    if slurm_ntasks is not None and slurm_ntasks > 1 and _env_int(env, "SLURM_PROCID") is not None:
+        if env is os.environ:
+            os.environ.setdefault("MASTER_ADDR", _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")))
+            os.environ.setdefault("MASTER_PORT", "29500")
+        return {"rank": _env_int(env, "SLURM_PROCID"), "world_size": slurm_ntasks,
+                "local_rank": _env_int(env, "SLURM_LOCALID") or 0, "source": "slurm"}
+    return {"rank": 0, "world_size": 1, "local_rank": 0, "source": "single"}
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' but no CUDA device is available (use device=cpu)")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if device == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+
+
+def init_world(device: str = "auto", backend: str = "auto", env=None) -> World:
+    """Detect the layout and join the process group (if several processes and none is initialised yet).
+
+    An already initialised default group (a test harness, a notebook) is used as is.
+    """
+    if dist.is_available() and dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        local_rank = detect_env(env)["local_rank"] if detect_env(env)["world_size"] == world_size else rank
+        dev = resolve_device(device, local_rank)
+        return World(rank, world_size, local_rank, dev, dist.get_backend())
+    info = detect_env(env)
+    dev = resolve_device(device, info["local_rank"])
+    if info["world_size"] == 1:
+        return World(0, 1, 0, dev, None)
+    if backend == "auto":
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+    if backend == "nccl" and dev.type != "cuda":
+        raise ValueError("backend nccl needs CUDA devices; use dist.backend=gloo on CPU")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group(backend=backend, rank=info["rank"], world_size=info["world_size"])
+    return World(info["rank"], info["world_size"], info["local_rank"], dev, backend)
+
+
+def wrap_task(task: nn.Module, world: World, strategy: str = "ddp", find_unused_parameters: bool = False,
+              static_graph: bool = False) -> nn.Module:
+    """The module the engine calls: the Task itself (one process), DDP around it, or the Task sharded in place
+    by FSDP2 (each transformer block its own unit, then the whole Task)."""
+    if not world.distributed:
+        return task
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [world.device.index] if world.device.type == "cuda" else None
+        return DDP(task, device_ids=ids, find_unused_parameters=find_unused_parameters, static_graph=static_graph)
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for module in list(task.modules()):
+            if _is_block(module) and any(p.requires_grad for p in module.parameters()):
+                fully_shard(module)
+        fully_shard(task, ignored_params=set(replicated_params(task)) or None)
+        return task
+    raise ValueError(f"dist.strategy must be ddp or fsdp, got {strategy!r}")
+
+
+def replicated_params(task: nn.Module) -> list[nn.Parameter]:
+    """Scalar parameters (CLIP's logit scale), which FSDP2 cannot shard: kept whole on every rank, their
+    gradients averaged by :func:`average_replicated_grads`."""
+    return [p for p in task.parameters() if p.ndim == 0]
+
+
+def average_replicated_grads(params: list[nn.Parameter], world: World) -> None:
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(world.world_size)
+
+
+def _is_block(module: nn.Module) -> bool:
+    """Transformer blocks (vision and text towers) are FSDP's sharding units."""
+    from openeva.models.text import TextBlock
+    from openeva.models.vit import Block
+
+    return isinstance(module, (Block, TextBlock))
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if hasattr(module, "no_sync") and hasattr(module, "module") else module
+
+
+def is_fsdp(module: nn.Module) -> bool:
+    return hasattr(module, "set_requires_gradient_sync")
+
+
+@contextlib.contextmanager
+def gradient_sync(module: nn.Module, enabled: bool):
+    """Skip the gradient all-reduce on non-final accumulation micro-steps (DDP ``no_sync``, FSDP2 flag)."""
+    if enabled:
+        yield
+        return
+    if hasattr(module, "no_sync"):
+        with module.no_sync():
+            yield
+    elif is_fsdp(module):
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def all_reduce_sum(values: torch.Tensor, world: World) -> torch.Tensor:
+    if world.distributed:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def all_reduce_min(value: int, world: World) -> int:
+    if not world.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=_comm_device(world))
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def _comm_device(world: World) -> torch.device:
+    return world.device if world.backend == "nccl" else torch.device("cpu")
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def broadcast_object(obj, world: World, src: int = 0):
+    if not world.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj, world: World) -> list:
+    if not world.distributed:
+        return [obj]
+    out = [None] * world.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()

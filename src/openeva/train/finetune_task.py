@@ -1,0 +1,612 @@
+"""Image-classification fine-tuning of EVA-02 backbones (EVA-02 paper, Sec. 4.1; the official
+``run_class_finetuning.py`` recipe).
+
+The recipe: mean-pooled patch tokens -> ``fc_norm`` -> a new linear head initialised small (trunc-normal
+0.02 x 0.001), the patch embedding's gradient detached, drop path, AdamW with layer-wise lr decay, cosine
+schedule with warmup, cross-entropy with label smoothing (or timm's Mixup/CutMix with soft-target
+cross-entropy), RandAugment ``rand-m9-mstd0.5-inc1`` on RandomResizedCrop(scale 0.08-1) crops, and an EMA of
+the weights (decay 0.9999) used for evaluation.
+
+This module holds the objective (:class:`FinetuneTask`), the weight EMA, the transforms and the classifier
+builder; the optimizer, schedule, precision and checkpoints belong to the one training engine.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openeva.train.task import ParamGroupSpec, Task
+
+EVA02_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"  # RandAugment: 2 ops, magnitude 9 (std 0.5), increasing severity
+EVA02_TRAIN_SCALE = (0.08, 1.0)
+EVA02_HEAD_INIT_SCALE = 1e-3
+EVA02_EMA_DECAY = 0.9999
+
+
+# ------------------------------------------------------------------------------------------- transforms
+def _rgb(img):
+    """Module-level (picklable for DataLoader workers) RGB conversion; RandAugment expects RGB images."""
+    return img if getattr(img, "mode", "RGB") == "RGB" else img.convert("RGB")
+
+
+def finetune_transforms(
+    preprocess: dict,
+    auto_augment: str | None = EVA02_AUTO_AUGMENT,
+    scale: tuple[float, float] = EVA02_TRAIN_SCALE,
+    hflip: float = 0.5,
+    color_jitter: float = 0.4,
+    re_prob: float = 0.0,
+) -> tuple[Callable, Callable]:
+    """(train, val) transforms for fine-tuning from a model's preprocessing dict (size, mean, std, ...).
+
+    Train: timm's ImageNet pipeline (RandomResizedCrop ``scale``, flip, RandAugment ``auto_augment`` -- timm
+    disables colour jitter when RandAugment is on --, normalise, random erasing ``re_prob``). Val: the model's
+    evaluation transform (resize + center crop, crop_pct 1.0 as EVA-02 evaluates).
+    """
+    from timm.data import create_transform
+    import torchvision.transforms as T
+
+    from openeva.data.transforms import PreprocessConfig, image_transform
+
+    cfg = PreprocessConfig.from_dict(dict(preprocess))
+    if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+        raise ValueError(f"scale must be (min, max) area fractions with 0 < min <= max <= 1, got {scale!r}")
+    for name, p in (("hflip", hflip), ("re_prob", re_prob)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
+    try:
+        train = create_transform(
+            input_size=cfg.size, is_training=True, scale=tuple(scale), hflip=hflip, color_jitter=color_jitter,
+            auto_augment=auto_augment or None, interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std,
+            re_prob=re_prob,
+        )
+    except (AssertionError, KeyError, ValueError) as e:  # timm asserts on a malformed policy string
+        raise ValueError(f"auto_augment {auto_augment!r} is not a timm policy string such as "
+                         f"{EVA02_AUTO_AUGMENT!r} ({type(e).__name__}: {e})") from e
+    return T.Compose([_rgb, *train.transforms]), image_transform(cfg, is_train=False)
+
+
+# -------------------------------------------------------------------------------------------------- EMA
+class ModelEMA(nn.Module):
+    """Exponential moving average of a model's weights: ``ema = decay * ema + (1 - decay) * weights``.
+
+    A frozen copy living inside the Task, so it moves with ``.to()``, is saved in the Task's state dict and
+    restored on resume. ``warmup`` ramps the decay as ``min(decay, (1 + n) / (10 + n))`` so short runs are not
+    dominated by the initial weights (EVA-02's recipe uses a constant 0.9999 over ~37k steps). Integer
+    buffers are copied, not averaged.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = EVA02_EMA_DECAY, warmup: bool = False):
+        super().__init__()
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = float(decay)
+        self.warmup = bool(warmup)
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    def current_decay(self) -> float:
+        n = int(self.num_updates)
+        return min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        decay = self.current_decay()
+        ema_state, state = self.module.state_dict(), model.state_dict()
+        if ema_state.keys() != state.keys():
+            raise ValueError("the EMA copy and the model have different state-dict keys")
+        for key, ema_v in ema_state.items():
+            v = state[key].to(device=ema_v.device, dtype=ema_v.dtype)
+            if ema_v.is_floating_point():
+                ema_v.lerp_(v, 1.0 - decay)
+            else:
+                ema_v.copy_(v)
+        self.num_updates += 1
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> "ModelEMA":
+        """The copy stays in eval mode (no dropout / drop path) whatever the Task's mode."""
+        super().train(mode)
+        self.module.eval()
+        return self
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+def _images_labels(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    if batch is None:
+        raise ValueError("empty batch (every sample failed to load)")
+    if isinstance(batch, dict):
+        return batch["image"], batch["label"]
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise ValueError(f"a classification batch is (images, labels), got {type(batch).__name__}")
+    return batch[0], batch[1]
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, loader: Iterable, device=None, max_batches: int | None = None) -> dict:
+    """Top-1 / top-5 (top-min(5, C)) accuracy and mean cross-entropy of ``model`` over ``loader``.
+
+    Batches are ``(images, labels)`` (None batches, where every image failed to decode, are skipped).
+    """
+    was_training = model.training
+    model.eval()
+    device = device if device is not None else next(model.parameters()).device
+    n = correct1 = correct5 = 0
+    loss_sum = 0.0
+    try:
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            if batch is None:
+                continue
+            images, labels = _images_labels(batch)
+            images, labels = images.to(device), labels.to(device).long()
+            logits = model(images).float()  # (B, C)
+            k = min(5, logits.shape[1])
+            topk = logits.topk(k, dim=1).indices  # (B, k)
+            hit = topk == labels[:, None]  # (B, k)
+            correct1 += int(hit[:, 0].sum())
+            correct5 += int(hit.any(dim=1).sum())
+            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+            n += len(labels)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        return {}
+    return {"acc1": correct1 / n, "acc5": correct5 / n, "loss": loss_sum / n}
+
+
+# ---------------------------------------------------------------------------------------------- task
+
+def check_loss_options(label_smoothing=0.1, mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
+                       mixup_mode="batch", ema_decay=0.0) -> None:
+    """ValueError naming the first bad loss / mixup / EMA option (shared by the Task and run preflight)."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if mixup < 0 or cutmix < 0:
+        raise ValueError(f"mixup and cutmix alphas must be >= 0, got {mixup}, {cutmix}")
+    for name, p in (("mixup_prob", mixup_prob), ("mixup_switch_prob", mixup_switch_prob)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {p}")
+    if mixup_mode not in ("batch", "pair", "elem"):
+        raise ValueError(f"mixup_mode must be 'batch', 'pair' or 'elem', got {mixup_mode!r}")
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1) (0 disables the EMA), got {ema_decay}")
+
+
+class FinetuneTask(Task):
+    """Supervised classification of a backbone with a ``num_classes`` head (``forward(images) -> logits``).
+
+    ``batch`` = ``(images (B, C, H, W), labels (B,))``. Loss: cross-entropy with ``label_smoothing``; with
+    ``mixup`` or ``cutmix`` alpha > 0, timm's ``Mixup`` mixes the batch (an odd last sample is dropped, as
+    batch mixing pairs samples) and the loss is soft-target cross-entropy on the smoothed mixed targets.
+    ``layer_decay`` < 1 scales each layer's lr by ``layer_decay ** (num_layers - 1 - layer_id)`` (the engine
+    builds the groups from the backbone's ``layer_id``). ``ema_decay`` > 0 keeps a :class:`ModelEMA`, updated
+    after every optimizer step; :meth:`evaluate` then reports the EMA weights as ``acc1``/``acc5``/``loss``
+    (and the raw weights as ``raw_*``) when ``ema_eval``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int | None = None,
+        *,
+        label_smoothing: float = 0.1,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        mixup_prob: float = 1.0,
+        mixup_switch_prob: float = 0.5,
+        mixup_mode: str = "batch",
+        layer_decay: float = 1.0,
+        ema_decay: float = 0.0,
+        ema_warmup: bool = False,
+        ema_eval: bool = True,
+        val_loader: Iterable | None = None,
+        max_eval_batches: int | None = None,
+    ):
+        super().__init__()
+        head_out = _head_out_features(model)
+        num_classes = head_out if num_classes is None else num_classes
+        if head_out != num_classes:
+            raise ValueError(f"the model's head has {head_out} outputs but num_classes={num_classes}; "
+                             "build it with num_classes (openeva.create_model(..., num_classes=K))")
+        if num_classes < 2:
+            raise ValueError(f"classification needs at least 2 classes, got num_classes={num_classes}")
+        check_loss_options(label_smoothing, mixup, cutmix, mixup_prob, mixup_switch_prob, mixup_mode, ema_decay)
+        if not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+        if layer_decay < 1.0 and not (hasattr(model, "num_layers") and hasattr(model, "layer_id")):
+            raise ValueError(f"layer_decay < 1 needs a model with num_layers and layer_id(); "
+                             f"{type(model).__name__} has none")
+        cfg = getattr(model, "cfg", None)
+        if getattr(cfg, "patch_embed_grad_scale", 1.0) == 0.0:
+            # A detached patch embedding never gets a gradient: freeze it so DDP and the optimizer skip it.
+            model.patch_embed.requires_grad_(False)
+        self.model = model
+        self.num_classes = num_classes
+        self.label_smoothing = float(label_smoothing)
+        self.layer_decay = float(layer_decay)
+        self.ema_eval = bool(ema_eval)
+        self.val_loader = val_loader
+        self.max_eval_batches = max_eval_batches
+        self.mixup_fn = None
+        if mixup > 0 or cutmix > 0:
+            from timm.data import Mixup
+
+            self.mixup_fn = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob,
+                                  switch_prob=mixup_switch_prob, mode=mixup_mode,
+                                  label_smoothing=label_smoothing, num_classes=num_classes)
+        self.ema = ModelEMA(model, ema_decay, warmup=ema_warmup) if ema_decay > 0 else None
+
+    # ------------------------------------------------------------------------------------ contract
+    def forward(self, batch) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+        images, labels = _images_labels(batch)
+        labels = labels.long()
+        if self.training and self.mixup_fn is not None and len(labels) >= 2:
+            if len(labels) % 2:  # batch mixing pairs sample i with B-1-i: drop one to make B even
+                images, labels = images[:-1], labels[:-1]
+            images, targets = self.mixup_fn(images, labels)  # targets (B, C), smoothed and mixed
+            logits = self.model(images)  # (B, C)
+            loss = torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+            return loss, {"loss": loss.detach()}
+        logits = self.model(images)  # (B, C)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        acc1 = (logits.detach().argmax(dim=1) == labels).float().mean()
+        return loss, {"loss": loss.detach(), "acc1": acc1}
+
+    def param_group_specs(self) -> list[ParamGroupSpec]:
+        return [ParamGroupSpec(module=self.model, prefix="model", layer_decay=self.layer_decay)]
+
+    def on_step_end(self, step: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights a run reports and exports: the EMA copy when enabled (and ``ema_eval``), else the model."""
+        return self.ema.module if self.ema is not None and self.ema_eval else self.model
+
+    def export_model(self) -> nn.Module:
+        """What the engine saves as the run's model (``RUN/final``, checkpoints): the EMA weights when they are
+        what the run reports. None (nothing exported) for a model without a registry spec."""
+        return self.eval_model if getattr(self.eval_model, "spec", None) is not None else None
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        if self.val_loader is None:
+            return {}
+        metrics = evaluate_classifier(self.eval_model, self.val_loader, max_batches=self.max_eval_batches)
+        if self.eval_model is not self.model:
+            raw = evaluate_classifier(self.model, self.val_loader, max_batches=self.max_eval_batches)
+            metrics.update({f"raw_{k}": v for k, v in raw.items()})
+        return metrics
+
+
+def _head_out_features(model: nn.Module) -> int:
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear):
+        return head.out_features
+    if isinstance(getattr(model, "num_classes", None), int) and model.num_classes > 0:
+        return model.num_classes
+    raise ValueError(f"{type(model).__name__} has no classification head; build it with num_classes")
+
+
+# ----------------------------------------------------------------------------------------- classifier
+def init_head(model: nn.Module, init_scale: float = EVA02_HEAD_INIT_SCALE) -> None:
+    """EVA-02 / BEiT head init: trunc-normal(0.02) weights scaled by ``init_scale``, zero bias, so the
+    first logits are ~0 and the pretrained features are not disturbed by a random head."""
+    head = model.head
+    with torch.no_grad():
+        nn.init.trunc_normal_(head.weight, std=0.02)
+        head.weight.mul_(init_scale)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
+
+
+def build_classifier(
+    model,
+    num_classes: int,
+    *,
+    pretrained: str | None = None,
+    img_size=None,
+    drop_path_rate: float | None = 0.1,
+    patch_embed_grad_scale: float = 0.0,
+    head_init_scale: float = EVA02_HEAD_INIT_SCALE,
+) -> nn.Module:
+    """An ``EVAViT`` with a ``num_classes`` head, ready for :class:`FinetuneTask`.
+
+    ``model``: a registered name or an openeva checkpoint directory (backbone, or CLIP: its vision tower is
+    used), or a built ``EVAViT`` / CLIP model (deep-copied; ``img_size`` and ``drop_path_rate`` then keep the
+    built values). Weights come from ``pretrained`` (path or tag) or the checkpoint directory; a checkpoint
+    head with the same number of classes is kept, any other head is replaced by a new one initialised with
+    ``head_init_scale``. ``patch_embed_grad_scale`` 0 detaches the patch embedding as EVA-02 fine-tuning does
+    (1 trains it like every other layer).
+    """
+    from openeva.models.vit import EVAViT
+
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"classification needs at least 2 classes, got num_classes={num_classes!r}")
+    if not 0.0 <= patch_embed_grad_scale <= 1.0:
+        raise ValueError(f"patch_embed_grad_scale must be in [0, 1], got {patch_embed_grad_scale}")
+    if not head_init_scale > 0:
+        raise ValueError(f"head_init_scale must be > 0, got {head_init_scale}")
+    head_loaded = False
+    if isinstance(model, str):
+        vit, head_loaded = _named_classifier(model, num_classes, pretrained, img_size, drop_path_rate,
+                                             patch_embed_grad_scale)
+    else:
+        if pretrained is not None:
+            raise ValueError("pretrained= applies to a model name; load weights into a built model first")
+        source = getattr(model, "visual", model)
+        if not isinstance(source, EVAViT):
+            raise ValueError(f"fine-tuning needs an EVA ViT backbone or an EVA-CLIP model, got {type(model).__name__}")
+        vit = copy.deepcopy(source)
+        spec = getattr(model, "spec", None)
+        if spec is not None:
+            vit.spec = spec if source is model else dataclasses.replace(spec, name=f"{spec.name}-visual")
+        vit.cfg = vit.cfg.replace(patch_embed_grad_scale=patch_embed_grad_scale)
+        head_loaded = isinstance(vit.head, nn.Linear) and vit.head.out_features == num_classes
+        if not head_loaded:
+            vit.reset_classifier(num_classes)
+    if not head_loaded:
+        init_head(vit, head_init_scale)
+    if getattr(vit, "spec", None) is not None:
+        vit.spec = dataclasses.replace(vit.spec, config=vit.cfg)
+    return vit
+
+
+def _named_classifier(name, num_classes, pretrained, img_size, drop_path_rate, patch_embed_grad_scale):
+    """Build a registered / saved model as a ``num_classes`` classifier; -> (model, checkpoint head kept)."""
+    from openeva.factory import build_config, create_model, resolve_pretrained, resolve_spec
+    from openeva.models.vit import EVAViT
+
+    spec, saved_weights = resolve_spec(name)
+    overrides = {"patch_embed_grad_scale": patch_embed_grad_scale}
+    if drop_path_rate is not None:
+        overrides["drop_path_rate"] = drop_path_rate
+    if spec.is_clip:  # the CLIP projection is never a classifier: take the tower, give it a new head
+        clip = create_model(name, pretrained=pretrained, img_size=img_size, **overrides)
+        vit = clip.visual
+        vit.spec = dataclasses.replace(clip.spec, name=f"{clip.spec.name}-visual")
+        vit.reset_classifier(num_classes)
+        return vit, False
+    vit = EVAViT(build_config(spec, img_size=img_size, num_classes=num_classes, **overrides))
+    vit.spec = spec
+    weights = pretrained or saved_weights
+    if weights is None:
+        return vit, False
+    return vit, load_backbone_weights(vit, resolve_pretrained(spec, weights))
+
+
+def load_backbone_weights(model: nn.Module, path) -> bool:
+    """Load a backbone checkpoint (any supported format) into ``model``, except a head of another shape.
+
+    Fine-tuning starts from MIM checkpoints (no head) as well as from classifiers with another label set
+    (an IN-1K head for a 10-class task): such a head is left as initialised. Returns whether the
+    checkpoint's head was loaded. Every other key must fit (``CheckpointMismatchError`` otherwise).
+    """
+    from openeva.checkpoints import detect_format, read_state_dict, to_openeva
+    from openeva.checkpoints.io import adapt_to_model, check_fit
+
+    raw = read_state_dict(path)
+    sd, _ = adapt_to_model(to_openeva(raw, detect_format(raw), is_clip=False), model)
+    target = model.state_dict()
+    for key in ("head.weight", "head.bias"):
+        if key in sd and (key not in target or sd[key].shape != target[key].shape):
+            sd.pop(key)
+    check_fit(path, sd, model, ignore_missing=("head.*",))
+    model.load_state_dict(sd, strict=False)
+    return "head.weight" in sd
+
+
+def layer_lr_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
+    """Parameter name -> lr multiplier ``layer_decay ** (num_layers - 1 - layer_id(name))`` (for inspection;
+    the engine computes the same from :meth:`FinetuneTask.param_group_specs`)."""
+    top = model.num_layers - 1
+    return {n: math.pow(layer_decay, top - model.layer_id(n)) for n, _ in model.named_parameters()}
+
+
+# ------------------------------------------------------------------------------- runs on the engine
+@dataclasses.dataclass(frozen=True)
+class FinetuneOptions:
+    """A fine-tuning run's ``task_options`` (model, data, optimizer and schedule are ``TrainConfig`` sections;
+    layer decay is ``optim.layer_decay``). Defaults are EVA-02's recipe for B except EMA, off by default."""
+
+    num_classes: int | None = None  # None: the training data's classes
+    classnames: str | None = None  # builtin name or file, for datasets whose labels are indices
+    synthetic_attribute: str = "shape"  # label of data.train=synthetic shapes: shape | color | shape_color
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = "batch"
+    ema_decay: float = 0.0  # EVA-02: 0.9999
+    ema_warmup: bool = False
+    ema_eval: bool = True
+    auto_augment: str | None = EVA02_AUTO_AUGMENT
+    hflip: float = 0.5
+    color_jitter: float = 0.4
+    re_prob: float = 0.0
+    patch_embed_grad_scale: float = 0.0
+    head_init_scale: float = EVA02_HEAD_INIT_SCALE
+    max_eval_batches: int | None = None
+
+    def __post_init__(self):
+        check_loss_options(self.label_smoothing, self.mixup, self.cutmix, self.mixup_prob, self.mixup_switch_prob,
+                           self.mixup_mode, self.ema_decay)
+        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 2):
+            raise ValueError(f"task_options.num_classes must be an int >= 2, got {self.num_classes!r}")
+        if self.synthetic_attribute not in ("shape", "color", "shape_color"):
+            raise ValueError(f"task_options.synthetic_attribute must be shape, color or shape_color, "
+                             f"got {self.synthetic_attribute!r}")
+        for name in ("hflip", "re_prob", "patch_embed_grad_scale"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"task_options.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.head_init_scale > 0:
+            raise ValueError(f"task_options.head_init_scale must be > 0, got {self.head_init_scale}")
+
+    @classmethod
+    def from_dict(cls, options: dict) -> "FinetuneOptions":
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"unknown task_options {unknown} for fine-tuning; known: {', '.join(known)}")
+        return cls(**options)
+
+
+class LabelledImages(torch.utils.data.Dataset):
+    """``(transform(image), label)`` from an eval ``ClassificationData``; None for an image that fails to
+    decode (``collate_skip_none`` drops it and the engine counts it)."""
+
+    def __init__(self, data, transform: Callable):
+        self.data, self.transform = data, transform
+
+    def __len__(self) -> int:
+        return len(self.data.labels)
+
+    def __getitem__(self, i: int):
+        from openeva.eval.datasets import ImageDataset
+
+        image, _ = ImageDataset(self.data.images, self.transform)[i]
+        return None if image is None else (image, self.data.labels[i])
+
+
+def align_classes(data, classnames: list[str], what: str):
+    """``data`` with its labels re-indexed onto ``classnames`` by name (the training set defines the classes)."""
+    from openeva.eval.datasets import ClassificationData
+
+    if list(data.classnames) == list(classnames):
+        return data
+    index = {n: i for i, n in enumerate(classnames)}
+    unknown = sorted({data.classnames[label] for label in data.labels} - set(index))
+    if unknown:
+        raise ValueError(f"{what} has classes {unknown[:10]} that the training data does not have")
+    return ClassificationData(data.name, data.images, [index[data.classnames[label]] for label in data.labels],
+                              list(classnames), data.skipped)
+
+
+def load_labelled(path: str, classnames=None, split: str | None = None, what: str = "data.train"):
+    """Index a labelled dataset (folder / csv / jsonl / wds / idx) and check it can train a classifier."""
+    from openeva.eval.datasets import load_classification_dataset
+    from openeva.eval.zeroshot import load_classnames
+
+    names = load_classnames(classnames) if isinstance(classnames, str) else classnames
+    try:
+        data = load_classification_dataset(path, "auto", names, split=split)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"{what}: {e}") from None
+    present = len(set(data.labels))
+    if data.num_classes < 2 or present < 2:
+        raise ValueError(f"{what}: {path} has {present} class(es) with images; classification needs at least 2")
+    return data
+
+
+def preflight_finetune(cfg) -> None:
+    """Checks that need no model or compute: options, model name, weight file, datasets (indexed, >= 2 classes)."""
+    from pathlib import Path
+
+    from openeva.factory import resolve_spec
+
+    options = FinetuneOptions.from_dict(cfg.task_options)
+    try:
+        resolve_spec(cfg.model.name)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"model.name: {e}") from None
+    m = cfg.model
+    if m.pretrained and (Path(m.pretrained).suffix or "/" in m.pretrained) and not Path(m.pretrained).exists():
+        raise FileNotFoundError(f"model.pretrained: checkpoint not found: {m.pretrained}")
+    unused = [k for k in ("pretrained_image", "pretrained_text", "lock_image", "lock_text", "patch_dropout")
+              if getattr(m, k)]
+    if unused:
+        raise ValueError(f"model.{unused[0]} is a CLIP-training option that fine-tuning does not use")
+    sources = cfg.data.sources()
+    if len(sources) != 1:
+        raise ValueError(f"data.train: fine-tuning takes one labelled dataset, got {len(sources)} sources")
+    if sources[0] != "synthetic":
+        train = load_labelled(sources[0], options.classnames, "train")
+        if options.num_classes is not None and options.num_classes != train.num_classes:
+            raise ValueError(f"task_options.num_classes={options.num_classes} but data.train has "
+                             f"{train.num_classes} classes")
+        if cfg.data.val == "synthetic":
+            raise ValueError("data.val=synthetic goes with data.train=synthetic; set data.val to a labelled "
+                             "dataset or None")
+        if cfg.data.val is not None:
+            align_classes(load_labelled(cfg.data.val, options.classnames, "test", "data.val"), train.classnames,
+                          "data.val")
+    elif cfg.data.val not in (None, "synthetic"):
+        raise ValueError("data.train=synthetic is validated on data.val=synthetic (or None)")
+
+
+def build_finetune(cfg, world, model=None, train_data=None, val_data=None):
+    """(FinetuneTask, ResumableLoader) for a ``TrainConfig`` (``task="finetune"``) on this process.
+
+    ``model`` (a built backbone / CLIP model) replaces ``model.name``; ``train_data`` / ``val_data`` (indexed
+    ``ClassificationData``) replace ``data.train`` / ``data.val``, as ``openeva eval --task finetune`` does.
+    """
+    from openeva.data.loader import collate_skip_none
+    from openeva.data.synthetic import ShapesClassification
+    from openeva.factory import preprocess_cfg
+    from openeva.train.data import ResumableLoader
+
+    options = FinetuneOptions.from_dict(cfg.task_options)
+    d, m = cfg.data, cfg.model
+    synthetic = train_data is None and d.sources() == ["synthetic"]
+    if not synthetic and train_data is None:
+        train_data = load_labelled(d.sources()[0], options.classnames, "train")
+    if not synthetic and val_data is None and d.val not in (None, "synthetic"):
+        val_data = load_labelled(d.val, options.classnames, "test", "data.val")
+    if synthetic:
+        num_classes = len(ShapesClassification(1, options.synthetic_attribute).classes)
+    else:
+        num_classes = train_data.num_classes
+        if val_data is not None:
+            val_data = align_classes(val_data, train_data.classnames, "the validation data")
+    if options.num_classes is not None and options.num_classes != num_classes:
+        raise ValueError(f"task_options.num_classes={options.num_classes} but the training data has {num_classes}")
+
+    name = model if model is not None else m.name
+    pretrained = None if model is not None else m.pretrained
+    classifier = build_classifier(name, num_classes, pretrained=pretrained, img_size=m.img_size,
+                                  drop_path_rate=m.drop_path_rate, patch_embed_grad_scale=options.patch_embed_grad_scale,
+                                  head_init_scale=options.head_init_scale)
+    if m.grad_checkpointing:
+        classifier.set_grad_checkpointing(True)
+    pre = preprocess_cfg(classifier) if getattr(classifier, "spec", None) is not None else {
+        "size": classifier.cfg.img_size}
+    train_tf, val_tf = finetune_transforms(pre, options.auto_augment, tuple(d.scale), options.hflip,
+                                           options.color_jitter, options.re_prob)
+    size = int(classifier.cfg.img_size[0])
+    if synthetic:
+        train = ShapesClassification(d.train_num_samples or 2048, options.synthetic_attribute, "all", size, cfg.seed,
+                                     train_tf)
+        val = None if d.val is None else ShapesClassification(d.val_num_samples, options.synthetic_attribute, "all",
+                                                               size, cfg.seed + 1_000_003, val_tf)
+    else:
+        train = LabelledImages(train_data, train_tf)
+        val = None if val_data is None else LabelledImages(val_data, val_tf)
+    loader = ResumableLoader(train, d.batch_size, rank=world.rank, world_size=world.world_size, seed=cfg.seed,
+                             num_workers=d.num_workers, pin_memory=world.device.type == "cuda",
+                             samples_per_epoch=None if synthetic else d.train_num_samples)
+    val_loader = None
+    if val is not None and world.is_main:
+        val_loader = torch.utils.data.DataLoader(val, batch_size=min(2 * d.batch_size, 256), shuffle=False,
+                                                 num_workers=d.num_workers, collate_fn=collate_skip_none)
+    task = FinetuneTask(classifier, num_classes, label_smoothing=options.label_smoothing, mixup=options.mixup,
+                        cutmix=options.cutmix, mixup_prob=options.mixup_prob,
+                        mixup_switch_prob=options.mixup_switch_prob, mixup_mode=options.mixup_mode,
+                        layer_decay=cfg.optim.layer_decay, ema_decay=options.ema_decay,
+                        ema_warmup=options.ema_warmup, ema_eval=options.ema_eval, val_loader=val_loader,
+                        max_eval_batches=options.max_eval_batches)
+    return task, loader
+
+
+build_finetune.preflight = preflight_finetune  # `task="openeva.train.finetune_task:build_finetune"` finds it

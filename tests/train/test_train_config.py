@@ -1,0 +1,153 @@
+"""TrainConfig: validation, key=value overrides by field type, Python config files, published recipes, and
+config errors failing before any compute."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from openeva.train.config import (
+    DataConfig, OptimConfig, ScheduleConfig, TrainConfig, apply_overrides, load_config,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cfg(**kw):
+    return TrainConfig(schedule=ScheduleConfig(total_steps=10, warmup_steps=2), **kw)
+
+
+def test_overrides_are_parsed_by_field_type():
+    cfg = apply_overrides(_cfg(), [
+        "optim.lr=1e-3", "data.batch_size=16", "data.scale=0.5,1", "optim.betas=(0.9,0.95)", "model.img_size=none",
+        "model.grad_checkpointing=true", "name=r2", "optim.grad_clip=None", "task_options.teacher=EVA02-B-16",
+        "data.train_weights=0.7,0.3", "data.train=a.csv;b.csv",
+    ])
+    assert cfg.optim.lr == 1e-3 and isinstance(cfg.data.batch_size, int) and cfg.data.batch_size == 16
+    assert cfg.data.scale == (0.5, 1.0) and cfg.optim.betas == (0.9, 0.95)
+    assert cfg.model.img_size is None and cfg.model.grad_checkpointing is True and cfg.optim.grad_clip is None
+    assert cfg.name == "r2" and cfg.task_options == {"teacher": "EVA02-B-16"}
+    assert cfg.data.train_weights == (0.7, 0.3) and cfg.data.sources() == ["a.csv", "b.csv"]
+
+
+@pytest.mark.parametrize("override, words", [
+    ("optim.lrr=1", ["optim.lrr", "optim.lr"]),
+    ("lr=1", ["'lr'", "optim.lr"]),
+    ("batch_size=4", ["data.batch_size"]),
+    ("optim.lr=fast", ["optim.lr", "number"]),
+    ("data.batch_size=2.5", ["data.batch_size", "integer"]),
+    ("optim.optimizer=sgd", ["optim.optimizer", "adamw", "lamb"]),
+    ("precision=fp8", ["precision", "bf16"]),
+    ("model.grad_checkpointing=maybe", ["model.grad_checkpointing", "true or false"]),
+    ("data.scale=0.5", ["data.scale", "2"]),
+    ("schedule.warmup_steps=50", ["schedule.warmup_steps", "total_steps"]),
+    ("schedule.epochs=3", ["schedule.total_steps", "epochs"]),
+    ("optim.visual_layer_decay=1.5", ["optim.visual_layer_decay"]),
+    ("noequals", ["key=value"]),
+])
+def test_bad_overrides_name_the_key(override, words):
+    with pytest.raises(ValueError) as e:
+        apply_overrides(_cfg(), [override])
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_json_round_trip_and_run_config_reload(tmp_path):
+    cfg = apply_overrides(_cfg(), ["optim.betas=0.8,0.9", "task_options.k=3"])
+    assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    (tmp_path / "config.json").write_text(cfg.to_json())
+    assert load_config(tmp_path / "config.json", ["seed=5"]) == cfg.replace(seed=5)
+    with pytest.raises(ValueError, match="optim.typo"):
+        TrainConfig.from_dict({"optim": {"typo": 1}})
+
+
+def test_python_config_file(tmp_path):
+    good = tmp_path / "good.py"
+    good.write_text("from openeva.train.config import *\n"
+                    "config = TrainConfig(schedule=ScheduleConfig(total_steps=5, warmup_steps=0))\n")
+    assert load_config(good, ["optim.lr=0.1"]).optim.lr == 0.1
+    bad = tmp_path / "bad.py"
+    bad.write_text("x = 1\n")
+    with pytest.raises(ValueError, match="config = TrainConfig"):
+        load_config(bad)
+    invalid = tmp_path / "invalid.py"
+    invalid.write_text("from openeva.train.config import *\nconfig = TrainConfig(optim=OptimConfig(lr=-1), "
+                       "schedule=ScheduleConfig(total_steps=5, warmup_steps=0))\n")
+    with pytest.raises(ValueError, match="optim.lr"):
+        load_config(invalid)
+    with pytest.raises(FileNotFoundError, match="nope.py"):
+        load_config(tmp_path / "nope.py")
+
+
+def test_published_recipes_hold_the_eva_clip_hyperparameters():
+    b16 = load_config(ROOT / "configs" / "clip_eva02_b16.py")
+    l14 = load_config(ROOT / "configs" / "clip_eva02_l14.py")
+    for cfg in (b16, l14):
+        o = cfg.optim
+        assert (o.optimizer, o.lr, o.weight_decay, o.grad_clip) == ("lamb", 5e-4, 0.05, 5.0)
+        assert cfg.schedule.warmup_steps == 2000 and cfg.schedule.scheduler == "cosine"
+        assert cfg.loss.local_loss and cfg.loss.gather_with_grad and cfg.model.grad_checkpointing
+        assert cfg.model.patch_dropout == 0.0 and cfg.data.scale == (0.9, 1.0)
+        assert "text_projection" in cfg.model.skip_list and "logit_scale" in cfg.model.skip_list
+    assert b16.model.name == "EVA02-B-16" and l14.model.name == "EVA02-L-14"
+    assert (b16.optim.visual_lr, b16.optim.visual_layer_decay, b16.optim.text_lr, b16.optim.text_layer_decay) == (
+        2e-4, 0.75, 2e-5, 0.75)
+    assert (l14.optim.visual_lr, l14.optim.visual_layer_decay, l14.optim.text_lr, l14.optim.text_layer_decay) == (
+        4e-4, 0.85, 4e-5, 0.75)
+    assert b16.data.batch_size * 64 == 131072 == l14.data.batch_size * 128
+    assert b16.schedule.epochs * b16.data.train_num_samples == 8_000_000_000
+    assert l14.schedule.epochs * l14.data.train_num_samples == 4_000_000_000
+
+
+@pytest.mark.parametrize("override, exc, words", [
+    ("data.train=/no/such/pairs.csv", FileNotFoundError, ["/no/such/pairs.csv", "data.train"]),
+    ("data.train=/no/such/shard-{000..003}.tar", FileNotFoundError, ["data.train", "shard-000.tar"]),
+    ("data.val=/no/such/val.csv", FileNotFoundError, ["data.val"]),
+    ("model.pretrained_image=/no/mim.pt", FileNotFoundError, ["model.pretrained_image", "/no/mim.pt"]),
+    ("model.name=EVA02-nope", ValueError, ["model.name", "EVA02-nope"]),
+    ("model.name=eva02_test_patch8_32", ValueError, ["backbone"]),
+    ("resume=/no/ckpt", FileNotFoundError, ["resume"]),
+])
+def test_config_errors_fail_before_any_compute(tmp_path, monkeypatch, override, exc, words):
+    import openeva.train.clip_task as clip_task
+    from openeva.train.runner import train
+
+    def no_compute(*a, **k):
+        raise AssertionError("a model was built before the config was checked")
+
+    monkeypatch.setattr(clip_task, "build_clip_model", no_compute)
+    cfg = load_config(ROOT / "configs" / "clip_tiny.py", [f"output_dir={tmp_path}", override])
+    with pytest.raises(exc) as e:
+        train(cfg)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_cli_dry_run_and_error_message(tmp_path, capsys):
+    import argparse
+
+    from openeva.cli import train_cmd
+
+    parser = argparse.ArgumentParser()
+    train_cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", str(ROOT / "configs" / "clip_tiny.py"), f"output_dir={tmp_path}",
+                              "optim.lr=0.01", "--dry-run"])
+    assert args.func(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 0.01 and printed["name"] == "clip_tiny"
+    assert not (tmp_path / "clip_tiny").exists()  # a dry run writes nothing
+    args = parser.parse_args(["train", str(ROOT / "configs" / "clip_tiny.py"), "data.batch_size=0"])
+    with pytest.raises(ValueError, match="data.batch_size"):
+        args.func(args)
+
+
+def test_an_existing_run_is_only_continued_with_resume(tmp_path):
+    from openeva.train.runner import check_run_dir
+
+    cfg = _cfg(output_dir=str(tmp_path), name="r")
+    step = tmp_path / "r" / "checkpoints" / "step_0000001"
+    step.mkdir(parents=True)
+    (step / "train_state.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="resume=latest"):
+        check_run_dir(cfg)
+    assert DataConfig().sources() == ["synthetic"] and OptimConfig().accum_steps == 1
