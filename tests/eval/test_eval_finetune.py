@@ -12,6 +12,7 @@ from PIL import Image
 
 from openeva.cli import eval_cmd
 from openeva.eval import evaluate, load_results
+from openeva.configs import CONFIG_DIR
 from openeva.eval import finetune as finetune_mod
 
 COLORS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
@@ -105,12 +106,11 @@ def test_bad_input_fails_before_any_compute(splits, tmp_path, monkeypatch):
 
 
 def test_config_file_must_be_a_finetune_recipe(tmp_path):
-    repo = Path(__file__).resolve().parents[2]
-    cfg = finetune_mod.load_finetune_config(repo / "configs" / "finetune_eva02_L.py", ["schedule.epochs=1"])
+    cfg = finetune_mod.load_finetune_config(CONFIG_DIR / "finetune_eva02_L.py", ["schedule.epochs=1"])
     assert cfg.optim.lr == 7e-5 and cfg.optim.layer_decay == 0.8 and cfg.schedule.epochs == 1
     assert cfg.task_options["label_smoothing"] == 0.2 and cfg.task_options["ema_decay"] == 0.9999
     with pytest.raises(ValueError, match="task="):
-        finetune_mod.load_finetune_config(repo / "configs" / "clip_tiny.py")
+        finetune_mod.load_finetune_config(CONFIG_DIR / "clip_tiny.py")
     with pytest.raises(FileNotFoundError):
         finetune_mod.load_finetune_config(tmp_path / "missing.py")
 

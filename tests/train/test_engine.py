@@ -19,12 +19,12 @@ from openeva.train.precision import Precision
 from openeva.train.runner import train
 from openeva.train.task import ParamGroupSpec, Task
 
-ROOT = Path(__file__).resolve().parents[2]
+from openeva.configs import CONFIG_DIR
 QUIET = ["progress=false", "tensorboard=false", "plot=false", "data.val=none", "data.zeroshot=none", "log_every=1"]
 
 
 def _tiny(tmp_path, *overrides):
-    return load_config(ROOT / "configs" / "clip_tiny.py", [f"output_dir={tmp_path}", *QUIET, *overrides])
+    return load_config(CONFIG_DIR / "clip_tiny.py", [f"output_dir={tmp_path}", *QUIET, *overrides])
 
 
 def _losses(run_dir):
@@ -93,7 +93,7 @@ def test_cli_trains_a_tiny_clip_end_to_end(tmp_path):
 
     parser = argparse.ArgumentParser()
     train_cmd.register(parser.add_subparsers(dest="command"))
-    argv = ["train", str(ROOT / "configs" / "clip_tiny.py"), f"output_dir={tmp_path}", "progress=false",
+    argv = ["train", str(CONFIG_DIR / "clip_tiny.py"), f"output_dir={tmp_path}", "progress=false",
             "schedule.total_steps=40", "schedule.warmup_steps=5", "data.batch_size=32", "data.train_num_samples=256",
             "data.val_num_samples=64", "data.zeroshot_num_samples=50", "eval_every=20", "save_every=20",
             "keep_last=1", "log_every=5"]

@@ -11,10 +11,11 @@ import torch
 
 from openeva.checkpoints import read_config, read_state_dict
 from openeva.cli import pretrain_cmd
+from openeva.configs import CONFIG_DIR
 from openeva.train.config import load_config
 from openeva.train.mim_task import MIMOptions, pretrain, preflight_mim
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "mim_tiny.py"
+CONFIG = CONFIG_DIR / "mim_tiny.py"
 SMALL = ["data.train_num_samples=64", "data.batch_size=16", "data.val_num_samples=16", "schedule.warmup_steps=1",
          "schedule.total_steps=4", "save_every=2", "log_every=1", "eval_every=0", "progress=false",
          "tensorboard=false"]
@@ -106,7 +107,7 @@ def test_bad_mim_configs_fail_before_compute(override, message, tmp_path):
 
 
 def test_pretrain_refuses_a_non_mim_config(tmp_path):
-    clip_cfg = Path(__file__).resolve().parents[2] / "configs" / "clip_tiny.py"
+    clip_cfg = CONFIG_DIR / "clip_tiny.py"
     with pytest.raises(ValueError, match="not MIM pretraining"):
         _cli(["pretrain", str(clip_cfg), f"output_dir={tmp_path}"])
     with pytest.raises(ValueError, match="not MIM pretraining"):

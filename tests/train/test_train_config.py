@@ -10,7 +10,7 @@ from openeva.train.config import (
     DataConfig, OptimConfig, ScheduleConfig, TrainConfig, apply_overrides, load_config,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+from openeva.configs import CONFIG_DIR
 
 
 def _cfg(**kw):
@@ -80,8 +80,8 @@ def test_python_config_file(tmp_path):
 
 
 def test_published_recipes_hold_the_eva_clip_hyperparameters():
-    b16 = load_config(ROOT / "configs" / "clip_eva02_b16.py")
-    l14 = load_config(ROOT / "configs" / "clip_eva02_l14.py")
+    b16 = load_config(CONFIG_DIR / "clip_eva02_b16.py")
+    l14 = load_config(CONFIG_DIR / "clip_eva02_l14.py")
     for cfg in (b16, l14):
         o = cfg.optim
         assert (o.optimizer, o.lr, o.weight_decay, o.grad_clip) == ("lamb", 5e-4, 0.05, 5.0)
@@ -116,7 +116,7 @@ def test_config_errors_fail_before_any_compute(tmp_path, monkeypatch, override, 
         raise AssertionError("a model was built before the config was checked")
 
     monkeypatch.setattr(clip_task, "build_clip_model", no_compute)
-    cfg = load_config(ROOT / "configs" / "clip_tiny.py", [f"output_dir={tmp_path}", override])
+    cfg = load_config(CONFIG_DIR / "clip_tiny.py", [f"output_dir={tmp_path}", override])
     with pytest.raises(exc) as e:
         train(cfg)
     for w in words:
@@ -130,13 +130,13 @@ def test_cli_dry_run_and_error_message(tmp_path, capsys):
 
     parser = argparse.ArgumentParser()
     train_cmd.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", str(ROOT / "configs" / "clip_tiny.py"), f"output_dir={tmp_path}",
+    args = parser.parse_args(["train", str(CONFIG_DIR / "clip_tiny.py"), f"output_dir={tmp_path}",
                               "optim.lr=0.01", "--dry-run"])
     assert args.func(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["optim"]["lr"] == 0.01 and printed["name"] == "clip_tiny"
     assert not (tmp_path / "clip_tiny").exists()  # a dry run writes nothing
-    args = parser.parse_args(["train", str(ROOT / "configs" / "clip_tiny.py"), "data.batch_size=0"])
+    args = parser.parse_args(["train", str(CONFIG_DIR / "clip_tiny.py"), "data.batch_size=0"])
     with pytest.raises(ValueError, match="data.batch_size"):
         args.func(args)
 
@@ -151,3 +151,18 @@ def test_an_existing_run_is_only_continued_with_resume(tmp_path):
     with pytest.raises(ValueError, match="resume=latest"):
         check_run_dir(cfg)
     assert DataConfig().sources() == ["synthetic"] and OptimConfig().accum_steps == 1
+
+
+def test_shipped_recipes_load_by_name():
+    from openeva.configs import builtin_configs
+
+    names = builtin_configs()
+    assert {"clip_tiny", "clip_eva02_b16", "clip_eva02_l14", "mim_ti", "mim_s", "mim_b", "mim_l", "mim_tiny",
+            "finetune_eva02_B", "finetune_eva02_L", "finetune_tiny"} <= set(names)
+    assert all(not n.startswith("_") for n in names)
+    assert load_config("clip_tiny") == load_config(CONFIG_DIR / "clip_tiny.py")
+    assert load_config("mim_b.py", ["optim.lr=1e-3"]).optim.lr == 1e-3
+    with pytest.raises(FileNotFoundError, match="nor a shipped recipe: .*clip_tiny"):
+        load_config("clip_tinyy")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_config("some/dir/clip_tiny.py")  # a path is never replaced by a shipped recipe

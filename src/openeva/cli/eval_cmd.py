@@ -3,7 +3,7 @@
     openeva eval --model EVA02-B-16 --pretrained ckpt.safetensors --task zeroshot,linear_probe,knn \\
         --dataset data/val --train-dataset data/train --classnames imagenet1k --output results/
     openeva eval --model eva02_base_patch14_224 --pretrained mim_in22k --task finetune \\
-        --train-dataset data/train --dataset data/val --finetune-config configs/finetune_eva02_B.py \\
+        --train-dataset data/train --dataset data/val --finetune-config finetune_eva02_B \\
         --finetune-set schedule.epochs=5
     openeva eval-merge results/ more/run.json --out table.csv
 """
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--language", default="en")
     p.add_argument("--finetune-config", default=None, metavar="FILE",
-                   help="finetune recipe: a training config (configs/finetune_*.py); default: a short generic one")
+                   help="finetune recipe: a training config (finetune_* recipes in openeva.configs); default: a short generic one")
     p.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a finetune config field, e.g. schedule.epochs=3 optim.lr=1e-4 "
                         "task_options.ema_decay=0.999 (repeatable)")

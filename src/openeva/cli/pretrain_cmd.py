@@ -1,12 +1,12 @@
 """``openeva pretrain CONFIG [key=value ...]``: EVA-02 masked image modelling against a frozen CLIP teacher.
 
 The same engine, run directory, progress bar, metrics, plots, atomic checkpoints and exact resume as ``openeva
-train``; the config's ``task`` must be MIM (``configs/mim_*.py``). When the run completes, ``RUN/final`` is a
+train``; the config's ``task`` must be MIM (the ``mim_*`` recipes (``openeva.configs``)). When the run completes, ``RUN/final`` is a
 plain backbone checkpoint: ``openeva train CLIP_CONFIG model.pretrained_image=RUN/final`` starts an EVA-CLIP
 from it, ``create_model(RUN/final, num_classes=K)`` a classifier.
 
-    openeva pretrain configs/mim_tiny.py
-    torchrun --nproc_per_node 8 -m openeva pretrain configs/mim_b.py data.train=/data/shards-{0000..9999}.tar \\
+    openeva pretrain mim_tiny
+    torchrun --nproc_per_node 8 -m openeva pretrain mim_b data.train=/data/shards-{0000..9999}.tar \\
         task_options.teacher_pretrained=/ckpt/EVA01_CLIP_g_14_psz14_s11B.pt
 """
 
@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("pretrain", help="EVA-02 MIM pretraining of a backbone against a CLIP teacher",
                               description=__doc__.splitlines()[0])
     p.add_argument("config", help="a Python file defining `config = TrainConfig(task=MIM_TASK, ...)` "
-                                  "(see configs/mim_*.py), or a MIM run's config.json")
+                                  "(see mim_* recipes in openeva.configs), or a MIM run's config.json")
     p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
                    help="override config fields: optim.lr=1e-3 task_options.teacher=EVA01-g-14 resume=latest")
     p.add_argument("--dry-run", action="store_true",
@@ -44,7 +44,7 @@ def run(args) -> int:
         raise ValueError(f"{args.config} configures task={cfg.task!r}, not MIM pretraining (task={MIM_TASK!r}); "
                          "use `openeva train` for it")
     if cfg.name is None:  # runs are named after their config file unless told otherwise
-        cfg = cfg.replace(name=Path(args.config).stem if Path(args.config).suffix == ".py" else "run")
+        cfg = cfg.replace(name=Path(args.config).stem if Path(args.config).suffix in (".py", "") else "run")
     if dry_run:
         preflight(cfg)
         print(cfg.to_json())

@@ -1,7 +1,7 @@
 """``openeva train CONFIG [key=value ...]``: train from a Python config, writing to ``output_dir/name``.
 
-One process: ``openeva train configs/clip_tiny.py``. Several: ``torchrun --nproc_per_node 8 -m openeva train
-configs/clip_eva02_b16.py data.train=/data/shards-{0000..2047}.tar``, or the same under ``srun`` (SLURM).
+One process: ``openeva train clip_tiny``. Several: ``torchrun --nproc_per_node 8 -m openeva train
+clip_eva02_b16 data.train=/data/shards-{0000..2047}.tar``, or the same under ``srun`` (SLURM).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model (EVA-CLIP, ...) from a Python config",
                               description=__doc__.splitlines()[0])
-    p.add_argument("config", help="a Python file defining `config = TrainConfig(...)` (see configs/), or a run's "
-                                  "config.json")
+    p.add_argument("config", help="a shipped recipe (clip_tiny, clip_eva02_b16, ...; see openeva.configs), a Python "
+                                  "file defining `config = TrainConfig(...)`, or a run's config.json")
     p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
                    help="override config fields, dotted for sections: optim.lr=1e-4 data.batch_size=64 resume=latest")
     p.add_argument("--dry-run", action="store_true",
@@ -35,7 +35,7 @@ def run(args) -> int:
         raise ValueError(f"unknown option {flags[0]!r}; overrides are key=value")
     cfg = load_config(args.config, overrides)
     if cfg.name is None:  # runs are named after their config file unless told otherwise
-        cfg = cfg.replace(name=Path(args.config).stem if Path(args.config).suffix == ".py" else "run")
+        cfg = cfg.replace(name=Path(args.config).stem if Path(args.config).suffix in (".py", "") else "run")
     if dry_run:
         preflight(cfg)
         print(cfg.to_json())

@@ -1,7 +1,7 @@
 """The ``finetune`` evaluation task: fine-tune a backbone on ``train_dataset`` with the training engine, then
 report top-1 / top-5 of the fine-tuned classifier (EMA weights when the recipe keeps an EMA) on ``dataset``.
 
-The recipe is a training config (``configs/finetune_*.py``, a ``TrainConfig`` with
+The recipe is a training config (the ``finetune_*`` recipes (``openeva.configs``), a ``TrainConfig`` with
 ``task="openeva.train.finetune_task:build_finetune"``) plus ``key=value`` overrides; without one, a short
 default recipe (:func:`default_finetune_config`) is used. The model, the datasets and the output folder come
 from ``evaluate(...)``; the run directory (config, metrics, checkpoints, ``final/`` model) is kept under
@@ -27,7 +27,7 @@ FINETUNE_TASK = "openeva.train.finetune_task:build_finetune"
 def default_finetune_config():
     """A short, generic recipe for small datasets: AdamW lr 1e-4 (batch 64), layer decay 0.75, 10 epochs (10%
     warmup, set by :func:`run_finetune`), label smoothing 0.1, RandAugment, drop path 0.1, detached patch
-    embedding, no EMA (too few steps for one). ``configs/finetune_eva02_*.py`` hold the published recipes."""
+    embedding, no EMA (too few steps for one). ``finetune_eva02_B`` / ``finetune_eva02_L`` hold the published recipes."""
     from openeva.train.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
 
     return TrainConfig(

@@ -175,7 +175,7 @@ def evaluate(
     ``imagenet1k_short`` for templates), a JSON/text file or a list. Linear probe and kNN train on
     ``train_dataset``. Results (and plots) are written under ``output_dir`` when given.
     ``finetune`` trains a classifier on ``train_dataset`` with the training engine, using the recipe
-    ``finetune_config`` (a ``configs/finetune_*.py`` file or ``TrainConfig``; None: a short default) with
+    ``finetune_config`` (a the ``finetune_*`` recipes (``openeva.configs``) file or ``TrainConfig``; None: a short default) with
     ``finetune_overrides`` (``key=value``), and reports the fine-tuned model's accuracy on ``dataset``.
     """
     # ---- 1. check every input before any compute

@@ -91,6 +91,12 @@ def compare(report: dict, candidate: str = CANDIDATE, baseline: str = BASELINE) 
         f"{100 * mean_c:.1f} vs {100 * mean_b:.1f}; it was ahead on {ahead} of {len(rows)} metrics "
         f"({ahead_sig} beyond two standard errors) and behind on {behind} ({behind_sig} beyond two standard errors)."
     )
+    if ahead_sig == behind_sig == 0:
+        sentence += " Every difference is within noise: this run shows no clear winner."
+    elif (ahead_sig > 0) != (behind_sig > 0):
+        sentence += (f" The differences beyond noise all favour the {c_title if ahead_sig else b_title}.")
+    else:
+        sentence += " Beyond noise, each is ahead somewhere: the result is mixed."
     return {"candidate": candidate, "baseline": baseline, "beat": beat, "mean": {candidate: mean_c,
             baseline: mean_b}, "ahead": ahead, "behind": behind, "ahead_beyond_noise": ahead_sig,
             "behind_beyond_noise": behind_sig, "metrics": rows, "verdict": sentence}

@@ -1,7 +1,7 @@
 """Training: one engine that runs a Task (CLIP here; MIM and fine-tuning reuse it), configs, checkpoints.
 
     from openeva.train import load_config, train
-    train(load_config("configs/clip_tiny.py", ["optim.lr=1e-3"]))
+    train(load_config("clip_tiny", ["optim.lr=1e-3"]))
 
 Lower level: ``Trainer(cfg, task, ResumableLoader(dataset, batch_size, ...), world).fit()`` runs any
 :class:`Task`.

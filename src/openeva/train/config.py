@@ -1,6 +1,6 @@
 """Run configuration: one frozen dataclass, validated when built, so a bad value fails before any compute.
 
-A config file is a Python file defining ``config = TrainConfig(...)`` (see ``configs/clip_*.py``); the command
+A config file is a Python file defining ``config = TrainConfig(...)`` (see the ``clip_*`` recipes (``openeva.configs``)); the command
 line overrides fields with ``key=value`` (dotted keys reach the nested sections, e.g. ``optim.lr=1e-4``),
 each value parsed by the field's type. The resolved config is written to the run directory and into every
 checkpoint (nanoGPT / dinov2 style), and ``TrainConfig.from_dict`` rebuilds it.
@@ -457,11 +457,24 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
-def load_config(path: str | Path, overrides=()) -> TrainConfig:
-    """Runs the Python config file and returns its ``config`` (a :class:`TrainConfig`) with overrides applied."""
+def resolve_config_path(path: str | Path) -> Path:
+    """An existing file as given, else a recipe shipped in :mod:`openeva.configs` by name (``mim_b``)."""
+    from openeva.configs import CONFIG_DIR, builtin_configs
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+    if path.is_file():
+        return path
+    if path.parent == Path(".") and path.stem in builtin_configs() and path.suffix in ("", ".py"):
+        return CONFIG_DIR / f"{path.stem}.py"
+    raise FileNotFoundError(f"config file not found: {path} (nor a shipped recipe: {', '.join(builtin_configs())})")
+
+
+def load_config(path: str | Path, overrides=()) -> TrainConfig:
+    """Runs the Python config file and returns its ``config`` (a :class:`TrainConfig`) with overrides applied.
+
+    ``path`` is a file (``.py`` or a run's ``config.json``) or the name of a shipped recipe (``clip_tiny``).
+    """
+    path = resolve_config_path(path)
     if path.suffix == ".json":
         raw = json.loads(path.read_text())
         cfg = TrainConfig.from_dict(raw.get("train_config", raw))

@@ -7,7 +7,7 @@ cosine similarity, or MAE's pixel MSE, over masked tokens only). The engine owns
 schedule, checkpoints and logging.
 
 Runs: a :class:`~openeva.train.config.TrainConfig` with ``task="openeva.train.mim_task:build_mim"`` (see
-``configs/mim_*.py``), the student in ``model`` (``name``, ``img_size``, ``drop_path_rate``, ``pretrained``
+the ``mim_*`` recipes (``openeva.configs``)), the student in ``model`` (``name``, ``img_size``, ``drop_path_rate``, ``pretrained``
 to continue MIM), the images in ``data`` (any CLIP source; captions ignored; ``data.scale`` (0.2, 1) for the
 recipe) and the MIM settings in ``task_options`` (:class:`MIMOptions`: teacher, masking, target). ``pretrain``
 runs one and leaves ``RUN/final``, a plain backbone checkpoint (see :mod:`openeva.models.mim`).
@@ -449,7 +449,7 @@ build_mim.preflight = preflight_mim  # found by the runner for task="openeva.tra
 def pretrain(config, overrides=(), world=None) -> Path:
     """Run MIM pretraining to completion (or ``max_steps_this_run``); returns the run directory.
 
-    ``config``: a TrainConfig or a config file (``configs/mim_*.py``), with ``key=value`` ``overrides``.
+    ``config``: a TrainConfig or a config file (the ``mim_*`` recipes (``openeva.configs``)), with ``key=value`` ``overrides``.
     The run directory is the engine's (config.json, metrics.jsonl, tb/, plots/, checkpoints/); when the run
     completes, ``RUN/final`` holds the student as a plain backbone checkpoint: ``create_model(RUN/final)``,
     ``create_model(name, pretrained=RUN/final, num_classes=K)`` and CLIP training's

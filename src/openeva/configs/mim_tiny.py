@@ -1,13 +1,13 @@
 """Tiny EVA-02 MIM on the built-in synthetic shapes: a CPU smoke run in about a minute.
 
-    openeva pretrain configs/mim_tiny.py
-    openeva pretrain configs/mim_tiny.py task_options.teacher=runs/clip_tiny/final task_options.teacher_pretrained=none  # a trained teacher
+    openeva pretrain mim_tiny
+    openeva pretrain mim_tiny task_options.teacher=runs/clip_tiny/final task_options.teacher_pretrained=none  # a trained teacher
 
 The student is ``eva02_test_patch8_32`` (32 px, patch 8: a 4x4 grid, 6 of 16 patches masked in blocks of >= 2);
 the teacher defaults to an untrained ``EVA02-test`` (``teacher_pretrained=random``); point ``task_options.teacher``
-at a trained CLIP run's ``final`` directory (e.g. from ``configs/clip_tiny.py``) for a meaningful target.
+at a trained CLIP run's ``final`` directory (e.g. from ``clip_tiny``) for a meaningful target.
 ``runs/mim_tiny/final`` then initialises an EVA-CLIP:
-``openeva train configs/clip_tiny.py model.pretrained_image=runs/mim_tiny/final`` (see the hand-off note in
+``openeva train clip_tiny model.pretrained_image=runs/mim_tiny/final`` (see the hand-off note in
 openeva.models.mim about EVA-CLIP's sub-LN keys).
 """
 

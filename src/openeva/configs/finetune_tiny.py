@@ -1,7 +1,7 @@
 """Tiny fine-tuning run on CPU: the test backbone classifies the built-in synthetic shapes by shape.
 
-    openeva train configs/finetune_tiny.py
-    openeva eval --model eva02_test_patch8_32 --task finetune --finetune-config configs/finetune_tiny.py \
+    openeva train finetune_tiny
+    openeva eval --model eva02_test_patch8_32 --task finetune --finetune-config finetune_tiny \
         --train-dataset data/train --dataset data/val --finetune-set data.train_num_samples=none
 
 Same code path as the EVA-02 recipes (layer decay, label smoothing, EMA, detached patch embedding off here

@@ -1,7 +1,7 @@
 """EVA-02-B ImageNet-1K fine-tuning from the IN-21K MIM checkpoint (official ``run_class_finetuning.py`` recipe
 for ``eva02_B_pt_in21k_p14`` -> 88.3 top-1 at 448 px, reported without EMA).
 
-    torchrun --nproc_per_node 8 -m openeva train configs/finetune_eva02_B.py \
+    torchrun --nproc_per_node 8 -m openeva train finetune_eva02_B \
         data.train=/data/imagenet/train data.val=/data/imagenet/val
 
 Recipe: AdamW lr 1e-4, layer decay 0.7, weight decay 0.05, betas (0.9, 0.999), eps 1e-8; global batch 1024,

@@ -9,7 +9,7 @@ dropout; RandomResizedCrop scale (0.9, 1.0); seed 4096.
 
 Set the paths (every one is checked before any compute):
 
-    torchrun --nproc_per_node 8 --nnodes 8 ... -m openeva train configs/clip_eva02_b16.py \\
+    torchrun --nproc_per_node 8 --nnodes 8 ... -m openeva train clip_eva02_b16 \\
         data.train='/data/laion2b/{000000..164090}.tar;/data/coyo700m/{000000..047435}.tar' \\
         model.pretrained_image=/ckpt/eva02_B_psz14to16.pt model.pretrained_text=/ckpt/openai_clip_b16.pt \\
         data.zeroshot=/data/imagenet/val data.zeroshot_classnames=imagenet1k data.zeroshot_templates=imagenet1k

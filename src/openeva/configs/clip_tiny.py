@@ -1,7 +1,7 @@
 """Tiny EVA-CLIP on the built-in synthetic shapes: trains on 2 CPU cores in a few minutes.
 
-    openeva train configs/clip_tiny.py
-    openeva train configs/clip_tiny.py name=tiny2 schedule.total_steps=100 optim.lr=2e-3
+    openeva train clip_tiny
+    openeva train clip_tiny name=tiny2 schedule.total_steps=100 optim.lr=2e-3
 
 Watch ``runs/clip_tiny/metrics.jsonl`` (or ``tensorboard --logdir runs``): validation retrieval R@1 on held-out
 captions and zero-shot shape accuracy on unseen (shape, color) pairs rise well above chance.
