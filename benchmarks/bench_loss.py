@@ -8,7 +8,7 @@ tracemalloc do not see torch's allocations, and a fresh process keeps one run's 
 open_clip configurations whose B x B logits matrix would exceed ``--max-matrix-gib``, or whose estimated peak
 (about six B x B matrices) exceeds the available memory, are recorded as skipped ("OOM-risk"), not run.
 
-    python benchmarks/bench_loss.py --batches 4096,8192,16384 --dim 512 --out benchmarks/results/loss_memory.json
+    .venv/bin/python benchmarks/bench_loss.py --batches 4096,8192,16384,32768,65536 --dim 512 --threads 2
 """
 
 from __future__ import annotations
@@ -17,38 +17,16 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _common import (
+    available_bytes, environment, memory_method, peak_rss_bytes, reset_peak_rss, rss_bytes, run_worker,
+)
+
 IMPLS = ("openeva_tiled", "open_clip")
 DENSE_MATRICES_AT_PEAK = 6  # open_clip measured ~4 B x B fp32 matrices at peak (16k, CPU); 6 leaves a margin
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM); False where the kernel does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes(reset_worked: bool) -> int:
-    if reset_worked:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _make_loss(impl: str, tile_size: int):
@@ -63,10 +41,13 @@ def _make_loss(impl: str, tile_size: int):
     raise ValueError(f"unknown implementation {impl!r}; choose from {IMPLS}")
 
 
-def worker(impl: str, batch: int, dim: int, tile_size: int, device: str, seed: int, repeats: int = 1) -> dict:
+def worker(impl: str, batch: int, dim: int, tile_size: int, device: str, seed: int, repeats: int = 1,
+           threads: int = 2) -> dict:
     """``repeats`` forward + backward passes here; -> value, gradient norms, best seconds, peak bytes above inputs."""
     import torch
     import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
 
     loss_fn = _make_loss(impl, tile_size)
     # Warm up kernels and thread pools on a small batch so the timed run measures the loss, not start-up.
@@ -83,8 +64,8 @@ def worker(impl: str, batch: int, dim: int, tile_size: int, device: str, seed: i
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        reset_worked = _reset_peak_rss()
-        base = _rss_bytes()
+        reset_worked = reset_peak_rss()
+        base = rss_bytes()
     times = []
     for _ in range(repeats):
         image.grad = text.grad = logit_scale.grad = None
@@ -97,7 +78,7 @@ def worker(impl: str, batch: int, dim: int, tile_size: int, device: str, seed: i
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = _peak_rss_bytes(reset_worked)
+        peak = peak_rss_bytes(reset_worked)
     return {
         "loss": loss.item(),
         "image_grad_norm": image.grad.norm().item(),
@@ -106,20 +87,8 @@ def worker(impl: str, batch: int, dim: int, tile_size: int, device: str, seed: i
         "seconds": min(times),
         "seconds_all": times,
         "peak_bytes": max(0, peak - base),
-        "memory_method": "cuda.max_memory_allocated" if device.startswith("cuda")
-        else ("VmHWM (reset)" if reset_worked else "ru_maxrss"),
+        "memory_method": "cuda.max_memory_allocated" if device.startswith("cuda") else memory_method(reset_worked),
     }
-
-
-def _available_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _skip_reason(impl: str, batch: int, max_matrix_gib: float, device: str) -> str | None:
@@ -128,7 +97,7 @@ def _skip_reason(impl: str, batch: int, max_matrix_gib: float, device: str) -> s
     matrix = batch * batch * 4
     if matrix > max_matrix_gib * 2**30:
         return f"OOM-risk: one B x B fp32 matrix is {matrix / 2**30:.1f} GiB > {max_matrix_gib} GiB"
-    available = _available_bytes() if device == "cpu" else None
+    available = available_bytes() if device == "cpu" else None
     if available is not None and DENSE_MATRICES_AT_PEAK * matrix > 0.8 * available:
         return (
             f"OOM-risk: ~{DENSE_MATRICES_AT_PEAK * matrix / 2**30:.1f} GiB estimated peak, "
@@ -141,17 +110,9 @@ def _run_in_subprocess(impl: str, batch: int, args) -> dict:
     cmd = [
         sys.executable, __file__, "--worker", impl, "--batches", str(batch), "--dim", str(args.dim),
         "--tile-size", str(args.tile_size), "--device", args.device, "--seed", str(args.seed),
-        "--repeats", str(args.repeats),
+        "--repeats", str(args.repeats), "--threads", str(args.threads),
     ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": "timeout", "reason": f"over {args.timeout} s"}
-    if proc.returncode != 0:
-        return {"status": "failed", "reason": proc.stderr.strip().splitlines()[-1:] or [f"rc {proc.returncode}"]}
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["status"] = "ok"
-    return result
+    return run_worker(cmd, args.timeout)
 
 
 def _compare(rows: list[dict]) -> None:
@@ -202,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-matrix-gib", type=float, default=12.0)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads in each worker")
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per configuration (best is kept)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "loss_memory.json"))
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -209,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
 
     batches = [int(b) for b in args.batches.split(",") if b]
     if args.worker:
-        print(json.dumps(worker(args.worker, batches[0], args.dim, args.tile_size, args.device, args.seed, args.repeats)))
+        print(json.dumps(worker(args.worker, batches[0], args.dim, args.tile_size, args.device, args.seed, args.repeats,
+                               args.threads)))
         return 0
     impls = [i for i in args.impls.split(",") if i]
     unknown = sorted(set(impls) - set(IMPLS))
@@ -228,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    torch.set_num_threads(args.threads)
     report = {
         "benchmark": "contrastive loss forward+backward, one process",
         "dtype": "float32",
@@ -239,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "memory": "peak resident (or CUDA allocated) bytes above the inputs, in a fresh process per row",
+        "machine": environment(args.device),
         "results": rows,
     }
     out = Path(args.out)

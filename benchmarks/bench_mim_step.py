@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import time
@@ -26,15 +25,7 @@ from openeva.data.masking import BlockMaskGenerator
 from openeva.models.mim import build_student, build_teacher
 from openeva.train.mim_task import MIMTask
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from _common import environment
 
 
 def _peak_rss_gib() -> float:
@@ -102,15 +93,17 @@ def main(argv=None) -> dict:
     teacher_fp32_s = [_timed(lambda: fp32_teacher(images, student.cfg.grid_size), device) for _ in range(args.steps)]
 
     step_med, teacher_med = statistics.median(step_s), statistics.median(teacher_s)
+    machine = environment(args.device)
     result = {
         "benchmark": "mim_step",
         "student": args.student,
         "teacher": args.teacher,
         "student_params_m": round(sum(p.numel() for p in student.parameters()) / 1e6, 1),
         "teacher_params_m": round(sum(p.numel() for p in teacher.parameters()) / 1e6, 1),
-        "device": _cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "machine": machine,
+        "device": machine["device"],
+        "threads": machine["threads"],
+        "torch": machine["torch"],
         "precision": "bf16 autocast (teacher weights bf16)",
         "batch_size": B,
         "img_size": list(student.cfg.img_size),

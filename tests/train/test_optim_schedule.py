@@ -104,3 +104,32 @@ def test_schedule_sets_each_group_from_its_own_lr():
     assert math.isclose(opt.param_groups[1]["lr"], 1e-4 * lr_factor(12, 20, 4))
     with pytest.raises(ValueError, match="warmup"):
         LRSchedule(opt, total_steps=3, warmup_steps=4)
+
+
+def test_adamw_uses_the_fused_kernel_and_matches_the_reference_update():
+    """create_optimizer picks torch's fused AdamW for plain CPU parameters; its update is AdamW's."""
+    torch.manual_seed(0)
+    a = torch.nn.Linear(8, 4)
+    b = torch.nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    groups = [{"name": "all", "params": list(a.parameters()), "param_names": ["weight", "bias"], "lr_scale": 1.0,
+               "base_lr": 1e-2, "weight_decay": 0.05}]
+    ours = create_optimizer(groups, "adamw", lr=1e-2, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.05)
+    assert ours.defaults["fused"] is True
+    ref = torch.optim.AdamW(b.parameters(), lr=1e-2, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.05,
+                            foreach=False)
+    for step in range(5):
+        x = torch.randn(16, 8)
+        for model, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_adamw_keeps_the_default_kernel_for_parameters_fused_does_not_take():
+    meta = torch.nn.Parameter(torch.empty(3, device="meta"))
+    groups = [{"name": "all", "params": [meta], "param_names": ["w"], "lr_scale": 1.0, "base_lr": 1e-3,
+               "weight_decay": 0.0}]
+    assert not create_optimizer(groups, "adamw", lr=1e-3).defaults["fused"]

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from openeva.layers.attention import attention
+
 
 @dataclass(frozen=True)
 class TextConfig:
@@ -54,7 +56,7 @@ class CausalSelfAttention(nn.Module):
         B, L, D = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3D)
         q, k, v = qkv.view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, L, hd) each
-        x = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, hd)
+        x = attention(q, k, v, is_causal=True)  # (B, H, L, hd)
         return self.out_proj(x.transpose(1, 2).reshape(B, L, D))
 
 

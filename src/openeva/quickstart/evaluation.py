@@ -5,8 +5,10 @@ so these metrics ask whether a model composes attributes it only saw apart:
 
 * zero-shot top-1 over all 30 "<color> <shape>" classes, over the 5 shapes and over the 6 colors;
 * image <-> text retrieval recall@1 (one caption per image);
-* a linear probe for the shape, fitted on training-split features and tested on held-out ones (CLIP models
-  and the MIM student alike).
+* a linear probe for the shape (CLIP models and the MIM student alike), fitted on fresh images of all 30
+  pairs, where color says nothing about shape, and tested on the held-out images: how linearly decodable shape
+  is from the frozen features. (Fitted on training pairs only, a probe learns "this color is never that
+  shape" and scores below chance on exactly the held-out pairs, which measures the split, not the features.)
 
 Images are encoded once per model and reused by every task.
 """
@@ -30,7 +32,7 @@ _ZEROSHOT = {"pair": "shape_color", "shape": "shape", "color": "color"}
 
 @dataclass
 class EvalSets:
-    """The evaluation images: held-out pairs (zero-shot, retrieval, probe test) and training pairs (probe fit)."""
+    """The evaluation images: held-out pairs (zero-shot, retrieval, probe test) and all pairs (probe fit)."""
 
     heldout: RenderedShapes
     probe_train: RenderedShapes
@@ -47,7 +49,7 @@ def prepare_eval_sets(heldout_samples: int, probe_train_samples: int, retrieval_
     """Render the evaluation sets; seeds differ from the training pool's so no image repeats."""
     heldout = RenderedShapes(heldout_samples, split="heldout", seed=seed + 1000, image_size=image_size,
                              mean=mean, std=std)
-    probe_train = RenderedShapes(probe_train_samples, split="train", seed=seed + 2000, image_size=image_size,
+    probe_train = RenderedShapes(probe_train_samples, split="all", seed=seed + 2000, image_size=image_size,
                                  mean=mean, std=std)
     return EvalSets(heldout, probe_train, retrieval_samples)
 
@@ -71,7 +73,7 @@ def _probe(train_x, train_y, test_x, test_y, num_classes: int, seed: int) -> flo
 
 
 def linear_probe_shape(model, sets: EvalSets, seed: int = 0, precision: str = "fp32") -> dict[str, float]:
-    """Shape linear probe: fit on training-pair features, test on held-out pairs."""
+    """Shape linear probe: fit on features of all pairs, test on the held-out pairs."""
     classes = ShapesClassification(0, attribute="shape").classes
     train_x = encode_images(model, sets.probe_train, precision=precision)
     test_x = encode_images(model, sets.heldout, precision=precision)

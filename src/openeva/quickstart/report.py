@@ -29,7 +29,7 @@ METRICS = (
     ("zeroshot_color_acc1", "ZS color", "zero-shot top-1 over the 6 colors, held-out pairs"),
     ("retrieval_i2t_r1", "I->T R@1", "image -> text retrieval recall@1 on held-out pairs"),
     ("retrieval_t2i_r1", "T->I R@1", "text -> image retrieval recall@1 on held-out pairs"),
-    ("linear_probe_shape_acc1", "LP shape", "linear probe (shape) trained on train pairs, tested on held-out"),
+    ("linear_probe_shape_acc1", "LP shape", "linear probe (shape) fitted on all pairs, tested on held-out"),
 )
 METRIC_KEYS = tuple(k for k, _, _ in METRICS)
 # Which evaluation count is the sample size of each metric (for the standard error in the verdict).

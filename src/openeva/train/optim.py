@@ -86,13 +86,26 @@ def create_optimizer(groups: list[dict], name: str, lr: float, betas=(0.9, 0.98)
     """AdamW (torch) or LAMB (timm, the optimizer EVA-CLIP trains with)."""
     groups = [{k: v for k, v in g.items() if k != "param_names"} for g in groups]
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                 fused=_fused_adamw_ok(groups) or None)
     if name == "lamb":
         from timm.optim import Lamb
 
         return Lamb(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                     max_grad_norm=lamb_max_grad_norm)
     raise ValueError(f"optimizer must be adamw or lamb, got {name!r}")
+
+
+def _fused_adamw_ok(groups: list[dict]) -> bool:
+    """Whether torch's fused AdamW kernel takes these parameters: plain floating tensors on CPU or CUDA.
+
+    On CPU the default per-parameter loop costs as much as a small model's backward (it is also slowed by
+    denormal second moments); the fused kernel does the same update about 10x faster. Sharded (FSDP2 DTensor)
+    parameters keep the default implementation.
+    """
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda")
+                                and p.dtype.is_floating_point for p in params)
 
 
 def describe_groups(groups: list[dict]) -> list[dict]:
