@@ -43,7 +43,7 @@ def test_causal_explicit_path_ignores_future_tokens():
 
 
 def test_dispatch_rules():
-    """Explicit only on CPU in bf16/fp16 without mask or dropout, up to the sequence-length limits."""
+    """Explicit only on CPU in bf16 without mask or dropout, up to the sequence-length limits."""
     short = _qkv(N=attn_mod.CPU_EXPLICIT_MAX_TOKENS, dtype=torch.bfloat16)[0]
     long = _qkv(N=attn_mod.CPU_EXPLICIT_MAX_TOKENS + 1, hd=4, dtype=torch.bfloat16)[0]
     assert attn_mod._use_explicit(short, None, 0.0)
@@ -53,6 +53,7 @@ def test_dispatch_rules():
         assert not attn_mod._use_explicit(long, None, 0.0)
     fp32 = _qkv()[0]
     assert not attn_mod._use_explicit(fp32, None, 0.0)  # fp32 keeps SDPA (and its exact parity)
+    assert not attn_mod._use_explicit(fp32.half(), None, 0.0)  # fp16 keeps SDPA (fp32 accumulation)
     assert not attn_mod._use_explicit(short, torch.zeros(1, dtype=torch.bool), 0.0)
     assert not attn_mod._use_explicit(short, None, 0.1)
 

@@ -4,7 +4,7 @@ All EVA variants store q/k/v as one ``qkv`` matrix here, even the B/L checkpoint
 ``q_proj/k_proj/v_proj``: one matmul instead of three is faster, and the converters fuse on load.
 The CLIP B/L towers add ``norm`` (EVA's ``inner_attn_ln``), a LayerNorm on the merged heads before ``proj``.
 
-:func:`attention` is the one place both towers call attention: PyTorch SDPA, except for bf16/fp16 on CPU with
+:func:`attention` is the one place both towers call attention: PyTorch SDPA, except for bf16 on CPU with
 short sequences, where two batched matmuls and a softmax are faster (see its docstring).
 """
 
@@ -17,14 +17,14 @@ from torch import nn
 from openeva.layers.rope import apply_rope
 
 
-# Longest sequence for which explicit attention beats SDPA on CPU in bf16/fp16 (measured on an AVX-512 BF16 CPU,
+# Longest sequence for which explicit attention beats SDPA on CPU in bf16 (measured on an AVX-512 BF16 CPU,
 # torch 2.14: for inference up to ~256 tokens, for training, whose SDPA backward is 2-7x slower, up to 1024).
 CPU_EXPLICIT_MAX_TOKENS = 256
 CPU_EXPLICIT_MAX_TOKENS_TRAIN = 1024
 
 
 def _use_explicit(q: torch.Tensor, attn_mask, dropout_p: float) -> bool:
-    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or attn_mask is not None \
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or attn_mask is not None \
             or dropout_p > 0:
         return False
     n = max(q.shape[-2], 1)
@@ -38,8 +38,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torc
 
     PyTorch's CPU flash kernel is slow for short sequences in reduced precision: its backward runs 7x slower
     than two batched matmuls and a softmax at 65 tokens and 2x slower at 197 (ViT-B/16), and its forward is
-    slower up to about 256 tokens. There (CPU, bf16/fp16, no mask or dropout) the explicit form is used; the
-    N x N probabilities it keeps for backward are small at those lengths. Everywhere else, and on GPU, SDPA.
+    slower up to about 256 tokens. There (CPU, bf16, no mask or dropout) the explicit form is used; the
+    N x N probabilities it keeps for backward are small at those lengths. Everywhere else, and on GPU, SDPA
+    (fp16 too: its explicit N x N scores could overflow where SDPA accumulates in fp32).
     """
     if not _use_explicit(q, attn_mask, dropout_p):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
