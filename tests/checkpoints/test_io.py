@@ -198,3 +198,38 @@ def test_save_checkpoint_overwrites_atomically_and_reports_corrupt_config(tmp_pa
     with pytest.raises(ValueError, match="corrupt checkpoint config"):
         read_config(tmp_path)
     assert read_config(tmp_path / "elsewhere" / "x.pt") is None
+
+
+@pytest.mark.parametrize("name", ["eva02_test_patch8_32", "EVA02-test"])
+def test_non_square_checkpoint_loads_at_another_resolution(tmp_path, name):
+    """A checkpoint saved at 32x48 (4x6 patches) reloads at 40x40: its config.json gives the saved grid, and
+    the position embedding is resampled from 4x6, not refused as a non-square row count."""
+    from openeva.factory import save_model
+    from openeva.layers import resample_pos_embed
+
+    torch.manual_seed(0)
+    wide = openeva.create_model(name, img_size=(32, 48))
+    save_model(wide, tmp_path / "wide")
+    square = openeva.create_model(str(tmp_path / "wide"), img_size=(40, 40))
+    tower, wide_tower = (square, wide) if name.startswith("eva02") else (square.visual, wide.visual)
+    assert tower.cfg.grid_size == (5, 5)
+    expected = resample_pos_embed(wide_tower.pos_embed.detach(), (5, 5), (4, 6), wide_tower.num_prefix_tokens)
+    torch.testing.assert_close(tower.pos_embed.detach(), expected)
+    out = square.encode_image(torch.randn(1, 3, 40, 40)) if hasattr(square, "encode_image") \
+        else square(torch.randn(1, 3, 40, 40))
+    assert torch.isfinite(out).all()
+
+
+class _Arbitrary:
+    pass
+
+
+def test_unreadable_pickles_get_an_actionable_message(tmp_path):
+    """Pickled objects and TorchScript archives are refused with what to do, not torch's weights_only advice."""
+    torch.save({"a": _Arbitrary()}, tmp_path / "obj.pt")
+    with pytest.raises(ValueError, match="weights_only=True only") as err:
+        read_state_dict(tmp_path / "obj.pt")
+    assert "weights_only set to False" not in str(err.value)
+    torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.randn(1, 2)), tmp_path / "ts.pt")
+    with pytest.raises(ValueError, match="TorchScript archive"):
+        read_state_dict(tmp_path / "ts.pt")

@@ -123,3 +123,24 @@ def test_cli_reports_finetune_input_errors(splits, tmp_path, capsys):
                               str(val), "--output", str(tmp_path / "o")])
     assert args.func(args) == 2
     assert "training dataset" in capsys.readouterr().err
+
+
+def test_the_recipes_own_pretrained_weights_are_kept(splits, tmp_path, capsys):
+    """Without --pretrained, the recipe's model.pretrained is used (here a missing file: refused by name),
+    never silently replaced by random weights."""
+    train, val = splits
+    parser = argparse.ArgumentParser(prog="openeva")
+    eval_cmd.register(parser.add_subparsers(dest="command"))
+    missing = tmp_path / "no_such_ckpt.safetensors"
+    argv = ["eval", "--model", "eva02_test_patch8_32", "--task", "finetune", "--dataset", str(val),
+            "--train-dataset", str(train), "--output", str(tmp_path / "results"), "--no-progress"]
+    for item in FAST + [f"model.pretrained={missing}"]:
+        argv += ["--finetune-set", item]
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        assert str(missing) in str(err) or missing.name in str(err)
+        return
+    assert code != 0
+    assert missing.name in capsys.readouterr().err

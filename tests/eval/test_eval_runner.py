@@ -3,6 +3,7 @@
 import argparse
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -61,6 +62,8 @@ def test_bad_inputs_fail_before_any_compute(make_folder, preprocess, tmp_path):
         evaluate(model, "retrieval", root, **kw)  # an image folder has no captions
     with pytest.raises(ValueError, match="text tower"):
         evaluate(FakeBackbone(), "zeroshot", root, **kw)
+    with pytest.raises(ValueError, match="knn_ks"):
+        evaluate(model, "knn", root, train_dataset=root, knn_ks=(10, 0), **kw)
     (root / "zulu").mkdir()
     with pytest.raises(ValueError, match="contains no images"):
         evaluate(model, "zeroshot", root, **kw)
@@ -231,7 +234,18 @@ def test_model_by_name_uses_factory_lazily(make_folder, preprocess, tmp_path, mo
     assert built == [("EVA02-fake", str(ckpt))]
     assert result["model"] == "EVA02-fake" and result["pretrained"] == str(ckpt)
     assert result["metrics"]["acc1"] == 1.0
-    assert result["result_file"].endswith("ds__EVA02-fake__ckpt.safetensors__zeroshot_classification.json")
+    assert re.search(r"ds__EVA02-fake__ckpt\.safetensors-[0-9a-f]{6}__zeroshot_classification\.json$",
+                     result["result_file"])
+
+
+def test_result_files_of_checkpoints_with_the_same_name_do_not_collide():
+    from openeva.eval.results import result_filename
+
+    base = {"dataset": "pets", "model": "EVA02-B-16", "task": "zeroshot_classification"}
+    a = result_filename({**base, "pretrained": "runs/clip_tiny/final"})
+    b = result_filename({**base, "pretrained": "runs/clip_b/final"})
+    assert a != b and a.startswith("pets__EVA02-B-16__final-")
+    assert result_filename({**base, "pretrained": None}) == "pets__EVA02-B-16__none__zeroshot_classification.json"
 
 
 def test_idx_train_and_test_splits_from_one_folder(tmp_path):

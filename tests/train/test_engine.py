@@ -80,6 +80,19 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     assert last["skipped_samples"] == 4 and last["samples_seen"] == 12
 
 
+def test_data_without_one_usable_sample_stops_with_a_message(tmp_path):
+    """CLIP training on images without captions skips every sample: the run stops, naming it, not loops."""
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(6):
+        Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(folder / f"{i}.png")  # no .txt captions
+    with pytest.raises(ValueError, match="no usable sample"):
+        train(_tiny(tmp_path / "runs", f"data.train={folder}", "data.batch_size=4", "schedule.total_steps=4",
+                    "schedule.warmup_steps=0", "name=nocaptions"))
+
+
 def test_cli_trains_a_tiny_clip_end_to_end(tmp_path):
     """`openeva train` writes the whole run directory, validates during training, and the final model retrieves
     its training pairs far better than chance."""
@@ -138,7 +151,12 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
     crashed = mgr.prepare(4)  # a save interrupted before commit: latest still names a complete step
     (crashed / "train_state.pt").write_bytes(b"half")
     assert mgr.latest().name == "step_0000003" and [p.name for p in mgr.list()][-1] == "step_0000003"
-    (tmp_path / "checkpoints" / "latest").write_text("step_0000009\n")
+    # killed while re-saving step 3, between moving the old copy aside and moving the new one in
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "step_0000003").rename(ckpts / ".old_step_0000003")
+    assert mgr.latest().name == "step_0000003"  # the whole previous copy is put back
+    assert (ckpts / "step_0000003" / "train_state.pt").read_bytes() == b"state"
+    (ckpts / "latest").write_text("step_0000009\n")
     with pytest.raises(FileNotFoundError, match="step_0000009"):
         mgr.latest()
 

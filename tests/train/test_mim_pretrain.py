@@ -127,3 +127,34 @@ def test_published_recipes_load_with_the_paper_hyperparameters(name):
     opts = MIMOptions.from_dict(cfg.task_options)
     assert (opts.num_masking_patches or 105) == 105 and opts.min_num_patches == 16 and opts.min_aspect == 0.3
     assert opts.patch_embed_grad_scale == 0.1 and opts.target == "clip"
+
+
+def _class_folder(root: Path, n_per_class: int = 6) -> Path:
+    """An ImageNet-style folder: one sub-folder per class, images without caption files."""
+    from PIL import Image
+
+    for c, color in enumerate(((200, 30, 30), (30, 200, 30))):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(n_per_class):
+            Image.new("RGB", (40, 36), tuple(v + 3 * i for v in color)).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def test_pretrain_reads_images_without_captions(tmp_path):
+    """MIM ignores captions: a class folder and a caption-less tar shard train instead of being skipped."""
+    from openeva.data.webdataset import write_shards
+
+    folder = _class_folder(tmp_path / "folder")
+    common = [f"output_dir={tmp_path}", "data.batch_size=4", "data.train_num_samples=8", "data.val=null",
+              "schedule.warmup_steps=1", "schedule.total_steps=2", "save_every=2", "log_every=1", "eval_every=0",
+              "progress=false", "tensorboard=false"]
+    assert _cli(["pretrain", str(CONFIG), "name=folder", f"data.train={folder}", *common]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "folder" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2] and train[-1]["skipped_samples"] == 0
+
+    images = sorted(folder.rglob("*.png"))
+    shard = write_shards([{"png": p.read_bytes(), "cls": 0} for p in images], tmp_path / "shards", shard_size=100)
+    assert _cli(["pretrain", str(CONFIG), "name=tar", f"data.train={shard[0]}", *common]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "tar" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2]

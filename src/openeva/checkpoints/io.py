@@ -66,7 +66,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle/zip errors come in many types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e)
+        if "TorchScript" in text:
+            raise ValueError(f"cannot read checkpoint {path}: it is a TorchScript archive (e.g. OpenAI's original "
+                             "CLIP .pt); load it with torch.jit.load, save its state_dict() with torch.save, and "
+                             "pass that file") from e
+        if "Weights only load failed" in text:
+            raise ValueError(f"cannot read checkpoint {path}: it pickles objects other than tensors and plain "
+                             "containers; openeva reads checkpoints with weights_only=True only, so that loading "
+                             "a file cannot run code. Re-save just the state dict from a trusted source.") from e
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         raise ValueError(f"cannot read checkpoint {path} (not a torch or safetensors file, or corrupt): {first}") from e
     return unwrap_state_dict(obj)
 
@@ -83,8 +92,37 @@ def read_config(path: str | os.PathLike) -> dict | None:
         raise ValueError(f"corrupt checkpoint config {cfg}: {e}") from e
 
 
-def adapt_to_model(sd: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Fits a converted state dict to this model's resolution, patch size and head layout; returns notes."""
+def _config_beside(path) -> dict | None:
+    """The openeva config.json beside a checkpoint, or None (absent, unreadable, or some other tool's)."""
+    try:
+        return read_config(path)
+    except (ValueError, OSError):
+        return None
+
+
+def saved_grid(config: dict | None, prefix: str) -> tuple[int, int] | None:
+    """The patch grid an openeva checkpoint was saved at (from its config.json), or None if unknown.
+
+    Needed for non-square checkpoints: the position-embedding rows alone do not say 16x23 from 23x16.
+    """
+    mc = (config or {}).get("model_config") or {}
+    vc = mc.get("vision") if prefix == "visual." else mc
+    try:
+        size, patch = vc["img_size"], vc["patch_size"]
+        h, w = (size, size) if isinstance(size, int) else size
+        p = (patch, patch) if isinstance(patch, int) else patch
+        return int(h) // int(p[0]), int(w) // int(p[1])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def adapt_to_model(sd: dict[str, torch.Tensor], model: nn.Module,
+                   source_config: dict | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Fits a converted state dict to this model's resolution, patch size and head layout; returns notes.
+
+    ``source_config``: the checkpoint's openeva config, if it has one; it gives the saved patch grid, which a
+    non-square checkpoint needs (others are square and their grid follows from the number of positions).
+    """
     target = model.state_dict()
     notes: list[str] = []
     sd = dict(sd)
@@ -101,11 +139,15 @@ def adapt_to_model(sd: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[
         key = f"{prefix}pos_embed"
         if key in sd and key in target and sd[key].shape != target[key].shape:
             n_old = sd[key].shape[1] - tower.num_prefix_tokens
-            side = int(round(n_old ** 0.5))
-            if side * side != n_old:
-                raise ValueError(f"cannot resample {key}: {n_old} patch slots is not a square grid")
-            sd[key] = resample_pos_embed(sd[key], tower.cfg.grid_size, (side, side), tower.num_prefix_tokens)
-            notes.append(f"resampled {key} {side}x{side} -> {tower.cfg.grid_size[0]}x{tower.cfg.grid_size[1]}")
+            grid = saved_grid(source_config, prefix)
+            if grid is None or grid[0] * grid[1] != n_old:
+                side = int(round(n_old ** 0.5))
+                if side * side != n_old:
+                    raise ValueError(f"cannot resample {key}: {n_old} patch slots is not a square grid and the "
+                                     "checkpoint has no openeva config.json giving its grid")
+                grid = (side, side)
+            sd[key] = resample_pos_embed(sd[key], tower.cfg.grid_size, grid, tower.num_prefix_tokens)
+            notes.append(f"resampled {key} {grid[0]}x{grid[1]} -> {tower.cfg.grid_size[0]}x{tower.cfg.grid_size[1]}")
         key = f"{prefix}patch_embed.proj.weight"
         if key in sd and key in target and sd[key].shape[-1] != target[key].shape[-1]:
             sd[key] = resample_patch_kernel(sd[key], target[key].shape[-1])
@@ -145,7 +187,7 @@ def load_checkpoint(
     raw = read_state_dict(path)
     fmt = detect_format(raw)
     sd = to_openeva(raw, fmt, is_clip=isinstance(model, CLIP))
-    sd, notes = adapt_to_model(sd, model)
+    sd, notes = adapt_to_model(sd, model, _config_beside(path))
     if not strict:
         ignore_missing = ("*",)
     check_fit(path, sd, model, ignore_missing)

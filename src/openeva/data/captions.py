@@ -59,13 +59,14 @@ class _PairSource:
     transform: Callable[[Image.Image], Any] | None
     tokenizer: Callable[[list[str]], Any] | None
     skipped: Counter
+    images_only: bool = False  # MIM: captions are ignored, so a missing one is no reason to skip
 
     def _make_sample(self, image_source: str | Path | bytes | None, caption: Any, name: str) -> tuple | None:
-        text = clean_caption(caption)
+        text = "" if self.images_only else clean_caption(caption)
         if text is None:
             record_skip(self.skipped, "missing_caption", name)
             return None
-        if not text:
+        if not text and not self.images_only:
             record_skip(self.skipped, "empty_caption", name)
             return None
         if image_source is None or (isinstance(image_source, Path) and not image_source.is_file()):
@@ -80,6 +81,8 @@ class _PairSource:
             record_skip(self.skipped, "corrupt_image", f"{name}: {err}")
             return None
         out_image = self.transform(image) if self.transform is not None else image
+        if self.images_only:
+            return out_image, ""
         out_text = self.tokenizer([text])[0] if self.tokenizer is not None else text
         return out_image, out_text
 
@@ -118,7 +121,8 @@ class CaptionDataset(_PairSource):
 
     ``image_key`` / ``caption_key`` name the columns (open_clip's ``filepath`` / ``title`` by default).
     Relative image paths resolve against ``root``, or the index file's folder. ``sep`` overrides the
-    CSV/TSV delimiter (e.g. a tab-separated file named ``.csv``).
+    CSV/TSV delimiter (e.g. a tab-separated file named ``.csv``). ``images_only=True`` (MIM) needs no caption
+    column and yields ``(image, "")``.
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class CaptionDataset(_PairSource):
         transform: Callable[[Image.Image], Any] | None = None,
         tokenizer: Callable[[list[str]], Any] | None = None,
         sep: str | None = None,
+        images_only: bool = False,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -138,7 +143,8 @@ class CaptionDataset(_PairSource):
         if not self.root.is_dir():
             raise FileNotFoundError(f"image root folder not found: {self.root}")
         rows, columns = _read_index(self.path, sep)
-        for role, key in (("image_key", image_key), ("caption_key", caption_key)):
+        roles = (("image_key", image_key),) if images_only else (("image_key", image_key), ("caption_key", caption_key))
+        for role, key in roles:
             if key not in columns:
                 hint = " (only one column was found: is sep right?)" if len(columns) == 1 else ""
                 raise ValueError(
@@ -148,6 +154,7 @@ class CaptionDataset(_PairSource):
             raise ValueError(f"caption index {self.path} has no rows")
         self.image_paths: list[Any] = [row.get(image_key) for row in rows]
         self.captions: list[Any] = [row.get(caption_key) for row in rows]
+        self.images_only = images_only
         self.transform = transform
         self.tokenizer = tokenizer
         self.skipped: Counter = Counter()
@@ -173,7 +180,8 @@ class CaptionDataset(_PairSource):
 class ImageTextFolder(_PairSource):
     """Images under ``root`` (jpg/jpeg/png/webp/bmp, searched recursively) with same-name ``.txt`` captions.
 
-    ``ds[i] -> (image, text) | None``; an image without a caption file counts as ``missing_caption``.
+    ``ds[i] -> (image, text) | None``; an image without a caption file counts as ``missing_caption``, unless
+    ``images_only=True`` (MIM: any folder of images, e.g. one sub-folder per class), which yields ``(image, "")``.
     """
 
     def __init__(
@@ -182,6 +190,7 @@ class ImageTextFolder(_PairSource):
         transform: Callable[[Image.Image], Any] | None = None,
         tokenizer: Callable[[list[str]], Any] | None = None,
         recursive: bool = True,
+        images_only: bool = False,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -190,6 +199,7 @@ class ImageTextFolder(_PairSource):
         self.image_paths = sorted(p for p in pattern if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not self.image_paths:
             raise ValueError(f"no images with extensions {IMAGE_EXTENSIONS} found in {self.root}")
+        self.images_only = images_only
         self.transform = transform
         self.tokenizer = tokenizer
         self.skipped: Counter = Counter()
@@ -206,4 +216,5 @@ class ImageTextFolder(_PairSource):
 
     def __getitem__(self, index: int) -> tuple[Any, Any] | None:
         image_path = self.image_paths[index]
-        return self._make_sample(image_path, self.caption(index), str(image_path))
+        caption = None if self.images_only else self.caption(index)
+        return self._make_sample(image_path, caption, str(image_path))

@@ -108,8 +108,9 @@ class TarShardDataset(IterableDataset):
         if missing:
             shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
             raise FileNotFoundError(f"{len(missing)} of {len(self.shards)} shard files not found: {shown}")
-        if target not in ("txt", "cls"):
-            raise ValueError(f"target must be 'txt' (captions) or 'cls' (class labels), got {target!r}")
+        if target not in ("txt", "cls", "none"):
+            raise ValueError(f"target must be 'txt' (captions), 'cls' (class labels) or 'none' (images only, "
+                             f"as MIM reads them), got {target!r}")
         if shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
         if (rank is None) != (world_size is None):
@@ -206,7 +207,9 @@ class TarShardDataset(IterableDataset):
         if image_bytes is None:
             record_skip(self.skipped, "missing_image", f"{key}: files {sorted(files)}")
             return None
-        if self.target == "txt":
+        if self.target == "none":
+            label: Any = ""
+        elif self.target == "txt":
             if "txt" not in files:
                 record_skip(self.skipped, "missing_caption", key)
                 return None
@@ -214,7 +217,7 @@ class TarShardDataset(IterableDataset):
             if not text:
                 record_skip(self.skipped, "empty_caption", key)
                 return None
-            label: Any = self.tokenizer([text])[0] if self.tokenizer is not None else text
+            label = self.tokenizer([text])[0] if self.tokenizer is not None else text
         else:
             try:
                 label = int(files["cls"].decode("utf-8").strip())

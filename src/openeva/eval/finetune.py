@@ -119,8 +119,10 @@ def run_finetune(
     eval_data = align_classes(eval_data, train_data.classnames, f"evaluation dataset {eval_data.name}")
     model_label = model if isinstance(model, str) else type(model).__name__
     cfg = cfg.replace(seed=seed, progress=progress,
+                      # an explicit ``pretrained`` wins; otherwise the recipe's own stays (never silently dropped)
                       model=dataclasses.replace(cfg.model, name=model if isinstance(model, str) else cfg.model.name,
-                                                pretrained=pretrained),
+                                                pretrained=pretrained if pretrained is not None
+                                                else cfg.model.pretrained),
                       data=dataclasses.replace(cfg.data, val=None))
     world = World(device=resolve_device(device))
     tmp = None

@@ -12,6 +12,7 @@ Task names match CLIP_benchmark where it has the task (``zeroshot_classification
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import re
@@ -100,8 +101,16 @@ def _slug(text: str) -> str:
 
 
 def result_filename(result: dict) -> str:
+    """``dataset__model__pretrained__task.json``; a path-valued part keeps its last name plus a short hash of the
+    whole path, so ``runs/a/final`` and ``runs/b/final`` do not overwrite each other's results."""
     parts = (result["dataset"], result["model"], result["pretrained"] or "none", result["task"])
-    return "__".join(_slug(Path(p).name if "/" in p else p) for p in parts) + ".json"
+    return "__".join(_slug(_short(p)) for p in parts) + ".json"
+
+
+def _short(value: str) -> str:
+    if "/" not in value:
+        return value
+    return f"{Path(value).name}-{hashlib.sha1(value.encode()).hexdigest()[:6]}"
 
 
 def save_result(result: dict, output_dir) -> Path:

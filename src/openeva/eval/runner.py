@@ -186,6 +186,11 @@ def evaluate(
     if few_shot is not None and few_shot < 1:
         raise ValueError(f"few_shot must be >= 1, got {few_shot}")
     wants = set(task_list)
+    if "knn" in wants:
+        if not knn_ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in knn_ks):
+            raise ValueError(f"knn_ks (--knn-k) must be integers >= 1, got {list(knn_ks)}")
+        if not knn_temperature > 0:
+            raise ValueError(f"knn_temperature must be > 0, got {knn_temperature}")
     if wants & TRAIN_TASKS and train_dataset is None:
         raise ValueError(f"tasks {sorted(wants & TRAIN_TASKS)} need a training dataset (train_dataset=...)")
     if isinstance(model, str):

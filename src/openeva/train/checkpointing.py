@@ -149,6 +149,9 @@ class CheckpointManager:
         if not pointer.is_file():
             return None
         path = self.root / pointer.read_text().strip()
+        old = self.root / f".old_{path.name}"
+        if not path.exists() and (old / TRAIN_STATE).is_file():
+            old.rename(path)  # killed while re-saving this step (commit): the previous copy is still whole
         if not (path / TRAIN_STATE).is_file():
             raise FileNotFoundError(f"{pointer} names {path.name}, which is missing or incomplete")
         return path

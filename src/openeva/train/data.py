@@ -249,8 +249,12 @@ def check_sources(sources: list[str]) -> None:
 
 
 def build_image_text_dataset(cfg, transform, tokenizer, image_size: int, seed: int, rank: int = 0,
-                             world_size: int = 1) -> Dataset | IterableDataset:
-    """The training pairs of ``cfg`` (a :class:`~openeva.train.config.DataConfig`), mixed if several sources."""
+                             world_size: int = 1, images_only: bool = False) -> Dataset | IterableDataset:
+    """The training pairs of ``cfg`` (a :class:`~openeva.train.config.DataConfig`), mixed if several sources.
+
+    ``images_only=True`` (MIM) reads the same sources with captions ignored: items are ``(image, "")`` and an
+    image without a caption (a class folder, ImageNet-style shards) is used, not skipped.
+    """
     from openeva.data.captions import CaptionDataset, ImageTextFolder
     from openeva.data.mix import MixedDataset, MixedIterableDataset
     from openeva.data.synthetic import ShapesDataset
@@ -267,12 +271,14 @@ def build_image_text_dataset(cfg, transform, tokenizer, image_size: int, seed: i
                                           tokenizer=tokenizer))
         elif kind == "index":
             datasets.append(CaptionDataset(source, image_key=cfg.image_key, caption_key=cfg.caption_key,
-                                           transform=transform, tokenizer=tokenizer))
+                                           transform=transform, tokenizer=tokenizer, images_only=images_only))
         elif kind == "folder":
-            datasets.append(ImageTextFolder(source, transform=transform, tokenizer=tokenizer))
+            datasets.append(ImageTextFolder(source, transform=transform, tokenizer=tokenizer,
+                                            images_only=images_only))
         else:
             datasets.append(TarShardDataset(source, transform=transform, tokenizer=tokenizer, shuffle_shards=True,
-                                            shuffle_buffer=1000, seed=seed, rank=rank, world_size=world_size))
+                                            shuffle_buffer=1000, seed=seed, rank=rank, world_size=world_size,
+                                            target="none" if images_only else "txt"))
     if len(datasets) == 1:
         return datasets[0]
     iterable = [isinstance(d, IterableDataset) for d in datasets]
@@ -283,7 +289,8 @@ def build_image_text_dataset(cfg, transform, tokenizer, image_size: int, seed: i
     return MixedDataset(datasets, cfg.train_weights, num_samples=cfg.train_num_samples, seed=seed)
 
 
-def build_val_pairs(cfg, transform, tokenizer, image_size: int, seed: int) -> Dataset | None:
+def build_val_pairs(cfg, transform, tokenizer, image_size: int, seed: int,
+                    images_only: bool = False) -> Dataset | None:
     """Held-out image-text pairs for validation loss and retrieval (``data.val``), at most ``val_num_samples``."""
     from openeva.data.captions import CaptionDataset, ImageTextFolder
     from openeva.data.synthetic import ShapesDataset
@@ -297,8 +304,9 @@ def build_val_pairs(cfg, transform, tokenizer, image_size: int, seed: int) -> Da
     if not path.exists():
         raise FileNotFoundError(f"validation data not found: {cfg.val} (data.val)")
     if path.is_dir():
-        ds = ImageTextFolder(path, transform=transform, tokenizer=tokenizer)
+        ds = ImageTextFolder(path, transform=transform, tokenizer=tokenizer, images_only=images_only)
     else:
         ds = CaptionDataset(path, image_key=cfg.image_key, caption_key=cfg.caption_key, transform=transform,
+                            images_only=images_only,
                             tokenizer=tokenizer)
     return Subset(ds, range(min(len(ds), cfg.val_num_samples)))

@@ -110,11 +110,21 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- data
     def _stream(self):
-        """Batches from the current (epoch, position) on, rolling over epochs; tracks the position."""
+        """Batches from the current (epoch, position) on, rolling over epochs; tracks the position.
+
+        A whole epoch without one usable sample on this rank (every image unreadable, no captions where
+        captions are needed) stops the run with the skip counts instead of looping forever.
+        """
         while True:
+            usable, from_start = 0, self.position == 0  # a resumed epoch's tail may legitimately be empty
             for batch in self.data.batches(self.epoch, self.position):
                 self.position += 1
+                usable += batch_size_of(batch) if batch is not None else 0
                 yield batch
+            if usable == 0 and from_start:
+                raise ValueError(f"epoch {self.epoch} of the training data gave no usable sample "
+                                 f"({self.counters['skipped_samples']} skipped so far); check data.train and the "
+                                 "log's 'skipping sample' lines")
             self.epoch, self.position = self.epoch + 1, 0
 
     def _next_batch(self, stream):

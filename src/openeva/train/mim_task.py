@@ -429,13 +429,14 @@ def build_mim(cfg, world):
     train_tf = image_transform(pre, is_train=True, scale=tuple(cfg.data.scale), hflip=opts.hflip)
     size = int(student.cfg.img_size[0])
     d = cfg.data
-    images = build_image_text_dataset(d, train_tf, None, size, cfg.seed, world.rank, world.world_size)
+    images = build_image_text_dataset(d, train_tf, None, size, cfg.seed, world.rank, world.world_size,
+                                      images_only=True)  # captions ignored: any image source will do
     train = with_masks(images, task.mask_generator)
     loader = ResumableLoader(train, d.batch_size, rank=world.rank, world_size=world.world_size, seed=cfg.seed,
                              num_workers=d.num_workers, pin_memory=world.device.type == "cuda",
                              samples_per_epoch=d.train_num_samples)
     if world.is_main:
-        val = build_val_pairs(d, image_transform(pre, is_train=False), None, size, cfg.seed)
+        val = build_val_pairs(d, image_transform(pre, is_train=False), None, size, cfg.seed, images_only=True)
         if val is not None:
             task.val_data = MaskedImages(val, task.mask_generator, seed=cfg.seed + 3_000_017)
             task.val_batch_size = min(d.batch_size * 2, 256)
