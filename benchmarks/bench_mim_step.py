@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -25,11 +24,7 @@ from openeva.data.masking import BlockMaskGenerator
 from openeva.models.mim import build_student, build_teacher
 from openeva.train.mim_task import MIMTask
 
-from _common import environment
-
-
-def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+from _common import environment, peak_rss_bytes
 
 
 def _timed(fn, device: torch.device) -> float:
@@ -85,7 +80,7 @@ def main(argv=None) -> dict:
         teacher_forward()
     step_s = [_timed(step, device) for _ in range(args.steps)]
     teacher_s = [_timed(teacher_forward, device) for _ in range(args.steps)]
-    peak_rss = _peak_rss_gib()
+    peak_rss = peak_rss_bytes(reset_worked=False) / 2**30  # whole-process high-water mark
     peak_cuda = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
     fp32_teacher = build_teacher(args.teacher, precision="fp32").to(device)

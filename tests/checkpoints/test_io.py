@@ -218,6 +218,11 @@ def test_non_square_checkpoint_loads_at_another_resolution(tmp_path, name):
     out = square.encode_image(torch.randn(1, 3, 40, 40)) if hasattr(square, "encode_image") \
         else square(torch.randn(1, 3, 40, 40))
     assert torch.isfinite(out).all()
+    # the fine-tuning classifier and the CLIP tower init read weights through their own loaders: same grid
+    from openeva.train.classifier import build_classifier
+
+    clf = build_classifier(str(tmp_path / "wide"), 3, img_size=(40, 40))
+    torch.testing.assert_close(clf.pos_embed.detach(), expected)
 
 
 class _Arbitrary:

@@ -92,7 +92,7 @@ def read_config(path: str | os.PathLike) -> dict | None:
         raise ValueError(f"corrupt checkpoint config {cfg}: {e}") from e
 
 
-def _config_beside(path) -> dict | None:
+def config_beside(path) -> dict | None:
     """The openeva config.json beside a checkpoint, or None (absent, unreadable, or some other tool's)."""
     try:
         return read_config(path)
@@ -100,13 +100,14 @@ def _config_beside(path) -> dict | None:
         return None
 
 
-def saved_grid(config: dict | None, prefix: str) -> tuple[int, int] | None:
-    """The patch grid an openeva checkpoint was saved at (from its config.json), or None if unknown.
+def saved_grid(config: dict | None) -> tuple[int, int] | None:
+    """The patch grid of the vision tower an openeva checkpoint was saved at (from its config.json: a backbone's
+    own, or a CLIP's ``vision``), or None if unknown.
 
     Needed for non-square checkpoints: the position-embedding rows alone do not say 16x23 from 23x16.
     """
     mc = (config or {}).get("model_config") or {}
-    vc = mc.get("vision") if prefix == "visual." else mc
+    vc = mc.get("vision") or mc
     try:
         size, patch = vc["img_size"], vc["patch_size"]
         h, w = (size, size) if isinstance(size, int) else size
@@ -139,7 +140,7 @@ def adapt_to_model(sd: dict[str, torch.Tensor], model: nn.Module,
         key = f"{prefix}pos_embed"
         if key in sd and key in target and sd[key].shape != target[key].shape:
             n_old = sd[key].shape[1] - tower.num_prefix_tokens
-            grid = saved_grid(source_config, prefix)
+            grid = saved_grid(source_config)
             if grid is None or grid[0] * grid[1] != n_old:
                 side = int(round(n_old ** 0.5))
                 if side * side != n_old:
@@ -187,7 +188,7 @@ def load_checkpoint(
     raw = read_state_dict(path)
     fmt = detect_format(raw)
     sd = to_openeva(raw, fmt, is_clip=isinstance(model, CLIP))
-    sd, notes = adapt_to_model(sd, model, _config_beside(path))
+    sd, notes = adapt_to_model(sd, model, config_beside(path))
     if not strict:
         ignore_missing = ("*",)
     check_fit(path, sd, model, ignore_missing)

@@ -62,13 +62,12 @@ class _PairSource:
     images_only: bool = False  # MIM: captions are ignored, so a missing one is no reason to skip
 
     def _make_sample(self, image_source: str | Path | bytes | None, caption: Any, name: str) -> tuple | None:
-        text = "" if self.images_only else clean_caption(caption)
-        if text is None:
-            record_skip(self.skipped, "missing_caption", name)
-            return None
-        if not text and not self.images_only:
-            record_skip(self.skipped, "empty_caption", name)
-            return None
+        text = ""
+        if not self.images_only:
+            text = clean_caption(caption)
+            if not text:
+                record_skip(self.skipped, "missing_caption" if text is None else "empty_caption", name)
+                return None
         if image_source is None or (isinstance(image_source, Path) and not image_source.is_file()):
             record_skip(self.skipped, "missing_file", name)
             return None
@@ -81,9 +80,7 @@ class _PairSource:
             record_skip(self.skipped, "corrupt_image", f"{name}: {err}")
             return None
         out_image = self.transform(image) if self.transform is not None else image
-        if self.images_only:
-            return out_image, ""
-        out_text = self.tokenizer([text])[0] if self.tokenizer is not None else text
+        out_text = self.tokenizer([text])[0] if self.tokenizer is not None and not self.images_only else text
         return out_image, out_text
 
 
@@ -143,7 +140,7 @@ class CaptionDataset(_PairSource):
         if not self.root.is_dir():
             raise FileNotFoundError(f"image root folder not found: {self.root}")
         rows, columns = _read_index(self.path, sep)
-        roles = (("image_key", image_key),) if images_only else (("image_key", image_key), ("caption_key", caption_key))
+        roles = [("image_key", image_key)] + ([] if images_only else [("caption_key", caption_key)])
         for role, key in roles:
             if key not in columns:
                 hint = " (only one column was found: is sep right?)" if len(columns) == 1 else ""

@@ -112,7 +112,7 @@ def load_tower(tower: nn.Module, path: str, which: str, skip_list=()) -> dict:
     Anything else missing, unexpected or mis-shaped is refused (``CheckpointMismatchError``).
     """
     from openeva.checkpoints import detect_format, read_state_dict, to_openeva
-    from openeva.checkpoints.io import adapt_to_model, check_fit
+    from openeva.checkpoints.io import adapt_to_model, check_fit, config_beside
     from openeva.models.mim import CLIP_TOWER_NEW_KEYS
 
     raw = read_state_dict(path)
@@ -122,7 +122,7 @@ def load_tower(tower: nn.Module, path: str, which: str, skip_list=()) -> dict:
         target = tower.state_dict()
         if "norm.weight" in target and "norm.weight" not in sd and "fc_norm.weight" in sd:
             sd["norm.weight"], sd["norm.bias"] = sd.pop("fc_norm.weight"), sd.pop("fc_norm.bias")
-        sd, _ = adapt_to_model(sd, tower)
+        sd, _ = adapt_to_model(sd, tower, config_beside(path))
         allowed_missing += CLIP_TOWER_NEW_KEYS
     elif which == "text":
         if any(k.startswith("text.") for k in raw):

@@ -307,6 +307,5 @@ def build_val_pairs(cfg, transform, tokenizer, image_size: int, seed: int,
         ds = ImageTextFolder(path, transform=transform, tokenizer=tokenizer, images_only=images_only)
     else:
         ds = CaptionDataset(path, image_key=cfg.image_key, caption_key=cfg.caption_key, transform=transform,
-                            images_only=images_only,
-                            tokenizer=tokenizer)
+                            tokenizer=tokenizer, images_only=images_only)
     return Subset(ds, range(min(len(ds), cfg.val_num_samples)))

@@ -1,0 +1,130 @@
+"""The EVA-02 classifier for fine-tuning: a backbone (or an EVA-CLIP's vision tower) with a new small-init head.
+
+Split from :mod:`openeva.train.finetune_task` (the objective and its engine hooks): building the model and
+loading its weights is a question of checkpoints and layouts, not of the training loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+EVA02_HEAD_INIT_SCALE = 1e-3
+
+
+def init_head(model: nn.Module, init_scale: float = EVA02_HEAD_INIT_SCALE) -> None:
+    """EVA-02 / BEiT head init: trunc-normal(0.02) weights scaled by ``init_scale``, zero bias, so the
+    first logits are ~0 and the pretrained features are not disturbed by a random head."""
+    head = model.head
+    with torch.no_grad():
+        nn.init.trunc_normal_(head.weight, std=0.02)
+        head.weight.mul_(init_scale)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
+
+
+def build_classifier(
+    model,
+    num_classes: int,
+    *,
+    pretrained: str | None = None,
+    img_size=None,
+    drop_path_rate: float | None = 0.1,
+    patch_embed_grad_scale: float = 0.0,
+    head_init_scale: float = EVA02_HEAD_INIT_SCALE,
+) -> nn.Module:
+    """An ``EVAViT`` with a ``num_classes`` head, ready for :class:`FinetuneTask`.
+
+    ``model``: a registered name or an openeva checkpoint directory (backbone, or CLIP: its vision tower is
+    used), or a built ``EVAViT`` / CLIP model (deep-copied; ``img_size`` and ``drop_path_rate`` then keep the
+    built values). Weights come from ``pretrained`` (path or tag) or the checkpoint directory; a checkpoint
+    head with the same number of classes is kept, any other head is replaced by a new one initialised with
+    ``head_init_scale``. ``patch_embed_grad_scale`` 0 detaches the patch embedding as EVA-02 fine-tuning does
+    (1 trains it like every other layer).
+    """
+    from openeva.models.vit import EVAViT
+
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"classification needs at least 2 classes, got num_classes={num_classes!r}")
+    if not 0.0 <= patch_embed_grad_scale <= 1.0:
+        raise ValueError(f"patch_embed_grad_scale must be in [0, 1], got {patch_embed_grad_scale}")
+    if not head_init_scale > 0:
+        raise ValueError(f"head_init_scale must be > 0, got {head_init_scale}")
+    head_loaded = False
+    if isinstance(model, str):
+        vit, head_loaded = _named_classifier(model, num_classes, pretrained, img_size, drop_path_rate,
+                                             patch_embed_grad_scale)
+    else:
+        if pretrained is not None:
+            raise ValueError("pretrained= applies to a model name; load weights into a built model first")
+        source = getattr(model, "visual", model)
+        if not isinstance(source, EVAViT):
+            raise ValueError(f"fine-tuning needs an EVA ViT backbone or an EVA-CLIP model, got {type(model).__name__}")
+        vit = copy.deepcopy(source)
+        spec = getattr(model, "spec", None)
+        if spec is not None:
+            vit.spec = spec if source is model else dataclasses.replace(spec, name=f"{spec.name}-visual")
+        vit.cfg = vit.cfg.replace(patch_embed_grad_scale=patch_embed_grad_scale)
+        head_loaded = isinstance(vit.head, nn.Linear) and vit.head.out_features == num_classes
+        if not head_loaded:
+            vit.reset_classifier(num_classes)
+    if not head_loaded:
+        init_head(vit, head_init_scale)
+    if getattr(vit, "spec", None) is not None:
+        vit.spec = dataclasses.replace(vit.spec, config=vit.cfg)
+    return vit
+
+
+def _named_classifier(name, num_classes, pretrained, img_size, drop_path_rate, patch_embed_grad_scale):
+    """Build a registered / saved model as a ``num_classes`` classifier; -> (model, checkpoint head kept)."""
+    from openeva.factory import build_config, create_model, resolve_pretrained, resolve_spec
+    from openeva.models.vit import EVAViT
+
+    spec, saved_weights = resolve_spec(name)
+    overrides = {"patch_embed_grad_scale": patch_embed_grad_scale}
+    if drop_path_rate is not None:
+        overrides["drop_path_rate"] = drop_path_rate
+    if spec.is_clip:  # the CLIP projection is never a classifier: take the tower, give it a new head
+        clip = create_model(name, pretrained=pretrained, img_size=img_size, **overrides)
+        vit = clip.visual
+        vit.spec = dataclasses.replace(clip.spec, name=f"{clip.spec.name}-visual")
+        vit.reset_classifier(num_classes)
+        return vit, False
+    vit = EVAViT(build_config(spec, img_size=img_size, num_classes=num_classes, **overrides))
+    vit.spec = spec
+    weights = pretrained or saved_weights
+    if weights is None:
+        return vit, False
+    return vit, load_backbone_weights(vit, resolve_pretrained(spec, weights))
+
+
+def load_backbone_weights(model: nn.Module, path) -> bool:
+    """Load a backbone checkpoint (any supported format) into ``model``, except a head of another shape.
+
+    Fine-tuning starts from MIM checkpoints (no head) as well as from classifiers with another label set
+    (an IN-1K head for a 10-class task): such a head is left as initialised. Returns whether the
+    checkpoint's head was loaded. Every other key must fit (``CheckpointMismatchError`` otherwise).
+    """
+    from openeva.checkpoints import detect_format, read_state_dict, to_openeva
+    from openeva.checkpoints.io import adapt_to_model, check_fit, config_beside
+
+    raw = read_state_dict(path)
+    sd, _ = adapt_to_model(to_openeva(raw, detect_format(raw), is_clip=False), model, config_beside(path))
+    target = model.state_dict()
+    for key in ("head.weight", "head.bias"):
+        if key in sd and (key not in target or sd[key].shape != target[key].shape):
+            sd.pop(key)
+    check_fit(path, sd, model, ignore_missing=("head.*",))
+    model.load_state_dict(sd, strict=False)
+    return "head.weight" in sd
+
+
+def layer_lr_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
+    """Parameter name -> lr multiplier ``layer_decay ** (num_layers - 1 - layer_id(name))`` (for inspection;
+    the engine computes the same from :meth:`FinetuneTask.param_group_specs`)."""
+    top = model.num_layers - 1
+    return {n: math.pow(layer_decay, top - model.layer_id(n)) for n, _ in model.named_parameters()}
