@@ -7,9 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from openeva.data.captions import CaptionDataset, ImageTextFolder, collate_skip_none
-from openeva.data.loader import Batch, MaskingCollate, make_loader, set_epoch
+from torch.utils.data import DataLoader
+
+from openeva.data.captions import CaptionDataset, ImageTextFolder
+from openeva.data.loader import Batch, collate_skip_none
 from openeva.data.masking import BlockMaskGenerator
+from openeva.train.data import ResumableLoader
+from openeva.train.mim_task import with_masks
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -171,7 +175,7 @@ def test_collate_skip_none():
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_loader_reports_skips_per_batch(tmp_path, image_dir, num_workers):
     ds = CaptionDataset(write_csv(tmp_path / "index.csv", ROWS), transform=to_tensor, tokenizer=fake_tokenizer)
-    loader = make_loader(ds, batch_size=4, shuffle=False, num_workers=num_workers, drop_last=False)
+    loader = DataLoader(ds, batch_size=4, shuffle=False, num_workers=num_workers, collate_fn=collate_skip_none)
     batches = list(loader)  # rows [good, good, bad, bad], [bad, bad, good]
     assert [b.num_skipped for b in batches] == [2, 2]
     assert [b.size for b in batches] == [2, 1]
@@ -182,20 +186,20 @@ def test_loader_splits_ranks_and_reshuffles_per_epoch():
     data = [(torch.tensor(float(i)), i) for i in range(20)]
     seen = []
     for rank in range(2):
-        loader = make_loader(data, batch_size=5, rank=rank, world_size=2, seed=1)
-        seen.append([int(i) for b in loader for i in b.texts])
+        loader = ResumableLoader(data, batch_size=5, rank=rank, world_size=2, seed=1)
+        seen.append([int(i) for b in loader.batches(0) for i in b.texts])
     assert sorted(seen[0] + seen[1]) == list(range(20))
-    loader = make_loader(data, batch_size=5, rank=0, world_size=2, seed=1)
-    set_epoch(loader, 1)
-    assert [int(i) for b in loader for i in b.texts] != seen[0]
+    loader = ResumableLoader(data, batch_size=5, rank=0, world_size=2, seed=1)
+    assert [int(i) for b in loader.batches(1) for i in b.texts] != seen[0]
     with pytest.raises(ValueError, match="rank"):
-        make_loader(data, batch_size=2, rank=2, world_size=2)
+        ResumableLoader(data, batch_size=2, rank=2, world_size=2)
 
 
-def test_masking_collate_appends_masks():
-    collate = MaskingCollate(BlockMaskGenerator(grid_size=(4, 4), num_masking_patches=6, min_num_patches=2))
-    batch = collate([(torch.zeros(3, 8, 8), "a"), None, (torch.zeros(3, 8, 8), "b")])
-    images, texts, masks = batch
+def test_masked_images_collate_with_masks_and_skips():
+    generator = BlockMaskGenerator(grid_size=(4, 4), num_masking_patches=6, min_num_patches=2)
+    data = with_masks([(torch.zeros(3, 8, 8), "a"), None, (torch.zeros(3, 8, 8), "b")], generator, seed=0)
+    batch = collate_skip_none([data[i] for i in range(3)])
+    images, masks = batch
     assert masks.shape == (2, 4, 4) and masks.dtype == torch.bool
     assert masks.flatten(1).sum(1).tolist() == [6, 6] and batch.num_skipped == 1
-    assert collate([None]) is None
+    assert collate_skip_none([data[1]]) is None

@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch.utils.data import IterableDataset
 
-from openeva.data.loader import make_loader
+from torch.utils.data import DataLoader
+
+from openeva.data.loader import collate_skip_none
 from openeva.data.mix import MixedDataset, MixedIterableDataset
 from openeva.data.synthetic import ShapesDataset
 
@@ -76,7 +78,7 @@ def test_mixed_real_datasets_through_loader():
     train = ShapesDataset(8, image_size=16, split="train", transform=lambda im: torch.zeros(3, 16, 16))
     held = ShapesDataset(8, image_size=16, split="heldout", transform=lambda im: torch.ones(3, 16, 16))
     mix = MixedDataset([train, held], weights=[0.5, 0.5], num_samples=16, seed=3)
-    batches = list(make_loader(mix, batch_size=4, seed=0))
+    batches = list(DataLoader(mix, batch_size=4, collate_fn=collate_skip_none))
     images = torch.cat([b.images for b in batches])
     assert images.shape == (16, 3, 16, 16) and images.mean().item() == pytest.approx(0.5)
 

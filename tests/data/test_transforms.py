@@ -5,12 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
+from openeva.data.images import load_image
 from openeva.data.transforms import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     PreprocessConfig,
     image_transform,
-    load_image,
 )
 
 open_clip_transform = pytest.importorskip("open_clip.transform")

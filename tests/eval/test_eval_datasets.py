@@ -7,14 +7,10 @@ import numpy as np
 import pytest
 from evalfakes import NAMES, idx_bytes, solid_image, write_mnist_split
 
-from openeva.eval.datasets import (
-    ImageDataset,
-    detect_format,
-    expand_braces,
-    load_classification_dataset,
-    load_retrieval_dataset,
-    read_idx,
-)
+from openeva.data.idx import read_idx
+from openeva.data.image_lists import LabelledImages
+from openeva.data.labelled import detect_format, load_classification_dataset, load_retrieval_dataset
+from openeva.data.webdataset import expand_urls
 
 
 # ------------------------------------------------------------------------------------------ IDX
@@ -66,7 +62,7 @@ def test_folder_dataset(make_folder, preprocess):
     data = load_classification_dataset(root)
     assert data.classnames == NAMES[:4]
     assert data.labels == [0, 0, 1, 1, 2, 2, 3, 3]
-    x, i = ImageDataset(data.images, preprocess)[2]
+    x, i = LabelledImages(data.images, preprocess)[2]
     assert i == 2 and x.shape == (3, 8, 8)
     assert data.name == "ds"
 
@@ -88,9 +84,9 @@ def test_corrupt_image_decodes_to_none(make_folder, preprocess):
     root = make_folder(per_class=1)
     (root / "alpha" / "broken.png").write_bytes(b"not a png at all")
     data = load_classification_dataset(root)
-    ds = ImageDataset(data.images, preprocess)
+    ds = LabelledImages(data.images, preprocess)
     broken = [i for i, p in enumerate(data.images.ids) if p.endswith("broken.png")][0]
-    assert ds[broken] == (None, broken)
+    assert ds[broken] is None and ds.skipped["corrupt_image"] == 1
 
 
 # ------------------------------------------------------------------------------------------ csv / jsonl
@@ -165,7 +161,7 @@ def test_wds_classification_and_retrieval(tmp_path):
                 add_member(tar, f"s{k}.txt", f"caption {k}\nsecond {k}".encode())
             add_member(tar, f"orphan{shard}.cls", b"0")  # a sample without image: skipped, counted
     pattern = str(tmp_path / "shard-{000..001}.tar")
-    assert expand_braces(pattern) == [str(tmp_path / "shard-000.tar"), str(tmp_path / "shard-001.tar")]
+    assert expand_urls(pattern) == [str(tmp_path / "shard-000.tar"), str(tmp_path / "shard-001.tar")]
     assert detect_format(tmp_path) == "wds" and detect_format(pattern) == "wds"
     cls = load_classification_dataset(pattern)
     assert cls.labels == [0, 1, 2, 3] and len(cls.skipped) == 2

@@ -36,7 +36,8 @@ def test_zeroshot_end_to_end_with_corrupt_file(make_folder, preprocess, tmp_path
 
 
 def test_zeroshot_with_builtin_templates_and_classnames_file(make_folder, preprocess, tmp_path):
-    root = make_folder(per_class=1, names=["c0", "c1", "c2"])  # folder names are not the class names
+    # folder names are the class names written otherwise (matched by name, never by position)
+    root = make_folder(per_class=1, names=["ALPHA", "Bravo", "char_lie"])
     names_file = tmp_path / "names.txt"
     names_file.write_text("alpha\nbravo\ncharlie\n")
     (result,) = evaluate(FakeCLIP(), ["zeroshot"], root, classnames=str(names_file), templates="imagenet1k_short",
@@ -122,10 +123,11 @@ def test_feature_cache_key_changes_with_transform_and_model(tmp_path):
 
 
 def test_encode_images_bf16_autocast(make_folder, preprocess):
-    from openeva.eval.datasets import ImageDataset, load_classification_dataset
+    from openeva.data.image_lists import LabelledImages
+    from openeva.data.labelled import load_classification_dataset
 
     data = load_classification_dataset(make_folder(per_class=1))
-    enc = encode_images(FakeBackbone(), ImageDataset(data.images, preprocess), batch_size=2, precision="bf16",
+    enc = encode_images(FakeBackbone(), LabelledImages(data.images, preprocess), batch_size=2, precision="bf16",
                         progress=False)
     assert enc.features.dtype == torch.float32 and enc.features.shape == (4, 8)
     assert enc.indices.tolist() == [0, 1, 2, 3] and enc.skipped == []

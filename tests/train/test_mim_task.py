@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from openeva.data.loader import MaskingCollate, make_loader
+from openeva.data.loader import collate_skip_none
 from openeva.data.masking import BlockMaskGenerator
 from openeva.data.synthetic import ShapesDataset
 from openeva.data.transforms import PreprocessConfig, image_transform
 from openeva.models.mim import build_student, build_teacher
-from openeva.train.mim_task import MIMTask
+from openeva.train.mim_task import MIMTask, with_masks
 
 STUDENT = "eva02_test_patch8_32"
 TEACHER = "EVA02-test"
@@ -152,7 +152,8 @@ def _shapes_loader(n=64, batch=16):
     pre = PreprocessConfig(size=(32, 32))
     ds = ShapesDataset(n, image_size=32, seed=0, transform=image_transform(pre, True, scale=(0.2, 1.0), hflip=0.5))
     gen = BlockMaskGenerator((4, 4), num_masking_patches=6, min_num_patches=2)
-    return make_loader(ds, batch, seed=0, collate_fn=MaskingCollate(gen))
+    return torch.utils.data.DataLoader(with_masks(ds, gen), batch, shuffle=True, collate_fn=collate_skip_none,
+                                       generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("target", ["clip", "pixel"])

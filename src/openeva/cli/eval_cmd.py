@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from openeva.eval.datasets import DATASET_TYPES
+from openeva.data.labelled import DATASET_TYPES
 from openeva.eval.features import PRECISIONS
 from openeva.eval.knn import DEFAULT_KS
 

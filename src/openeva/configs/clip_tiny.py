@@ -14,7 +14,7 @@ config = TrainConfig(
     seed=0,
     precision="fp32",
     model=ModelConfig(name="EVA02-test"),  # 32 px, patch 8, 2+2 layers, embed 32
-    data=DataConfig(train="synthetic", train_num_samples=4096, batch_size=64, val="synthetic", val_num_samples=256,
+    data=DataConfig(train="synthetic", synthetic_num_samples=4096, batch_size=64, val="synthetic", val_num_samples=256,
                     zeroshot="shapes", zeroshot_num_samples=250),
     optim=OptimConfig(optimizer="adamw", lr=2e-3, weight_decay=0.05, betas=(0.9, 0.98), eps=1e-6, grad_clip=5.0),
     schedule=ScheduleConfig(scheduler="cosine", warmup_steps=30, total_steps=400),

@@ -2,7 +2,7 @@
 
     openeva train finetune_tiny
     openeva eval --model eva02_test_patch8_32 --task finetune --finetune-config finetune_tiny \
-        --train-dataset data/train --dataset data/val --finetune-set data.train_num_samples=none
+        --train-dataset data/train --dataset data/val
 
 Same code path as the EVA-02 recipes (layer decay, label smoothing, EMA, detached patch embedding off here
 because the test backbone starts from random weights); validation top-1 on held-out shapes rises well above
@@ -17,7 +17,7 @@ config = TrainConfig(
     seed=0,
     precision="fp32",
     model=ModelConfig(name="eva02_test_patch8_32", drop_path_rate=0.0),  # 32 px, patch 8, 2 blocks, width 64
-    data=DataConfig(train="synthetic", train_num_samples=4096, batch_size=64, val="synthetic", val_num_samples=256,
+    data=DataConfig(train="synthetic", synthetic_num_samples=4096, batch_size=64, val="synthetic", val_num_samples=256,
                     zeroshot=None, scale=(0.6, 1.0)),
     optim=OptimConfig(optimizer="adamw", lr=2e-3, layer_decay=0.9, weight_decay=0.05, betas=(0.9, 0.999), eps=1e-8,
                       grad_clip=None),

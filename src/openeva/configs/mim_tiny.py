@@ -20,7 +20,7 @@ config = TrainConfig(
     seed=0,
     precision="fp32",
     model=ModelConfig(name="eva02_test_patch8_32", drop_path_rate=0.0),
-    data=DataConfig(train="synthetic", train_num_samples=2048, batch_size=32, scale=(0.2, 1.0),
+    data=DataConfig(train="synthetic", synthetic_num_samples=2048, batch_size=32, scale=(0.2, 1.0),
                     val="synthetic", val_num_samples=128, zeroshot=None),
     optim=OptimConfig(optimizer="adamw", lr=3e-3, weight_decay=0.05, betas=(0.9, 0.98), eps=1e-6, grad_clip=3.0),
     schedule=ScheduleConfig(scheduler="cosine", warmup_steps=15, total_steps=150, min_lr_ratio=1e-5 / 3e-3),

@@ -1,47 +1,26 @@
 """Image-caption datasets from an index file (CSV / TSV / JSONL) or a folder of images with .txt captions.
 
 Problems with the index itself (missing file, missing column, unreadable rows) raise at construction,
-before any compute. Problems with individual samples (missing image, corrupt image, missing or empty
-caption) never raise: ``__getitem__`` returns ``None`` and counts the reason in ``dataset.skipped``; use
-:func:`openeva.data.loader.collate_skip_none` (re-exported here) as the DataLoader collate fn.
+before any compute. Problems with individual samples (missing image, corrupt image, failing augmentation,
+missing or empty caption) never raise: ``__getitem__`` returns ``None`` and counts the reason in
+``dataset.skipped``; use :func:`openeva.data.loader.collate_skip_none` as the DataLoader collate fn.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from openeva.data.loader import Batch, collate_skip_none, record_skip
+from openeva.data.images import IMAGE_EXTENSIONS, list_images, open_rgb, prepare_sample
+from openeva.data.index import read_index, resolve_listed_path
+from openeva.data.loader import record_skip
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "Batch",
-    "CaptionDataset",
-    "ImageTextFolder",
-    "clean_caption",
-    "collate_skip_none",
-    "open_rgb",
-]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-_INDEX_FORMATS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".jsonl": None}
-# What PIL raises on unreadable / truncated / hostile image data.
-IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-
-
-def open_rgb(source: str | Path | bytes) -> Image.Image:
-    """Decode an image file or bytes fully (so truncation errors surface here) as RGB."""
-    handle = io.BytesIO(source) if isinstance(source, bytes) else source
-    with Image.open(handle) as image:
-        image.load()
-        return image.convert("RGB")
+__all__ = ["CaptionDataset", "ImageTextFolder", "clean_caption"]
 
 
 def clean_caption(value: Any) -> str | None:
@@ -68,56 +47,22 @@ class _PairSource:
             if not text:
                 record_skip(self.skipped, "missing_caption" if text is None else "empty_caption", name)
                 return None
-        if image_source is None or (isinstance(image_source, Path) and not image_source.is_file()):
+        if image_source is None:
             record_skip(self.skipped, "missing_file", name)
             return None
-        try:
-            image = open_rgb(image_source)
-        except FileNotFoundError:
-            record_skip(self.skipped, "missing_file", name)
+        out_image = prepare_sample(partial(open_rgb, image_source), self.transform, self.skipped, name)
+        if out_image is None:
             return None
-        except IMAGE_ERRORS as err:
-            record_skip(self.skipped, "corrupt_image", f"{name}: {err}")
-            return None
-        out_image = self.transform(image) if self.transform is not None else image
         out_text = self.tokenizer([text])[0] if self.tokenizer is not None and not self.images_only else text
         return out_image, out_text
-
-
-def _read_index(path: Path, sep: str | None) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows of a CSV/TSV/JSONL index and its column names (union of keys for JSONL)."""
-    suffix = path.suffix.lower()
-    if suffix not in _INDEX_FORMATS:
-        raise ValueError(f"unsupported caption index {path}: extension must be one of {sorted(_INDEX_FORMATS)}")
-    if suffix == ".jsonl":
-        if sep is not None:
-            raise ValueError(f"sep={sep!r} does not apply to JSONL index {path}")
-        rows, columns = [], {}
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}, line {line_no}: invalid JSON ({err})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}, line {line_no}: expected a JSON object, got {type(row).__name__}")
-                rows.append(row)
-                columns.update(dict.fromkeys(row))
-        return rows, list(columns)
-    delimiter = sep if sep is not None else _INDEX_FORMATS[suffix]
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        rows = list(reader)
-        return rows, list(reader.fieldnames or [])
 
 
 class CaptionDataset(_PairSource):
     """Map-style image-caption pairs listed in a CSV, TSV or JSONL file: ``ds[i] -> (image, text) | None``.
 
     ``image_key`` / ``caption_key`` name the columns (open_clip's ``filepath`` / ``title`` by default).
-    Relative image paths resolve against ``root``, or the index file's folder. ``sep`` overrides the
+    Relative image paths resolve against ``root`` when given, else against the index file's folder and then the
+    working directory (:func:`~openeva.data.index.resolve_listed_path`). ``sep`` overrides the
     CSV/TSV delimiter (e.g. a tab-separated file named ``.csv``). ``images_only=True`` (MIM) needs no caption
     column and yields ``(image, "")``.
     """
@@ -137,9 +82,10 @@ class CaptionDataset(_PairSource):
         if not self.path.is_file():
             raise FileNotFoundError(f"caption index file not found: {self.path}")
         self.root = Path(root) if root is not None else self.path.parent
+        self.explicit_root = root is not None
         if not self.root.is_dir():
             raise FileNotFoundError(f"image root folder not found: {self.root}")
-        rows, columns = _read_index(self.path, sep)
+        rows, columns = read_index(self.path, sep)
         roles = [("image_key", image_key)] + ([] if images_only else [("caption_key", caption_key)])
         for role, key in roles:
             if key not in columns:
@@ -167,7 +113,9 @@ class CaptionDataset(_PairSource):
         value = self.image_paths[index]
         if not isinstance(value, str) or not value.strip():
             return None
-        return self.root / value.strip()  # an absolute value replaces root
+        if self.explicit_root:
+            return self.root / value.strip()  # an absolute value replaces root
+        return resolve_listed_path(value.strip(), self.root)
 
     def __getitem__(self, index: int) -> tuple[Any, Any] | None:
         image_path = self.image_path(index)
@@ -175,7 +123,7 @@ class CaptionDataset(_PairSource):
 
 
 class ImageTextFolder(_PairSource):
-    """Images under ``root`` (jpg/jpeg/png/webp/bmp, searched recursively) with same-name ``.txt`` captions.
+    """Images under ``root`` (any of ``IMAGE_EXTENSIONS``, searched recursively) with same-name ``.txt`` captions.
 
     ``ds[i] -> (image, text) | None``; an image without a caption file counts as ``missing_caption``, unless
     ``images_only=True`` (MIM: any folder of images, e.g. one sub-folder per class), which yields ``(image, "")``.
@@ -192,8 +140,7 @@ class ImageTextFolder(_PairSource):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image-text folder not found: {self.root}")
-        pattern = self.root.rglob("*") if recursive else self.root.glob("*")
-        self.image_paths = sorted(p for p in pattern if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        self.image_paths = list_images(self.root, recursive)
         if not self.image_paths:
             raise ValueError(f"no images with extensions {IMAGE_EXTENSIONS} found in {self.root}")
         self.images_only = images_only

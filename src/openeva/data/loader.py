@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
+from torch.utils.data import default_collate
 
 logger = logging.getLogger(__name__)
 _WARN_FIRST_N = 5
@@ -92,80 +92,3 @@ def collate_skip_none(samples: Sequence[Any]) -> Batch | None:
         return Batch([_collate_column(good)], num_skipped)
     columns = [_collate_column([s[i] for s in good]) for i in range(len(good[0]))]
     return Batch(columns, num_skipped)
-
-
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Tell a loader's sampler and dataset which epoch starts (reshuffles shards, samplers and mixes).
-
-    Datasets in persistent worker processes keep the epoch they were forked with; use
-    ``persistent_workers=False`` (the default here) with epoch-dependent datasets.
-    """
-    for obj in (loader.sampler, loader.dataset):
-        if hasattr(obj, "set_epoch"):
-            obj.set_epoch(epoch)
-
-
-def make_loader(
-    dataset: Dataset | IterableDataset,
-    batch_size: int,
-    *,
-    shuffle: bool = True,
-    num_workers: int = 0,
-    seed: int = 0,
-    drop_last: bool = True,
-    rank: int = 0,
-    world_size: int = 1,
-    pin_memory: bool = False,
-    persistent_workers: bool = False,
-    collate_fn: Callable[[Sequence[Any]], Any] = collate_skip_none,
-) -> DataLoader:
-    """A DataLoader with openeva's conventions: skip-None collate, seeded order, DDP-aware sampling.
-
-    Map-style datasets are shuffled by a seeded generator, or split across ranks by a DistributedSampler
-    when ``world_size > 1``. Iterable datasets (tar shards) split themselves across ranks and workers.
-    Call :func:`set_epoch` at the start of each epoch.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-    generator = torch.Generator().manual_seed(seed)  # also seeds worker RNGs (mask generation, augmentation)
-    sampler = None
-    if isinstance(dataset, IterableDataset):
-        shuffle = False
-    elif world_size > 1:
-        sampler = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
-        )
-        shuffle = False
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        pin_memory=pin_memory,
-        drop_last=drop_last,
-        generator=generator,
-        persistent_workers=persistent_workers and num_workers > 0,
-    )
-
-
-class MaskingCollate:
-    """Collate with :func:`collate_skip_none`, then append a ``BoolTensor[B, H, W]`` mask column for MIM.
-
-    Masks come from ``mask_generator(None)`` i.e. torch's global RNG, which DataLoader seeds differently in
-    each worker (from the loader's generator), so masks are reproducible for a seeded loader and never
-    repeat across workers. ``images, texts, masks = batch``.
-    """
-
-    def __init__(self, mask_generator: Callable[[torch.Generator | None], torch.Tensor]) -> None:
-        self.mask_generator = mask_generator
-
-    def __call__(self, samples: Sequence[Any]) -> Batch | None:
-        batch = collate_skip_none(samples)
-        if batch is None:
-            return None
-        masks = torch.stack([self.mask_generator(None) for _ in range(batch.size)])  # (B, H, W)
-        return Batch([*batch, masks], batch.num_skipped)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -161,16 +161,3 @@ def image_transform(
     if hflip > 0:
         steps.append(T.RandomHorizontalFlip(hflip))
     return T.Compose([*steps, *finish])
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image file (decoding now, so a corrupt file fails here with its path)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()  # detached from the file, which the context manager closes
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"cannot decode image {path}: {err}") from err

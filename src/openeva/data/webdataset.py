@@ -25,6 +25,8 @@ import re
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +34,13 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from openeva.data.captions import IMAGE_ERRORS, clean_caption, open_rgb
+from openeva.data.captions import clean_caption
+from openeva.data.images import IMAGE_EXTENSIONS, open_rgb, prepare_sample
 from openeva.data.loader import record_skip
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+# tar member extensions that hold an image, in order of preference
+IMAGE_EXTS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+SHARD_ERRORS = (tarfile.TarError, OSError, EOFError)
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(\d+)\.\.(\d+)$")
 
@@ -43,7 +48,10 @@ RawSample = tuple[str, dict[str, bytes]]
 
 
 def expand_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
-    """Expand ``"a-{000..009}.tar::b-{x,y}.tar"`` style patterns (``::`` joins patterns) into paths."""
+    """Expand ``"a-{000..009}.tar::b-{x,y}.tar"`` style patterns into paths: the one shard grammar.
+
+    ``{000..009}`` is a numeric range keeping the zero padding of its first number, ``{x,y}`` a list, ``::``
+    joins patterns; braces may repeat and nest left to right."""
     if isinstance(urls, (str, Path)):
         patterns = str(urls).split("::")
     else:
@@ -72,12 +80,74 @@ def _expand_braces(pattern: str) -> list[str]:
     return [expanded for option in options for expanded in _expand_braces(head + option + tail)]
 
 
-def _split_name(name: str) -> tuple[str, str]:
-    """webdataset convention: key = path up to the first '.' of the basename; extension = the rest."""
+def shard_paths(source: str | Path | Sequence[str | Path]) -> list[str]:
+    """The shard files of a source: a pattern (:func:`expand_urls`), a folder of ``.tar`` files, or one ``.tar``.
+
+    Raises FileNotFoundError naming the missing shards (or the empty folder) before anything is read."""
+    if isinstance(source, (str, Path)) and "{" not in str(source) and Path(source).is_dir():
+        shards = sorted(str(s) for s in Path(source).glob("*.tar"))
+        if not shards:
+            raise FileNotFoundError(f"no .tar shards found in folder {source}")
+        return shards
+    shards = expand_urls(source)
+    if not shards:
+        raise ValueError(f"no shards given: {source!r}")
+    missing = [s for s in shards if not Path(s).is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise FileNotFoundError(f"{len(missing)} of {len(shards)} shard files not found: {shown}")
+    return shards
+
+
+def sample_key(name: str) -> tuple[str, str]:
+    """webdataset convention: key = path up to the first '.' of the basename; extension = the rest (lower case)."""
     folder, _, base = name.rpartition("/")
     stem, dot, ext = base.partition(".")
     key = f"{folder}/{stem}" if folder else stem
     return key, ext.lower() if dot else ""
+
+
+def iter_tar_members(shard: str | Path) -> Iterator[tuple[str, str, tarfile.TarInfo, tarfile.TarFile]]:
+    """``(sample key, extension, member, open tar)`` for each file of a shard, in tar order (members without an
+    extension are left out). Raises :data:`SHARD_ERRORS` on an unreadable shard, after the members before it."""
+    with tarfile.open(shard, "r:*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, ext = sample_key(member.name)
+            if ext:
+                yield key, ext, member, tar
+
+
+@dataclass(frozen=True)
+class TarMember:
+    """Where a file's bytes sit inside an uncompressed tar, to read them later without extracting."""
+
+    tar_path: str
+    offset: int  # byte offset of the member's data inside the tar
+    size: int
+    name: str
+
+    def read(self) -> bytes:
+        with open(self.tar_path, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+
+def index_shard(shard: str) -> dict[str, dict[str, TarMember]]:
+    """Sample key -> {extension: TarMember} of one shard (headers only; ValueError naming an unreadable shard)."""
+    groups: dict[str, dict[str, TarMember]] = {}
+    try:
+        for key, ext, member, _ in iter_tar_members(shard):
+            groups.setdefault(key, {})[ext] = TarMember(str(shard), member.offset_data, member.size, member.name)
+    except SHARD_ERRORS as err:
+        raise ValueError(f"cannot read webdataset shard {shard}: {err}") from err
+    return groups
+
+
+def image_member(files: dict[str, Any]) -> Any | None:
+    """The image of a sample's ``{extension: value}`` files (first of :data:`IMAGE_EXTS`), or None."""
+    return next((files[e] for e in IMAGE_EXTS if e in files), None)
 
 
 class TarShardDataset(IterableDataset):
@@ -101,13 +171,7 @@ class TarShardDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        self.shards = expand_urls(urls)
-        if not self.shards:
-            raise ValueError(f"no shards given: {urls!r}")
-        missing = [s for s in self.shards if not Path(s).is_file()]
-        if missing:
-            shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
-            raise FileNotFoundError(f"{len(missing)} of {len(self.shards)} shard files not found: {shown}")
+        self.shards = shard_paths(urls)
         if target not in ("txt", "cls", "none"):
             raise ValueError(f"target must be 'txt' (captions), 'cls' (class labels) or 'none' (images only, "
                              f"as MIM reads them), got {target!r}")
@@ -181,29 +245,23 @@ class TarShardDataset(IterableDataset):
 
     def _read_shard(self, shard: str, keep: Callable[[str], bool]) -> Iterator[RawSample]:
         """Group consecutive tar members by key; read the bytes only of samples ``keep(key)`` accepts."""
+        key, files, wanted = None, {}, False
         try:
-            with tarfile.open(shard, "r:*") as tar:
-                key, files, wanted = None, {}, False
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    member_key, ext = _split_name(member.name)
-                    if not ext:
-                        continue
-                    if member_key != key:
-                        if key is not None and wanted:
-                            yield key, files
-                        key, files, wanted = member_key, {}, keep(member_key)
-                    if wanted:
-                        handle = tar.extractfile(member)
-                        files[ext] = handle.read() if handle is not None else b""
-                if key is not None and wanted:
-                    yield key, files
-        except (tarfile.TarError, OSError, EOFError) as err:
+            for member_key, ext, member, tar in iter_tar_members(shard):
+                if member_key != key:
+                    if key is not None and wanted:
+                        yield key, files
+                    key, files, wanted = member_key, {}, keep(member_key)
+                if wanted:
+                    handle = tar.extractfile(member)
+                    files[ext] = handle.read() if handle is not None else b""
+            if key is not None and wanted:
+                yield key, files
+        except SHARD_ERRORS as err:
             record_skip(self.skipped, "corrupt_shard", f"{shard}: {err}")
 
     def _decode(self, key: str, files: dict[str, bytes]) -> tuple[Any, Any] | None:
-        image_bytes = next((files[e] for e in self.image_exts if e in files), None)
+        image_bytes = next((files[e] for e in self.image_exts if e in files), None)  # this dataset's preference
         if image_bytes is None:
             record_skip(self.skipped, "missing_image", f"{key}: files {sorted(files)}")
             return None
@@ -227,12 +285,8 @@ class TarShardDataset(IterableDataset):
             except ValueError:
                 record_skip(self.skipped, "bad_label", f"{key}: {files['cls'][:20]!r}")
                 return None
-        try:
-            image = open_rgb(image_bytes)
-        except IMAGE_ERRORS as err:
-            record_skip(self.skipped, "corrupt_image", f"{key}: {err}")
-            return None
-        return (self.transform(image) if self.transform is not None else image), label
+        image = prepare_sample(partial(open_rgb, image_bytes), self.transform, self.skipped, key)
+        return None if image is None else (image, label)
 
     def count_samples(self) -> int:
         """Number of sample keys in all shards (reads tar headers only)."""
@@ -242,12 +296,10 @@ class TarShardDataset(IterableDataset):
 def _count_keys(shard: str) -> int:
     count, last = 0, None
     try:
-        with tarfile.open(shard, "r:*") as tar:
-            for member in tar:
-                key, ext = _split_name(member.name)
-                if member.isfile() and ext and key != last:
-                    count, last = count + 1, key
-    except (tarfile.TarError, OSError, EOFError):
+        for key, _, _, _ in iter_tar_members(shard):
+            if key != last:
+                count, last = count + 1, key
+    except SHARD_ERRORS:
         pass
     return count
 

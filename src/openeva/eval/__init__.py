@@ -4,7 +4,8 @@
 the task modules also work on features you encoded yourself.
 """
 
-from openeva.eval.datasets import load_classification_dataset, load_retrieval_dataset, read_idx
+from openeva.data.idx import read_idx
+from openeva.data.labelled import load_classification_dataset, load_retrieval_dataset
 from openeva.eval.features import FeatureCache, encode_images, encode_texts
 from openeva.eval.knn import knn_classify
 from openeva.eval.linear_probe import evaluate_linear_probe

@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from openeva.data.loader import collate_skip_none
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -69,13 +71,6 @@ class EncodedImages:
         return len(self.skipped)
 
 
-def _collate(batch):
-    kept = [(x, i) for x, i in batch if x is not None]
-    skipped = [i for x, i in batch if x is None]
-    images = torch.stack([x for x, _ in kept]) if kept else None  # (B', 3, H, W)
-    return images, torch.tensor([i for _, i in kept], dtype=torch.long), skipped
-
-
 @torch.no_grad()
 def encode_images(
     model,
@@ -88,25 +83,28 @@ def encode_images(
     progress: bool = True,
     desc: str = "encoding images",
 ) -> EncodedImages:
-    """Encode every image of an :class:`~openeva.eval.datasets.ImageDataset` (items: (tensor | None, index))."""
+    """Encode every image of a :class:`~openeva.data.image_lists.LabelledImages` without targets (items:
+    ``(tensor, position)``, or None for an image that failed to load; the skipping collate drops those)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_precision(precision)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_skip_none
     )
-    feats, indices, skipped = [], [], []
-    for images, idx, bad in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
-        skipped += bad
-        if images is None:
+    feats, indices = [], []
+    for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+        if batch is None:  # every image of the batch failed
             continue
+        images, idx = batch  # (B', 3, H, W), (B',)
         with autocast(device, precision):
             out = image_features(model, images.to(device))  # (B, E)
         feats.append(out.float().cpu())
         indices.append(idx)
     if not feats:
-        raise ValueError(f"no image of the dataset could be decoded ({len(skipped)} failed)")
-    return EncodedImages(torch.cat(feats), torch.cat(indices), skipped)
+        raise ValueError(f"no image of the dataset could be decoded ({len(dataset)} failed)")
+    kept = torch.cat(indices)
+    skipped = sorted(set(range(len(dataset))) - set(kept.tolist()))
+    return EncodedImages(torch.cat(feats), kept, skipped)
 
 
 @torch.no_grad()

@@ -73,7 +73,8 @@ def _slug(text: str) -> str:
 
 def check_finetune_inputs(cfg, train_data, eval_data) -> None:
     """Fails before any compute: options, >= 2 classes, evaluation classes known to the training data."""
-    from openeva.train.finetune_task import FinetuneOptions, align_classes
+    from openeva.data.labelled import align_classes
+    from openeva.train.finetune_task import FinetuneOptions
 
     options = FinetuneOptions.from_dict(cfg.task_options)
     present = len(set(train_data.labels))
@@ -109,12 +110,13 @@ def run_finetune(
     config's ``precision``. ``warmup_fraction`` sets the warmup to that fraction of the run's steps (the
     default recipe's 10%); a configured warmup longer than the run is cut to 10% of it.
     """
-    from openeva.eval.datasets import ImageDataset
+    from openeva.data.image_lists import LabelledImages
     from openeva.eval.features import encode_images
     from openeva.eval.zeroshot import classification_metrics
     from openeva.train.distributed import World, resolve_device
     from openeva.train.engine import Trainer
-    from openeva.train.finetune_task import align_classes, build_finetune
+    from openeva.data.labelled import align_classes
+    from openeva.train.finetune_task import build_finetune
 
     eval_data = align_classes(eval_data, train_data.classnames, f"evaluation dataset {eval_data.name}")
     model_label = model if isinstance(model, str) else type(model).__name__
@@ -145,7 +147,7 @@ def run_finetune(
         cfg = cfg.replace(schedule=dataclasses.replace(cfg.schedule, warmup_steps=warmup))
         summary = Trainer(cfg, task, loader, world, run_dir).fit()
         classifier = task.eval_model.eval()
-        enc = encode_images(classifier, ImageDataset(eval_data.images, _val_transform(classifier)),
+        enc = encode_images(classifier, LabelledImages(eval_data.images, _val_transform(classifier)),
                             batch_size=batch_size, device=world.device, precision=precision,
                             num_workers=num_workers, progress=progress, desc=f"scoring {eval_data.name}")
         with torch.no_grad():

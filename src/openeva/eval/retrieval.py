@@ -1,75 +1,14 @@
 """Image-text retrieval recall@k with several captions per image (COCO / Flickr30k protocol).
 
-Metric names follow CLIP_benchmark: ``text_retrieval_recall@k`` is image -> text (an image query finds
-any of its captions in the top k texts), ``image_retrieval_recall@k`` is text -> image (a caption finds its
-image in the top k). Ranks count items scored strictly higher than the best positive, so ties resolve in
-the query's favour.
+The ranks and metrics are :mod:`openeva.metrics` (shared with CLIP training's validation); this module is the
+evaluation entry point on encoded features.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from openeva.metrics import DEFAULT_KS, RetrievalRanks, retrieval_metrics, retrieval_ranks
 
-import torch
-import torch.nn.functional as F
-
-DEFAULT_KS = (1, 5, 10)
-
-
-@dataclass
-class RetrievalRanks:
-    image_to_text: torch.Tensor  # (N,) 0-based rank of the best-ranked caption of each image
-    text_to_image: torch.Tensor  # (T,) 0-based rank of each caption's image
-    image_top1_text: torch.Tensor  # (N,) index of the text ranked first for each image
-
-
-def retrieval_ranks(
-    image_features: torch.Tensor,
-    text_features: torch.Tensor,
-    text_to_image: torch.Tensor,
-    *,
-    chunk_size: int = 1024,
-) -> RetrievalRanks:
-    """Ranks from cosine similarities, computed in row chunks so the (N, T) matrix never exists whole."""
-    img = F.normalize(image_features.float(), dim=-1)  # (N, E)
-    txt = F.normalize(text_features.float(), dim=-1)  # (T, E)
-    text_to_image = text_to_image.long()
-    if text_to_image.shape != (txt.shape[0],):
-        raise ValueError(f"text_to_image must have shape ({txt.shape[0]},), got {tuple(text_to_image.shape)}")
-    if text_to_image.numel() and (text_to_image.min() < 0 or text_to_image.max() >= img.shape[0]):
-        raise ValueError("text_to_image holds an index outside the image features")
-
-    i2t, top1 = [], []
-    for start in range(0, img.shape[0], chunk_size):
-        sims = img[start:start + chunk_size] @ txt.t()  # (c, T)
-        rows = torch.arange(start, start + sims.shape[0])
-        positive = text_to_image[None, :] == rows[:, None]  # (c, T)
-        if not positive.any(dim=1).all():
-            raise ValueError("every image needs at least one caption for image -> text retrieval")
-        best_pos = sims.masked_fill(~positive, float("-inf")).max(dim=1).values  # (c,)
-        i2t.append((sims > best_pos[:, None]).sum(dim=1))
-        top1.append(sims.argmax(dim=1))
-
-    t2i = []
-    for start in range(0, txt.shape[0], chunk_size):
-        sims = txt[start:start + chunk_size] @ img.t()  # (c, N)
-        targets = text_to_image[start:start + chunk_size]
-        pos = sims.gather(1, targets[:, None])  # (c, 1)
-        t2i.append((sims > pos).sum(dim=1))
-    return RetrievalRanks(torch.cat(i2t), torch.cat(t2i), torch.cat(top1))
-
-
-def retrieval_metrics(ranks: RetrievalRanks, ks=DEFAULT_KS) -> dict[str, float]:
-    """Recall@k for both directions plus mean and median rank (1-based), as open_clip's val metrics."""
-    metrics = {}
-    for k in ks:
-        metrics[f"text_retrieval_recall@{k}"] = (ranks.image_to_text < k).float().mean().item()
-        metrics[f"image_retrieval_recall@{k}"] = (ranks.text_to_image < k).float().mean().item()
-    for direction, r in (("text_retrieval", ranks.image_to_text), ("image_retrieval", ranks.text_to_image)):
-        r1 = r.float() + 1
-        metrics[f"{direction}_mean_rank"] = r1.mean().item()
-        metrics[f"{direction}_median_rank"] = r1.median().item()
-    return metrics
+__all__ = ["DEFAULT_KS", "RetrievalRanks", "evaluate_retrieval", "retrieval_metrics", "retrieval_ranks"]
 
 
 def evaluate_retrieval(image_features, text_features, text_to_image, ks=DEFAULT_KS):

@@ -18,10 +18,11 @@ from openeva.eval import finetune as finetune_mod
 from openeva.eval import knn as knn_mod
 from openeva.eval import linear_probe as probe_mod
 from openeva.eval import plots, retrieval
-from openeva.eval.datasets import (
+from openeva.data.image_lists import LabelledImages
+from openeva.data.labelled import (
     ClassificationData,
-    ImageDataset,
     RetrievalData,
+    align_classes,
     load_classification_dataset,
     load_retrieval_dataset,
 )
@@ -106,7 +107,7 @@ class _Encoder:
             if cached is not None:
                 self._memo[data_id] = cached
                 return cached
-        encoded = encode_images(self.model, ImageDataset(data.images, self.transform), batch_size=self.batch_size,
+        encoded = encode_images(self.model, LabelledImages(data.images, self.transform), batch_size=self.batch_size,
                                 device=self.device, precision=self.precision, num_workers=self.num_workers,
                                 progress=self.progress, desc=desc)
         if key is not None:
@@ -118,18 +119,6 @@ class _Encoder:
 def _skip_fields(data, encoded: EncodedImages, prefix: str = "") -> dict:
     names = list(data.skipped) + [data.images.ids[i] for i in encoded.skipped]
     return {f"num_skipped{prefix}": len(names), f"skipped_files{prefix}": names[:MAX_LISTED_SKIPS]}
-
-
-def _remap_classes(data: ClassificationData, classnames: list[str], what: str) -> ClassificationData:
-    """Re-index ``data`` labels onto ``classnames`` by name (train split defines the class set)."""
-    if data.classnames == classnames:
-        return data
-    index = {n: i for i, n in enumerate(classnames)}
-    unknown = sorted({data.classnames[label] for label in data.labels} - set(index))
-    if unknown:
-        raise ValueError(f"{what} has classes {unknown[:10]} that the training dataset does not have")
-    labels = [index[data.classnames[label]] for label in data.labels]
-    return ClassificationData(data.name, data.images, labels, list(classnames), data.skipped)
 
 
 def evaluate(
@@ -214,7 +203,7 @@ def evaluate(
             raise ValueError(f"training dataset {train_data.name} has {present} class(es) with images; "
                              "classification needs at least 2")
         if names is None:
-            cls_data = _remap_classes(cls_data, train_data.classnames, f"dataset {dataset}")
+            cls_data = align_classes(cls_data, train_data.classnames, f"dataset {dataset}")
         elif train_data.classnames != cls_data.classnames:
             raise ValueError("training and evaluation datasets have different class names")
     if "retrieval" in wants:

@@ -1,120 +1,28 @@
 """Zero-shot classification as CLIP (Radford et al. 2021) and open_clip evaluate it.
 
 Each class embedding is the mean over prompt templates of the L2-normalized text embeddings, normalized
-again; logits are ``100 * img @ W`` with normalized image features. Class names and templates ship for
-ImageNet-1k (1000 names, the 80 OpenAI templates, the 7-template short set), CIFAR-10/100, MNIST and
-Fashion-MNIST, or come from the user as JSON or text files.
+again (:func:`openeva.metrics.zeroshot_head`); logits are ``100 * img @ W`` with normalized image features.
+Class names and templates come from :mod:`openeva.data.classnames` (bundled sets or the user's files).
 """
 
 from __future__ import annotations
 
-import json
-from importlib import resources
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from openeva.data.classnames import BUILTIN_DATASETS, fill_template, load_builtin, load_classnames, load_templates
 from openeva.eval.features import encode_texts
+from openeva.metrics import (
+    classification_metrics, confusion_matrix, per_class_accuracy, zeroshot_head, zeroshot_logits,
+)
 
-BUILTIN_DATASETS = ("imagenet1k", "cifar10", "cifar100", "mnist", "fashion_mnist")
-_PLACEHOLDERS = ("{c}", "{}")
-
-
-# --------------------------------------------------------------------------------------------- metadata
-def load_builtin(name: str) -> dict:
-    """The bundled JSON for ``name``: ``{"classnames": [...], "templates": [...], ...}``."""
-    key = name.lower().replace("-", "_")
-    key = {"imagenet": "imagenet1k", "imagenet_1k": "imagenet1k", "fashionmnist": "fashion_mnist"}.get(key, key)
-    if key not in BUILTIN_DATASETS:
-        raise ValueError(
-            f"{name!r} is neither an existing file nor a builtin dataset; builtins are {', '.join(BUILTIN_DATASETS)}"
-        )
-    text = resources.files("openeva.eval").joinpath("data", f"{key}.json").read_text(encoding="utf-8")
-    return json.loads(text)
+__all__ = [
+    "BUILTIN_DATASETS", "build_zeroshot_classifier", "classification_metrics", "confusion_matrix", "load_builtin",
+    "load_classnames", "load_templates", "per_class_accuracy", "zeroshot_logits",
+]
 
 
-def _split_builtin_spec(spec: str) -> tuple[str, str]:
-    """``imagenet1k_short`` -> (``imagenet1k``, ``templates_short``)."""
-    if spec.lower().endswith(("_short", "-short")):
-        return spec[: -len("_short")], "templates_short"
-    return spec, "templates"
-
-
-def _read_list_file(path: Path, field: str, dataset: str | None) -> list[str]:
-    """A JSON list, a JSON dict with ``field`` or keyed by dataset name, or a text file (one per line)."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() != ".json":
-        return [line.strip() for line in text.splitlines() if line.strip()]
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e.msg})") from e
-    if isinstance(data, dict):
-        if field in data:
-            data = data[field]
-        elif dataset is not None and dataset in data:
-            data = data[dataset]
-        elif len(data) == 1:
-            data = next(iter(data.values()))
-        else:
-            raise ValueError(
-                f"{path}: JSON object has no {field!r} key and several datasets {sorted(data)[:10]}; "
-                f"cannot tell which to use for dataset {dataset!r}"
-            )
-    if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
-        raise ValueError(f"{path}: expected a list of strings for {field}")
-    return list(data)
-
-
-def load_classnames(spec: str | Sequence[str], dataset: str | None = None) -> list[str]:
-    """Class names from a builtin name (``imagenet1k``), a file path, or a list of strings."""
-    if not isinstance(spec, str):
-        names = list(spec)
-    elif Path(spec).is_file():
-        names = _read_list_file(Path(spec), "classnames", dataset)
-    elif Path(spec).suffix:
-        raise FileNotFoundError(f"class names file not found: {spec}")
-    else:
-        names = load_builtin(spec)["classnames"]
-    if not names:
-        raise ValueError(f"no class names in {spec!r}")
-    return names  # duplicates are allowed: OpenAI's ImageNet names repeat "missile" and "sunglasses"
-
-
-def load_templates(spec: str | Sequence[str], dataset: str | None = None) -> list[str]:
-    """Prompt templates (``{c}`` or ``{}`` marks the class name) from a builtin name, a file, or a list.
-
-    Builtin names: ``imagenet1k`` (80 OpenAI templates), ``imagenet1k_short`` (7), ``cifar10``, ...
-    """
-    if not isinstance(spec, str):
-        templates = list(spec)
-    elif Path(spec).is_file():
-        templates = _read_list_file(Path(spec), "templates", dataset)
-    elif Path(spec).suffix:
-        raise FileNotFoundError(f"templates file not found: {spec}")
-    else:
-        name, field = _split_builtin_spec(spec)
-        templates = load_builtin(name).get(field)
-        if templates is None:
-            raise ValueError(f"builtin dataset {name!r} has no {field}")
-    if not templates:
-        raise ValueError(f"no templates in {spec!r}")
-    bad = [t for t in templates if not any(p in t for p in _PLACEHOLDERS)]
-    if bad:
-        raise ValueError(f"template {bad[0]!r} has no class-name placeholder ({' or '.join(_PLACEHOLDERS)})")
-    return templates
-
-
-def fill_template(template: str, classname: str) -> str:
-    for p in _PLACEHOLDERS:
-        if p in template:
-            return template.replace(p, classname)
-    raise ValueError(f"template {template!r} has no class-name placeholder")
-
-
-# --------------------------------------------------------------------------------------------- classifier
 @torch.no_grad()
 def build_zeroshot_classifier(
     model,
@@ -131,44 +39,4 @@ def build_zeroshot_classifier(
     texts = [fill_template(t, c) for c in classnames for t in templates]
     emb = encode_texts(model, tokenizer, texts, batch_size=batch_size, device=device, precision=precision,
                        progress=progress, desc="class prompts")  # (C*T, E)
-    emb = F.normalize(emb, dim=-1).view(len(classnames), len(templates), -1)  # (C, T, E)
-    weights = F.normalize(emb.mean(dim=1), dim=-1)  # (C, E)
-    return weights.t().contiguous()  # (E, C)
-
-
-def zeroshot_logits(image_features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
-    """(N, E) image features x (E, C) classifier -> (N, C) logits, 100 * cosine as CLIP."""
-    return 100.0 * F.normalize(image_features.float(), dim=-1) @ classifier.float()
-
-
-# --------------------------------------------------------------------------------------------- metrics
-def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """Top-1, top-5 (top-min(5, C)) accuracy and mean per-class recall from (N, C) scores.
-
-    Shared by zero-shot, linear probe and kNN. Classes with no test sample are left out of the recall mean.
-    """
-    labels = labels.long()
-    k = min(5, scores.shape[1])
-    topk = scores.topk(k, dim=1).indices  # (N, k)
-    correct = topk == labels[:, None]  # (N, k)
-    preds = topk[:, 0]
-    recalls = per_class_accuracy(preds, labels, num_classes)
-    present = ~torch.isnan(recalls)
-    return {
-        "acc1": correct[:, 0].float().mean().item(),
-        "acc5": correct.any(dim=1).float().mean().item(),
-        "mean_per_class_recall": recalls[present].mean().item(),
-    }
-
-
-def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(C,) recall per class; NaN for classes without test samples."""
-    totals = torch.bincount(labels, minlength=num_classes).float()
-    hits = torch.bincount(labels[preds == labels], minlength=num_classes).float()
-    return torch.where(totals > 0, hits / totals.clamp(min=1), torch.full_like(totals, float("nan")))
-
-
-def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(C, C) counts; row = true class, column = predicted class."""
-    idx = labels.long() * num_classes + preds.long()
-    return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    return zeroshot_head(emb, len(classnames))  # (E, C)

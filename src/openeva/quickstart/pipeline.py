@@ -143,7 +143,7 @@ def _clip_train_config(qc: QuickstartConfig, out: Path, name: str, steps: int, l
         model=ModelConfig(name=qc.clip_model, pretrained_image=str(pretrained_image) if pretrained_image else None,
                           pretrained_text=str(pretrained_text) if pretrained_text else None),
         # validation is the quickstart's own (held-out pairs), after training
-        data=DataConfig(train="synthetic", train_num_samples=qc.train_samples, batch_size=qc.batch_size,
+        data=DataConfig(train="synthetic", synthetic_num_samples=qc.train_samples, batch_size=qc.batch_size,
                         scale=(0.9, 1.0), val=None, zeroshot=None),
         optim=OptimConfig(optimizer="adamw", lr=lr, weight_decay=0.05, betas=(0.9, 0.98), eps=1e-6, grad_clip=5.0),
         schedule=ScheduleConfig(scheduler="cosine", warmup_steps=int(qc.warmup_fraction * steps),
@@ -167,7 +167,7 @@ def _mim_train_config(qc: QuickstartConfig, out: Path, teacher_dir: Path, progre
         model=ModelConfig(name=qc.student_model, drop_path_rate=0.0),
         # EVA-02 crops with scale (0.2, 1); a shape covers a small part of the image, so smaller crops would
         # often hold background only
-        data=DataConfig(train="synthetic", train_num_samples=qc.train_samples, batch_size=qc.batch_size,
+        data=DataConfig(train="synthetic", synthetic_num_samples=qc.train_samples, batch_size=qc.batch_size,
                         scale=tuple(qc.mim_crop_scale), val=None, zeroshot=None),
         optim=OptimConfig(optimizer="adamw", lr=qc.mim_lr, weight_decay=0.05, betas=(0.9, 0.98), eps=1e-6,
                           grad_clip=3.0),

@@ -18,7 +18,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openeva.checkpoints import detect_format, read_state_dict, to_openeva
+from openeva.checkpoints.io import adapt_to_model, check_fit, config_beside
+from openeva.data.classnames import fill_template, load_classnames, load_templates
+from openeva.data.image_lists import LabelledImages
+from openeva.data.labelled import load_classification_dataset
+from openeva.data.loader import collate_skip_none
+from openeva.data.synthetic import ShapesClassification
+from openeva.data.transforms import PreprocessConfig, image_transform
+from openeva.factory import create_model, get_tokenizer, preprocess_cfg
 from openeva.losses import ClipLoss, SigLipLoss
+from openeva.metrics import classification_metrics, retrieval_metrics, retrieval_ranks, zeroshot_head, zeroshot_logits
+from openeva.models.mim import CLIP_TOWER_NEW_KEYS
+from openeva.train.data import ResumableLoader, build_image_text_dataset, build_val_pairs, check_sources
+from openeva.train.preflight import check_weights, resolve_model
 from openeva.train.task import ParamGroupSpec, Task
 
 _TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
@@ -29,10 +42,10 @@ class CLIPTask(Task):
 
     ``loss`` "clip" uses :class:`~openeva.losses.ClipLoss`; "siglip" adds a learned ``logit_bias`` (init -10,
     with the logit scale reset to ln 10, as SigLIP) kept in the Task's state. ``evaluator`` is called as
-    ``evaluator(model, logit_scale)`` by :meth:`evaluate`.
+    ``evaluator(model, logit_scale, logit_bias)`` by :meth:`evaluate`. Every option is keyword-only.
     """
 
-    def __init__(self, model: nn.Module, loss: str = "clip", local_loss: bool = True, gather_with_grad: bool = True,
+    def __init__(self, model: nn.Module, *, loss: str = "clip", local_loss: bool = True, gather_with_grad: bool = True,
                  tiled: bool = False, visual_lr: float | None = None, text_lr: float | None = None,
                  visual_layer_decay: float = 1.0, text_layer_decay: float = 1.0,
                  visual_weight_decay: float | None = None, text_weight_decay: float | None = None,
@@ -111,10 +124,6 @@ def load_tower(tower: nn.Module, path: str, which: str, skip_list=()) -> dict:
     open_clip / EVA-CLIP / openeva CLIP checkpoint, or an OpenAI-layout state dict (text keys at the top level).
     Anything else missing, unexpected or mis-shaped is refused (``CheckpointMismatchError``).
     """
-    from openeva.checkpoints import detect_format, read_state_dict, to_openeva
-    from openeva.checkpoints.io import adapt_to_model, check_fit, config_beside
-    from openeva.models.mim import CLIP_TOWER_NEW_KEYS
-
     raw = read_state_dict(path)
     allowed_missing = tuple(skip_list)
     if which == "visual":
@@ -144,8 +153,6 @@ def load_tower(tower: nn.Module, path: str, which: str, skip_list=()) -> dict:
 
 def build_clip_model(mcfg) -> nn.Module:
     """The CLIP model of a :class:`~openeva.train.config.ModelConfig`: weights, tower inits, locks, checkpointing."""
-    from openeva.factory import create_model
-
     overrides = {} if mcfg.drop_path_rate is None else {"drop_path_rate": mcfg.drop_path_rate}
     model = create_model(mcfg.name, pretrained=mcfg.pretrained, img_size=mcfg.img_size,
                          force_patch_dropout=mcfg.patch_dropout, **overrides)
@@ -170,22 +177,6 @@ def build_clip_model(mcfg) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------- validation
-class _LabelledImages(torch.utils.data.Dataset):
-    """(image, label) or None from an eval ``ClassificationData`` (images that fail to decode give None)."""
-
-    def __init__(self, data, transform):
-        from openeva.eval.datasets import ImageDataset
-
-        self.images, self.labels = ImageDataset(data.images, transform), data.labels
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i):
-        image, index = self.images[i]
-        return None if image is None else (image, self.labels[index])
-
-
 class ClipEvaluator:
     """Validation loss and image<->text retrieval on held-out pairs; zero-shot accuracy on a labelled set."""
 
@@ -193,15 +184,11 @@ class ClipEvaluator:
         self.tokenizer, self.val_pairs, self.zeroshot, self.batch_size = tokenizer, val_pairs, zeroshot, batch_size
 
     def _loader(self, ds):
-        from openeva.data.loader import collate_skip_none
-
         return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, shuffle=False, collate_fn=collate_skip_none,
                                            generator=torch.Generator().manual_seed(0))
 
     @torch.no_grad()
     def __call__(self, model, logit_scale: float, logit_bias=None) -> dict[str, float]:
-        from openeva.eval.retrieval import retrieval_metrics, retrieval_ranks
-
         device = model.logit_scale.device
         metrics: dict[str, float] = {}
         if self.val_pairs is not None:
@@ -226,10 +213,11 @@ class ClipEvaluator:
         return metrics
 
     def _zeroshot(self, model, device) -> dict[str, float]:
-        from openeva.eval.zeroshot import build_zeroshot_classifier, classification_metrics, zeroshot_logits
-
         dataset, classnames, templates = self.zeroshot
-        classifier = build_zeroshot_classifier(model, self.tokenizer, classnames, templates, device=device)  # (E, C)
+        prompts = [fill_template(t, c) for c in classnames for t in templates]
+        embeddings = torch.cat([model.encode_text(self.tokenizer(prompts[i:i + 256]).to(device)).float()
+                                for i in range(0, len(prompts), 256)])  # (C*T, E)
+        classifier = zeroshot_head(embeddings, len(classnames))  # (E, C)
         scores, labels = [], []
         for batch in self._loader(dataset):
             if batch is None:
@@ -248,18 +236,13 @@ def build_zeroshot_set(dcfg, transform, image_size: int, seed: int):
     if dcfg.zeroshot is None:
         return None
     if dcfg.zeroshot == "shapes":  # unseen (shape, color) pairs, classified by shape
-        from openeva.data.synthetic import ShapesClassification
-
         ds = ShapesClassification(dcfg.zeroshot_num_samples, attribute="shape", split="heldout",
                                   image_size=image_size, seed=seed + 2_000_003, transform=transform)
         return ds, list(ds.classes), list(ds.templates)
-    from openeva.eval.datasets import load_classification_dataset
-    from openeva.eval.zeroshot import load_classnames, load_templates
-
     names = load_classnames(dcfg.zeroshot_classnames) if dcfg.zeroshot_classnames else None
     data = load_classification_dataset(dcfg.zeroshot, classnames=names)
     templates = load_templates(dcfg.zeroshot_templates) if dcfg.zeroshot_templates else ["a photo of a {}."]
-    ds = _LabelledImages(data, transform)
+    ds = LabelledImages(data.images, transform, data.labels)
     if len(ds) > dcfg.zeroshot_num_samples:
         step = len(ds) / dcfg.zeroshot_num_samples  # an even spread over the (usually class-sorted) set
         ds = torch.utils.data.Subset(ds, [int(i * step) for i in range(dcfg.zeroshot_num_samples)])
@@ -267,25 +250,13 @@ def build_zeroshot_set(dcfg, transform, image_size: int, seed: int):
 
 
 # ------------------------------------------------------------------------------------------ entry points
-def _looks_like_path(value: str) -> bool:
-    return "/" in value or value.startswith(".") or Path(value).suffix in (".pt", ".pth", ".bin", ".safetensors")
-
-
 def preflight_clip(cfg) -> None:
     """Checks that need no compute: the model name, weight files and data paths exist."""
-    from openeva.factory import resolve_spec
-    from openeva.train.data import check_sources
-
-    try:
-        spec, _ = resolve_spec(cfg.model.name)
-    except (ValueError, FileNotFoundError) as e:
-        raise type(e)(f"model.name: {e}") from None
+    spec, _ = resolve_model("model.name", cfg.model.name)
     if not spec.is_clip:
         raise ValueError(f"model.name={cfg.model.name!r} is a backbone; CLIP training needs a CLIP model")
     for key in ("pretrained", "pretrained_image", "pretrained_text"):
-        value = getattr(cfg.model, key)
-        if value and (_looks_like_path(value) or key != "pretrained") and not Path(value).exists():
-            raise FileNotFoundError(f"model.{key}: checkpoint not found: {value}")
+        check_weights(f"model.{key}", getattr(cfg.model, key), always_path=key != "pretrained")
     check_sources(cfg.data.sources())
     for key in ("val", "zeroshot"):
         value = getattr(cfg.data, key)
@@ -295,10 +266,6 @@ def preflight_clip(cfg) -> None:
 
 def build_clip(cfg, world):
     """(CLIPTask, ResumableLoader) for a :class:`~openeva.train.config.TrainConfig` on this process."""
-    from openeva.data.transforms import PreprocessConfig, image_transform
-    from openeva.factory import get_tokenizer, preprocess_cfg
-    from openeva.train.data import ResumableLoader, build_image_text_dataset, build_val_pairs
-
     model = build_clip_model(cfg.model)
     tokenizer = get_tokenizer(context_length=model.context_length)
     pre = PreprocessConfig.from_dict(preprocess_cfg(model))
@@ -317,7 +284,9 @@ def build_clip(cfg, world):
         if val is not None or zeroshot is not None:
             evaluator = ClipEvaluator(tokenizer, val, zeroshot, batch_size=min(d.batch_size * 2, 256))
     o, loss = cfg.optim, cfg.loss
-    task = CLIPTask(model, loss.kind, loss.local_loss, loss.gather_with_grad, loss.tiled, o.visual_lr, o.text_lr,
-                    o.visual_layer_decay, o.text_layer_decay, o.visual_weight_decay, o.text_weight_decay,
-                    loss.max_logit_scale, evaluator)
+    task = CLIPTask(model, loss=loss.kind, local_loss=loss.local_loss, gather_with_grad=loss.gather_with_grad,
+                    tiled=loss.tiled, visual_lr=o.visual_lr, text_lr=o.text_lr,
+                    visual_layer_decay=o.visual_layer_decay, text_layer_decay=o.text_layer_decay,
+                    visual_weight_decay=o.visual_weight_decay, text_weight_decay=o.text_weight_decay,
+                    max_logit_scale=loss.max_logit_scale, evaluator=evaluator)
     return task, loader

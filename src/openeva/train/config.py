@@ -83,7 +83,8 @@ class DataConfig:
 
     train: str = "synthetic"  # "synthetic", or sources joined by ';': caption index, image-text folder, tar shards
     train_weights: tuple[float, ...] | None = None  # mixing weight per ';' source
-    train_num_samples: int | None = None  # synthetic size; samples per epoch for tar shards (required there)
+    train_num_samples: int | None = None  # samples per epoch (required for tar shards); None: each source once
+    synthetic_num_samples: int = 2048  # size of the generated set of data.train=synthetic (and nothing else)
     image_key: str = "filepath"  # caption index columns (open_clip's defaults)
     caption_key: str = "title"
     batch_size: int = 32  # per process and micro-step: global batch = batch_size * world_size * accum_steps
@@ -105,7 +106,7 @@ class DataConfig:
             _check(len(self.train_weights) == len(self.sources()) and all(w >= 0 for w in self.train_weights)
                    and sum(self.train_weights) > 0, f"{p}.train_weights", self.train_weights,
                    f"{len(self.sources())} weights >= 0 (one per ';' source), not all zero")
-        for key in ("batch_size", "val_num_samples", "zeroshot_num_samples"):
+        for key in ("batch_size", "val_num_samples", "zeroshot_num_samples", "synthetic_num_samples"):
             value = getattr(self, key)
             _check(isinstance(value, int) and value > 0, f"{p}.{key}", value, "an int > 0")
         _check(isinstance(self.num_workers, int) and self.num_workers >= 0, f"{p}.num_workers", self.num_workers,

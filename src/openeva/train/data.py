@@ -27,7 +27,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
+from openeva.data.captions import CaptionDataset, ImageTextFolder
+from openeva.data.labelled import detect_format
 from openeva.data.loader import collate_skip_none
+from openeva.data.mix import MixedDataset, MixedIterableDataset
+from openeva.data.synthetic import ShapesDataset
+from openeva.data.webdataset import TarShardDataset, shard_paths
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +127,7 @@ class ResumableLoader:
                 raise ValueError("an iterable dataset (tar shards) needs the number of samples per epoch "
                                  "(data.train_num_samples)")
             total = samples_per_epoch
-        else:
+        else:  # an epoch reads the dataset once, or samples_per_epoch of it
             total = len(dataset) if samples_per_epoch is None else min(samples_per_epoch, len(dataset))
         self.num_batches = total // global_batch
         if self.num_batches == 0:
@@ -217,35 +222,33 @@ def to_device(batch, device: torch.device):
 
 
 # ------------------------------------------------------------------------------------ image-text datasets
+_TRAIN_KINDS = {"csv": "index", "jsonl": "index", "wds": "tar", "folder": "folder"}
+
+
 def _kind(source: str) -> str:
+    """synthetic | index (caption CSV/TSV/JSONL) | folder (images with .txt captions) | tar (shards)."""
     if source == "synthetic":
         return "synthetic"
-    if ".tar" in source:
-        return "tar"
-    path = Path(source)
-    if path.suffix.lower() in (".csv", ".tsv", ".tab", ".jsonl"):
-        return "index"
-    if path.is_dir():
-        return "folder"
-    if not path.exists():
-        raise FileNotFoundError(f"training data source not found: {source} (data.train)")
-    raise ValueError(f"cannot tell the type of training data source {source}: expected 'synthetic', a "
-                     ".csv/.tsv/.jsonl caption index, an image-text folder or .tar shards")
+    try:
+        kind = _TRAIN_KINDS.get(detect_format(source))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"training data source not found: {source} (data.train)") from None
+    except ValueError:
+        kind = None
+    if kind is None:
+        raise ValueError(f"cannot tell the type of training data source {source}: expected 'synthetic', a "
+                         ".csv/.tsv/.jsonl caption index, an image-text folder or .tar shards")
+    return kind
 
 
 def check_sources(sources: list[str]) -> None:
     """Fail before any compute when a source (a caption index, a folder, any shard of a pattern) is missing."""
-    from openeva.data.webdataset import expand_urls
-
     for source in sources:
-        kind = _kind(source)
-        if kind == "index" and not Path(source).is_file():
-            raise FileNotFoundError(f"caption index not found: {source} (data.train)")
-        if kind == "tar":
-            missing = [s for s in expand_urls(source) if not Path(s).is_file()]
-            if missing:
-                raise FileNotFoundError(f"{len(missing)} shard(s) of data.train={source!r} not found, e.g. "
-                                        f"{missing[0]}")
+        if _kind(source) == "tar":
+            try:
+                shard_paths(source)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"data.train={source!r}: {e}") from None
 
 
 def build_image_text_dataset(cfg, transform, tokenizer, image_size: int, seed: int, rank: int = 0,
@@ -255,20 +258,14 @@ def build_image_text_dataset(cfg, transform, tokenizer, image_size: int, seed: i
     ``images_only=True`` (MIM) reads the same sources with captions ignored: items are ``(image, "")`` and an
     image without a caption (a class folder, ImageNet-style shards) is used, not skipped.
     """
-    from openeva.data.captions import CaptionDataset, ImageTextFolder
-    from openeva.data.mix import MixedDataset, MixedIterableDataset
-    from openeva.data.synthetic import ShapesDataset
-    from openeva.data.webdataset import TarShardDataset
-
     sources = cfg.sources()
     check_sources(sources)
     datasets = []
     for source in sources:
         kind = _kind(source)
         if kind == "synthetic":
-            n = cfg.train_num_samples or 2048
-            datasets.append(ShapesDataset(n, image_size=image_size, seed=seed, split="train", transform=transform,
-                                          tokenizer=tokenizer))
+            datasets.append(ShapesDataset(cfg.synthetic_num_samples, image_size=image_size, seed=seed,
+                                          split="train", transform=transform, tokenizer=tokenizer))
         elif kind == "index":
             datasets.append(CaptionDataset(source, image_key=cfg.image_key, caption_key=cfg.caption_key,
                                            transform=transform, tokenizer=tokenizer, images_only=images_only))
@@ -292,9 +289,6 @@ def build_image_text_dataset(cfg, transform, tokenizer, image_size: int, seed: i
 def build_val_pairs(cfg, transform, tokenizer, image_size: int, seed: int,
                     images_only: bool = False) -> Dataset | None:
     """Held-out image-text pairs for validation loss and retrieval (``data.val``), at most ``val_num_samples``."""
-    from openeva.data.captions import CaptionDataset, ImageTextFolder
-    from openeva.data.synthetic import ShapesDataset
-
     if cfg.val is None:
         return None
     if cfg.val == "synthetic":  # same distribution as the training pairs, other samples

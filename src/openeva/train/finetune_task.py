@@ -22,9 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import torchvision.transforms as T
+from timm.data import Mixup, create_transform
+
+from openeva.data.classnames import load_classnames
+from openeva.data.image_lists import LabelledImages
+from openeva.data.labelled import align_classes, load_classification_dataset
+from openeva.data.loader import collate_skip_none
+from openeva.data.synthetic import ShapesClassification
+from openeva.data.transforms import PreprocessConfig, image_transform
+from openeva.factory import preprocess_cfg
 from openeva.train.classifier import (  # noqa: F401  (layer_lr_scales: re-exported beside FinetuneTask)
     EVA02_HEAD_INIT_SCALE, build_classifier, layer_lr_scales,
 )
+from openeva.train.data import ResumableLoader
+from openeva.train.preflight import check_weights, resolve_model
 from openeva.train.task import ParamGroupSpec, Task
 
 EVA02_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"  # RandAugment: 2 ops, magnitude 9 (std 0.5), increasing severity
@@ -52,11 +64,6 @@ def finetune_transforms(
     disables colour jitter when RandAugment is on --, normalise, random erasing ``re_prob``). Val: the model's
     evaluation transform (resize + center crop, crop_pct 1.0 as EVA-02 evaluates).
     """
-    from timm.data import create_transform
-    import torchvision.transforms as T
-
-    from openeva.data.transforms import PreprocessConfig, image_transform
-
     cfg = PreprocessConfig.from_dict(dict(preprocess))
     if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
         raise ValueError(f"scale must be (min, max) area fractions with 0 < min <= max <= 1, got {scale!r}")
@@ -242,8 +249,6 @@ class FinetuneTask(Task):
         self.max_eval_batches = max_eval_batches
         self.mixup_fn = None
         if mixup > 0 or cutmix > 0:
-            from timm.data import Mixup
-
             self.mixup_fn = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob,
                                   switch_prob=mixup_switch_prob, mode=mixup_mode,
                                   label_smoothing=label_smoothing, num_classes=num_classes)
@@ -350,42 +355,8 @@ class FinetuneOptions:
         return cls(**options)
 
 
-class LabelledImages(torch.utils.data.Dataset):
-    """``(transform(image), label)`` from an eval ``ClassificationData``; None for an image that fails to
-    decode (``collate_skip_none`` drops it and the engine counts it)."""
-
-    def __init__(self, data, transform: Callable):
-        self.data, self.transform = data, transform
-
-    def __len__(self) -> int:
-        return len(self.data.labels)
-
-    def __getitem__(self, i: int):
-        from openeva.eval.datasets import ImageDataset
-
-        image, _ = ImageDataset(self.data.images, self.transform)[i]
-        return None if image is None else (image, self.data.labels[i])
-
-
-def align_classes(data, classnames: list[str], what: str):
-    """``data`` with its labels re-indexed onto ``classnames`` by name (the training set defines the classes)."""
-    from openeva.eval.datasets import ClassificationData
-
-    if list(data.classnames) == list(classnames):
-        return data
-    index = {n: i for i, n in enumerate(classnames)}
-    unknown = sorted({data.classnames[label] for label in data.labels} - set(index))
-    if unknown:
-        raise ValueError(f"{what} has classes {unknown[:10]} that the training data does not have")
-    return ClassificationData(data.name, data.images, [index[data.classnames[label]] for label in data.labels],
-                              list(classnames), data.skipped)
-
-
 def load_labelled(path: str, classnames=None, split: str | None = None, what: str = "data.train"):
     """Index a labelled dataset (folder / csv / jsonl / wds / idx) and check it can train a classifier."""
-    from openeva.eval.datasets import load_classification_dataset
-    from openeva.eval.zeroshot import load_classnames
-
     names = load_classnames(classnames) if isinstance(classnames, str) else classnames
     try:
         data = load_classification_dataset(path, "auto", names, split=split)
@@ -399,18 +370,10 @@ def load_labelled(path: str, classnames=None, split: str | None = None, what: st
 
 def preflight_finetune(cfg) -> None:
     """Checks that need no model or compute: options, model name, weight file, datasets (indexed, >= 2 classes)."""
-    from pathlib import Path
-
-    from openeva.factory import resolve_spec
-
     options = FinetuneOptions.from_dict(cfg.task_options)
-    try:
-        resolve_spec(cfg.model.name)
-    except (ValueError, FileNotFoundError) as e:
-        raise type(e)(f"model.name: {e}") from None
+    resolve_model("model.name", cfg.model.name)
     m = cfg.model
-    if m.pretrained and (Path(m.pretrained).suffix or "/" in m.pretrained) and not Path(m.pretrained).exists():
-        raise FileNotFoundError(f"model.pretrained: checkpoint not found: {m.pretrained}")
+    check_weights("model.pretrained", m.pretrained)
     unused = [k for k in ("pretrained_image", "pretrained_text", "lock_image", "lock_text", "patch_dropout")
               if getattr(m, k)]
     if unused:
@@ -439,11 +402,6 @@ def build_finetune(cfg, world, model=None, train_data=None, val_data=None):
     ``model`` (a built backbone / CLIP model) replaces ``model.name``; ``train_data`` / ``val_data`` (indexed
     ``ClassificationData``) replace ``data.train`` / ``data.val``, as ``openeva eval --task finetune`` does.
     """
-    from openeva.data.loader import collate_skip_none
-    from openeva.data.synthetic import ShapesClassification
-    from openeva.factory import preprocess_cfg
-    from openeva.train.data import ResumableLoader
-
     options = FinetuneOptions.from_dict(cfg.task_options)
     d, m = cfg.data, cfg.model
     synthetic = train_data is None and d.sources() == ["synthetic"]
@@ -473,16 +431,16 @@ def build_finetune(cfg, world, model=None, train_data=None, val_data=None):
                                            options.color_jitter, options.re_prob)
     size = int(classifier.cfg.img_size[0])
     if synthetic:
-        train = ShapesClassification(d.train_num_samples or 2048, options.synthetic_attribute, "all", size, cfg.seed,
+        train = ShapesClassification(d.synthetic_num_samples, options.synthetic_attribute, "all", size, cfg.seed,
                                      train_tf)
         val = None if d.val is None else ShapesClassification(d.val_num_samples, options.synthetic_attribute, "all",
                                                                size, cfg.seed + 1_000_003, val_tf)
     else:
-        train = LabelledImages(train_data, train_tf)
-        val = None if val_data is None else LabelledImages(val_data, val_tf)
+        train = LabelledImages(train_data.images, train_tf, train_data.labels)
+        val = None if val_data is None else LabelledImages(val_data.images, val_tf, val_data.labels)
     loader = ResumableLoader(train, d.batch_size, rank=world.rank, world_size=world.world_size, seed=cfg.seed,
                              num_workers=d.num_workers, pin_memory=world.device.type == "cuda",
-                             samples_per_epoch=None if synthetic else d.train_num_samples)
+                             samples_per_epoch=d.train_num_samples)
     val_loader = None
     if val is not None and world.is_main:
         val_loader = torch.utils.data.DataLoader(val, batch_size=min(2 * d.batch_size, 256), shuffle=False,

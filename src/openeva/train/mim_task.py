@@ -28,8 +28,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
+from openeva.checkpoints import load_checkpoint
+from openeva.data.loader import collate_skip_none
+from openeva.data.masking import BlockMaskGenerator
+from openeva.data.transforms import PreprocessConfig, image_transform
+from openeva.factory import build_config, resolve_spec
 from openeva.losses.mim import mim_cosine_loss, patchify, pixel_regression_loss
-from openeva.models.mim import TEACHER_PRECISIONS, ClipTeacher, MIMStudent, plain_backbone
+from openeva.models.mim import TEACHER_PRECISIONS, ClipTeacher, MIMStudent, build_student, build_teacher, plain_backbone
+from openeva.train.data import ResumableLoader, build_image_text_dataset, build_val_pairs, check_sources, derive_seed
+from openeva.train.preflight import check_weights, resolve_model
 from openeva.train.task import ParamGroupSpec, Task
 
 logger = logging.getLogger(__name__)
@@ -43,8 +50,9 @@ class MIMTask(Task):
 
     ``target="clip"`` needs ``teacher`` (a :class:`ClipTeacher`; ``student.target_dim`` must equal its feature
     dim); ``target="pixel"`` is the MAE baseline (``student.target_dim = patch**2 * 3``, ``norm_pix`` per-patch
-    normalised targets). Batches are ``(images, [texts,] masks)`` as ``data.loader.MaskingCollate`` makes them
-    (masks (B, h, w) or (B, N), True = masked); batches without masks get them from ``mask_generator``.
+    normalised targets). Batches are ``(images, masks)`` as :func:`with_masks` datasets give them through
+    ``collate_skip_none`` (masks (B, h, w) or (B, N), True = masked); batches without a bool mask column get
+    masks from ``mask_generator``.
     ``layer_decay`` < 1 gives the student layer-wise lr decay; ``val_data`` ((image, mask) samples, see
     :class:`MaskedImages`) makes :meth:`evaluate` report the loss on held-out images with fixed masks.
     The teacher lives inside the Task (frozen, eval mode) but is left out of its ``state_dict``: it is rebuilt
@@ -109,7 +117,7 @@ class MIMTask(Task):
             mask = torch.stack([self.mask_generator(None) for _ in range(images.shape[0])])  # (B, h, w)
         else:
             raise ValueError("the batch has no bool mask column and the task has no mask_generator "
-                             "(use data.loader.MaskingCollate or pass mask_generator=)")
+                             "(read the data through with_masks(...) or pass mask_generator=)")
         h, w = self.grid_size
         if tuple(images.shape[-2:]) != tuple(self.student.cfg.img_size):
             raise ValueError(f"images are {tuple(images.shape[-2:])} px but the student expects "
@@ -163,8 +171,6 @@ class MIMTask(Task):
         """Mean loss (and cosine similarity) on ``val_data``: the same images and masks at every evaluation."""
         if self.val_data is None:
             return {}
-        from openeva.data.loader import collate_skip_none
-
         loader = torch.utils.data.DataLoader(self.val_data, batch_size=self.val_batch_size, shuffle=False,
                                              collate_fn=collate_skip_none)
         device = self.student.cls_token.device
@@ -264,8 +270,6 @@ class MIMOptions:
             raise bad("patch_embed_grad_scale", "a number in [0, 1]")
 
     def mask_generator(self, grid_size: tuple[int, int]):
-        from openeva.data.masking import BlockMaskGenerator
-
         return BlockMaskGenerator(grid_size, num_masking_patches=self.num_masking_patches,
                                   min_num_patches=self.min_num_patches, max_num_patches=self.max_num_patches,
                                   min_aspect=self.min_aspect)
@@ -275,8 +279,6 @@ class MIMOptions:
 def _mask_of(mask_generator, seed: int | None, index: int) -> torch.Tensor:
     if seed is None:  # the engine loads each training sample under its own seeded RNG stream
         return mask_generator(None)
-    from openeva.train.data import derive_seed
-
     return mask_generator(torch.Generator().manual_seed(derive_seed(seed, index)))
 
 
@@ -340,32 +342,18 @@ def with_masks(dataset, mask_generator, seed: int | None = None):
 
 
 # ------------------------------------------------------------------------------------ build / preflight
-def _looks_like_path(value: str) -> bool:
-    return "/" in value or value.startswith(".") or Path(value).suffix in (".pt", ".pth", ".bin", ".safetensors")
-
-
 def preflight_mim(cfg) -> MIMOptions:
     """Every check that needs no compute: student and teacher names, weight files, masking, data paths."""
-    from openeva.factory import build_config, resolve_spec
-    from openeva.train.data import check_sources
-
     opts = MIMOptions.from_dict(cfg.task_options)
-    try:
-        student_spec, _ = resolve_spec(cfg.model.name)
-    except (ValueError, FileNotFoundError) as e:
-        raise type(e)(f"model.name: {e}") from None
+    student_spec, _ = resolve_model("model.name", cfg.model.name)
     if student_spec.is_clip:
         raise ValueError(f"model.name={cfg.model.name!r} is a CLIP model; the MIM student is a backbone "
                          "(e.g. eva02_base_patch14_224; see `openeva models --kind backbone`)")
     if cfg.model.patch_dropout:
         raise ValueError("model.patch_dropout must be 0 for MIM (every patch is either seen or predicted)")
-    if cfg.model.pretrained and _looks_like_path(cfg.model.pretrained) and not Path(cfg.model.pretrained).exists():
-        raise FileNotFoundError(f"model.pretrained: checkpoint not found: {cfg.model.pretrained}")
+    check_weights("model.pretrained", cfg.model.pretrained)
     if opts.target == "clip":
-        try:
-            teacher_spec, saved = resolve_spec(opts.teacher)
-        except (ValueError, FileNotFoundError) as e:
-            raise type(e)(f"task_options.teacher: {e}") from None
+        teacher_spec, saved = resolve_model("task_options.teacher", opts.teacher)
         if not teacher_spec.is_clip:
             raise ValueError(f"task_options.teacher={opts.teacher!r} is not a CLIP model")
         weights = opts.teacher_pretrained
@@ -373,8 +361,8 @@ def preflight_mim(cfg) -> MIMOptions:
             raise ValueError("task_options.teacher_pretrained is not set: MIM against an untrained teacher learns "
                              "nothing useful. Give its checkpoint (EVA-CLIP .pt, open_clip .bin, timm, openeva "
                              "directory) or a tag, or 'random' for smoke tests")
-        if weights not in (None, "random") and _looks_like_path(weights) and not Path(weights).exists():
-            raise FileNotFoundError(f"task_options.teacher_pretrained: checkpoint not found: {weights}")
+        if weights != "random":
+            check_weights("task_options.teacher_pretrained", weights)
     grid = build_config(student_spec, img_size=cfg.model.img_size).grid_size
     opts.mask_generator(grid)  # raises on masking that does not fit the grid
     check_sources(cfg.data.sources())
@@ -385,12 +373,7 @@ def preflight_mim(cfg) -> MIMOptions:
 
 def build_mim_task(cfg, opts: MIMOptions | None = None) -> MIMTask:
     """The MIMTask of a TrainConfig (models only; no data): teacher, student sized to its targets."""
-    from openeva.checkpoints import load_checkpoint
-    from openeva.models.mim import build_student, build_teacher
-
     opts = opts or MIMOptions.from_dict(cfg.task_options)
-    from openeva.factory import build_config, resolve_spec
-
     student_spec, _ = resolve_spec(cfg.model.name)
     teacher = None
     if opts.target == "clip":
@@ -418,9 +401,6 @@ def build_mim_task(cfg, opts: MIMOptions | None = None) -> MIMTask:
 
 def build_mim(cfg, world):
     """(MIMTask, ResumableLoader) for a TrainConfig on this process: the engine's ``build(cfg, world)``."""
-    from openeva.data.transforms import PreprocessConfig, image_transform
-    from openeva.train.data import ResumableLoader, build_image_text_dataset, build_val_pairs
-
     opts = MIMOptions.from_dict(cfg.task_options)
     task = build_mim_task(cfg, opts)
     student = task.student

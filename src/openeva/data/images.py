@@ -1,0 +1,83 @@
+"""The one way openeva opens an image: file or bytes -> fully decoded RGB PIL image.
+
+Every reader (caption indexes, class folders, tar shards, IDX arrays, the coming embed / serve commands) goes
+through :func:`open_rgb`, lists images with :data:`IMAGE_EXTENSIONS` and catches :data:`DECODE_ERRORS`.
+:func:`prepare_sample` is the skip rule shared by every dataset: any failure while preparing one sample
+(missing file, undecodable bytes, an exception inside an augmentation) skips and counts that sample; it never
+ends a run.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from openeva.data.loader import record_skip
+
+__all__ = ["DECODE_ERRORS", "IMAGE_EXTENSIONS", "list_images", "load_image", "open_rgb", "prepare_sample"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+# What PIL raises on unreadable / truncated / hostile image data (UnidentifiedImageError is an OSError).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, struct.error, EOFError, Image.DecompressionBombError)
+
+
+def open_rgb(source: str | Path | bytes) -> Image.Image:
+    """Decode an image file or bytes fully (so truncation errors surface here) as RGB; raises DECODE_ERRORS."""
+    handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    with Image.open(handle) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def load_image(source: str | Path | bytes) -> Image.Image:
+    """:func:`open_rgb` with user-facing errors: FileNotFoundError for a missing path, ValueError naming it else."""
+    if not isinstance(source, (bytes, bytearray)) and not Path(source).exists():
+        raise FileNotFoundError(f"image file not found: {source}")
+    try:
+        return open_rgb(source)
+    except DECODE_ERRORS as err:
+        name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+        raise ValueError(f"cannot decode image {name}: {err}") from err
+
+
+def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
+    """The image files under ``root`` (by :data:`IMAGE_EXTENSIONS`, case-insensitive), sorted; hidden files skipped."""
+    root = Path(root)
+    pattern = root.rglob("*") if recursive else root.glob("*")
+    return sorted(p for p in pattern if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+                  and p.is_file())
+
+
+def prepare_sample(
+    load: Callable[[], Image.Image],
+    transform: Callable[[Image.Image], Any] | None,
+    skipped: Counter,
+    name: str,
+) -> Any | None:
+    """``transform(load())``, or None with the reason counted in ``skipped`` when any step fails.
+
+    Reasons: ``missing_file`` (FileNotFoundError), ``corrupt_image`` (:data:`DECODE_ERRORS`) and
+    ``transform_error`` (any exception raised by the transform, e.g. an augmentation that cannot handle one
+    image). One bad sample never ends a run; the first few of each reason are logged with ``name``.
+    """
+    try:
+        image = load()
+    except FileNotFoundError:
+        record_skip(skipped, "missing_file", name)
+        return None
+    except DECODE_ERRORS as err:
+        record_skip(skipped, "corrupt_image", f"{name}: {err}")
+        return None
+    if transform is None:
+        return image
+    try:
+        return transform(image)
+    except Exception as err:  # noqa: BLE001 - any augmentation failure is this one sample's problem
+        record_skip(skipped, "transform_error", f"{name}: {type(err).__name__}: {err}")
+        return None
