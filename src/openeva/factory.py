@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from openeva.checkpoints import load_checkpoint, read_config
+from openeva.checkpoints import load_checkpoint, read_config, resolve_model_dir
 from openeva.models.clip import CLIP, CLIPConfig
 from openeva.models.registry import ModelSpec, get_model_spec
 from openeva.models.vit import EVAViT, ViTConfig
@@ -30,10 +30,8 @@ def resolve_spec(name: str) -> tuple[ModelSpec, str | None]:
     """A registered name, or an openeva checkpoint directory -> (spec, weights path or None)."""
     path = name[len("local-dir:"):] if name.startswith("local-dir:") else name
     if name.startswith("local-dir:") or (os.sep in name or Path(name).exists()):
-        cfg = read_config(path)
-        if cfg is None:
-            raise FileNotFoundError(f"{path} is not an openeva checkpoint directory (no config.json)")
-        return spec_from_saved_config(cfg), path
+        model_dir = resolve_model_dir(path)  # a run directory -> its final/ (or latest checkpoint)
+        return spec_from_saved_config(read_config(model_dir)), str(model_dir)
     return get_model_spec(name), None
 
 
@@ -171,8 +169,10 @@ def get_tokenizer(model_name: str | None = None, context_length: int | None = No
 
 
 def model_config_dict(model: nn.Module) -> dict:
-    """What ``save_checkpoint`` writes so ``create_model(dir)`` can rebuild the model."""
-    return {"model_name": model.spec.name, "model_config": model.cfg.to_dict(), "preprocess": preprocess_cfg(model)}
+    """What ``save_checkpoint`` writes so ``create_model(dir)`` can rebuild the model: the model's
+    ``export_config()`` when it has one (a MIM student saves the plain backbone its weights initialise)."""
+    cfg = model.export_config() if hasattr(model, "export_config") else model.cfg
+    return {"model_name": model.spec.name, "model_config": cfg.to_dict(), "preprocess": preprocess_cfg(model)}
 
 
 def save_model(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None = None):

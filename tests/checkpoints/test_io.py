@@ -238,3 +238,27 @@ def test_unreadable_pickles_get_an_actionable_message(tmp_path):
     torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.randn(1, 2)), tmp_path / "ts.pt")
     with pytest.raises(ValueError, match="TorchScript archive"):
         read_state_dict(tmp_path / "ts.pt")
+
+
+def test_run_directories_resolve_to_their_model(tmp_path, caplog):
+    """`--model runs/NAME` (or an unfinished run's final/) finds the model; anything else is a one-line error."""
+    from openeva.checkpoints import resolve_model_dir
+
+    model = openeva.create_model("eva02_test_patch8_32")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"task": "clip"}))  # the run's own config, not a model's
+    for step in (2, 10):
+        openeva.save_model(model, run / "checkpoints" / f"step_{step:07d}")
+    with caplog.at_level("WARNING"):
+        assert resolve_model_dir(run) == run / "checkpoints" / "step_0000010"
+        assert resolve_model_dir(run / "final") == run / "checkpoints" / "step_0000010"
+    assert "latest checkpoint" in caplog.text
+    assert openeva.create_model(str(run)).cfg == model.cfg
+    openeva.save_model(model, run / "final")
+    assert resolve_model_dir(run) == run / "final"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"task": "clip"}))
+    with pytest.raises(ValueError, match="not an openeva model .*no model_config"):
+        openeva.create_model(str(other))

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from openeva.checkpoints import read_config, read_state_dict
-from openeva.factory import create_model
-from openeva.models.mim import build_student, load_mim_into_clip, save_mim_backbone
+from openeva.factory import create_model, save_model
+from openeva.models.mim import build_student
+from openeva.train.clip_task import load_tower
 
 STUDENT = "eva02_test_patch8_32"
 MIM_ONLY = {"mask_token", "lm_head.weight", "lm_head.bias"}
@@ -22,7 +23,7 @@ def mim_dir(tmp_path_factory):
         for p in student.parameters():
             p.copy_(torch.randn_like(p))
     out = tmp_path_factory.mktemp("mim") / "model"
-    save_mim_backbone(student, out, extra={"mim": {"teacher": "EVA02-test"}})
+    save_model(student, out, extra={"mim": {"teacher": "EVA02-test"}})
     return out, {k: v.clone() for k, v in student.state_dict().items()}
 
 
@@ -76,7 +77,7 @@ def test_mim_to_clip_vision_tower_key_by_key(mim_dir):
     torch.manual_seed(1)
     clip = create_model("EVA02-test")
     before = {k: v.clone() for k, v in clip.state_dict().items()}
-    report = load_mim_into_clip(clip, out)
+    report = load_tower(clip.visual, str(out), "visual")
     used = set()
     for k, v in clip.state_dict().items():
         if not k.startswith("visual."):
@@ -96,7 +97,7 @@ def test_mim_to_clip_vision_tower_key_by_key(mim_dir):
 def test_mim_to_clip_tower_with_another_patch_size_resamples_kernel_and_grid(mim_dir):
     out, student_sd = mim_dir
     clip = create_model("EVA02-test", patch_size=16)  # as EVA02-B-16 from a patch-14 student
-    report = load_mim_into_clip(clip, out)
+    report = load_tower(clip.visual, str(out), "visual")
     vis = clip.visual.state_dict()
     assert vis["patch_embed.proj.weight"].shape[-1] == 16 and vis["pos_embed"].shape[1] == 1 + 4
     torch.testing.assert_close(vis["pos_embed"][:, 0], student_sd["pos_embed"][:, 0])  # CLS slot kept
@@ -109,6 +110,4 @@ def test_mim_into_a_mismatched_tower_is_refused(mim_dir):
     from openeva.checkpoints import CheckpointMismatchError
 
     with pytest.raises(CheckpointMismatchError):
-        load_mim_into_clip(create_model("EVA02-E-test"), out)  # GELU post-norm tower: other tensors
-    with pytest.raises(ValueError, match="CLIP model or an EVAViT"):
-        load_mim_into_clip(torch.nn.Linear(2, 2), out)
+        load_tower(create_model("EVA02-E-test").visual, str(out), "visual")  # GELU post-norm tower: other tensors

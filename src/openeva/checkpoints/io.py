@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -20,6 +21,8 @@ from torch import nn
 
 from openeva.checkpoints.convert import detect_format, to_openeva, unwrap_state_dict
 from openeva.layers import resample_patch_kernel, resample_pos_embed
+
+logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -90,6 +93,39 @@ def read_config(path: str | os.PathLike) -> dict | None:
         return json.loads(cfg.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"corrupt checkpoint config {cfg}: {e}") from e
+
+
+def _model_config_of(directory: Path) -> dict | None:
+    try:
+        cfg = read_config(directory) if directory.is_dir() else None
+    except ValueError:
+        return None
+    return cfg if isinstance(cfg, dict) and "model_config" in cfg else None
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """The openeva model directory ``path`` names: the directory itself, a training run's ``final/``, or, for a
+    run that never finished (the run directory or its missing ``final/`` given), its latest ``checkpoints/step_*``
+    (said in a warning). ValueError in one line for anything else."""
+    path = Path(path)
+    if _model_config_of(path) is not None:
+        return path
+    run = path.parent if path.name == "final" and not path.exists() else path
+    if _model_config_of(run / "final") is not None:
+        return run / "final"
+    steps = sorted((p for p in (run / "checkpoints").glob("step_*") if _model_config_of(p) is not None),
+                   key=lambda p: p.name) if (run / "checkpoints").is_dir() else []
+    if steps:
+        logger.warning("%s has no final model (the run did not finish); using its latest checkpoint %s",
+                       run, steps[-1])
+        return steps[-1]
+    expected = ("expected an openeva model directory (config.json + weights) or a training run directory (with "
+                "final/ or checkpoints/step_*)")
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    if not (path / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{path} is not an openeva model (no config.json): {expected}")
+    raise ValueError(f"{path} is not an openeva model (its config.json has no model_config): {expected}")
 
 
 def config_beside(path) -> dict | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 def register(subparsers) -> None:
     p = subparsers.add_parser("pretrain", help="EVA-02 MIM pretraining of a backbone against a CLIP teacher",
                               description=__doc__.splitlines()[0])
-    p.add_argument("config", help="a Python file defining `config = TrainConfig(task=MIM_TASK, ...)` "
+    p.add_argument("config", help="a Python file defining `config = TrainConfig(task='mim', ...)` "
                                   "(see mim_* recipes in openeva.configs), or a MIM run's config.json")
     p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
                    help="override config fields: optim.lr=1e-3 task_options.teacher=EVA01-g-14 resume=latest")
@@ -31,7 +31,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from openeva.train.config import load_config
-    from openeva.train.mim_task import MIM_TASK, pretrain
+    from openeva.train.mim_task import pretrain
+    from openeva.train.options import canonical_task
     from openeva.train.runner import preflight
 
     overrides = [o for o in args.overrides if o != "--dry-run"]
@@ -40,8 +41,8 @@ def run(args) -> int:
     if flags:
         raise ValueError(f"unknown option {flags[0]!r}; overrides are key=value")
     cfg = load_config(args.config, overrides)
-    if cfg.task not in (MIM_TASK, "mim"):
-        raise ValueError(f"{args.config} configures task={cfg.task!r}, not MIM pretraining (task={MIM_TASK!r}); "
+    if canonical_task(cfg.task) != "mim":
+        raise ValueError(f"{args.config} configures task={cfg.task!r}, not MIM pretraining (task='mim'); "
                          "use `openeva train` for it")
     if cfg.name is None:  # runs are named after their config file unless told otherwise
         cfg = cfg.replace(name=Path(args.config).stem if Path(args.config).suffix in (".py", "") else "run")

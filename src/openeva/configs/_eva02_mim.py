@@ -7,7 +7,6 @@ global batch, epochs and drop path.
 """
 
 from openeva.train.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
-from openeva.train.mim_task import MIM_TASK
 
 IN21K_IMAGES = 14_197_122
 PROCESSES = 16  # 2 nodes x 8 GPUs; with another count change data.batch_size (or optim.accum_steps)
@@ -16,7 +15,7 @@ PROCESSES = 16  # 2 nodes x 8 GPUs; with another count change data.batch_size (o
 def eva02_mim_in21k(name: str, student: str, peak_lr: float, global_batch: int, epochs: int,
                     drop_path_rate: float = 0.0, grad_checkpointing: bool = False) -> TrainConfig:
     return TrainConfig(
-        task=MIM_TASK,
+        task="mim",
         name=name,
         precision="bf16",
         model=ModelConfig(name=student, drop_path_rate=drop_path_rate, grad_checkpointing=grad_checkpointing),

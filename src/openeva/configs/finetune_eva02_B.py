@@ -17,7 +17,7 @@ GLOBAL_BATCH = 1024
 STEPS_PER_EPOCH = IMAGENET_TRAIN_IMAGES // GLOBAL_BATCH  # 1251
 
 config = TrainConfig(
-    task="openeva.train.finetune_task:build_finetune",
+    task="finetune",
     name="finetune_eva02_B_in1k",
     precision="bf16",
     model=ModelConfig(name="eva02_base_patch14_224", pretrained="mim_in22k", img_size=448, drop_path_rate=0.1),

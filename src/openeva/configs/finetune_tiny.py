@@ -12,7 +12,7 @@ the 20% chance level in a few minutes on 2 cores.
 from openeva.train.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
 
 config = TrainConfig(
-    task="openeva.train.finetune_task:build_finetune",
+    task="finetune",
     name="finetune_tiny",
     seed=0,
     precision="fp32",

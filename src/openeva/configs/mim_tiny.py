@@ -12,10 +12,9 @@ openeva.models.mim about EVA-CLIP's sub-LN keys).
 """
 
 from openeva.train.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
-from openeva.train.mim_task import MIM_TASK
 
 config = TrainConfig(
-    task=MIM_TASK,
+    task="mim",
     name="mim_tiny",
     seed=0,
     precision="fp32",

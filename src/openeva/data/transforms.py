@@ -10,7 +10,6 @@ open_clip always resizes bicubic; we honour ``interpolation`` (identical for the
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch

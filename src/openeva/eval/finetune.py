@@ -2,7 +2,7 @@
 report top-1 / top-5 of the fine-tuned classifier (EMA weights when the recipe keeps an EMA) on ``dataset``.
 
 The recipe is a training config (the ``finetune_*`` recipes (``openeva.configs``), a ``TrainConfig`` with
-``task="openeva.train.finetune_task:build_finetune"``) plus ``key=value`` overrides; without one, a short
+``task="finetune"``) plus ``key=value`` overrides; without one, a short
 default recipe (:func:`default_finetune_config`) is used. The model, the datasets and the output folder come
 from ``evaluate(...)``; the run directory (config, metrics, checkpoints, ``final/`` model) is kept under
 ``output_dir/finetune_runs/`` so the classifier can be reused.
@@ -12,26 +12,37 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import tempfile
 from pathlib import Path
 
 import torch
 
+from openeva.data.image_lists import LabelledImages
+from openeva.data.labelled import align_classes
+from openeva.data.transforms import PreprocessConfig, image_transform
+from openeva.eval.features import encode_images
+from openeva.eval.results import RUNS_DIR
+from openeva.factory import preprocess_cfg, resolve_spec
+from openeva.metrics import classification_metrics
+from openeva.models.vit import EVAViT
+from openeva.train.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig, load_config
+from openeva.train.distributed import World, resolve_device
+from openeva.train.engine import Trainer
+from openeva.train.finetune_task import build_finetune
+from openeva.train.options import FinetuneOptions, canonical_task
+from openeva.train.runner import preflight
+
 logger = logging.getLogger(__name__)
 
-from openeva.eval.results import RUNS_DIR
-
-FINETUNE_TASK = "openeva.train.finetune_task:build_finetune"
 
 
 def default_finetune_config():
     """A short, generic recipe for small datasets: AdamW lr 1e-4 (batch 64), layer decay 0.75, 10 epochs (10%
     warmup, set by :func:`run_finetune`), label smoothing 0.1, RandAugment, drop path 0.1, detached patch
     embedding, no EMA (too few steps for one). ``finetune_eva02_B`` / ``finetune_eva02_L`` hold the published recipes."""
-    from openeva.train.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
-
     return TrainConfig(
-        task=FINETUNE_TASK,
+        task="finetune",
         model=ModelConfig(name="eva02_test_patch8_32", drop_path_rate=0.1),
         data=DataConfig(train="synthetic", batch_size=64, val=None, zeroshot=None, scale=(0.08, 1.0)),
         optim=OptimConfig(optimizer="adamw", lr=1e-4, layer_decay=0.75, weight_decay=0.05, betas=(0.9, 0.999),
@@ -44,16 +55,14 @@ def default_finetune_config():
 
 def load_finetune_config(config=None, overrides=()):
     """A ``TrainConfig`` from a config file / ``TrainConfig`` / None (the default recipe), with overrides."""
-    from openeva.train.config import TrainConfig, load_config
-
     if config is None:
         cfg = default_finetune_config().with_overrides(list(overrides))
     elif isinstance(config, TrainConfig):
         cfg = config.with_overrides(list(overrides))
     else:
         cfg = load_config(config, list(overrides))
-    if cfg.task not in (FINETUNE_TASK, "finetune"):
-        raise ValueError(f"finetune config {config} has task={cfg.task!r}; expected {FINETUNE_TASK!r}")
+    if canonical_task(cfg.task) != "finetune":
+        raise ValueError(f"finetune config {config} has task={cfg.task!r}; expected 'finetune'")
     return cfg
 
 
@@ -66,16 +75,11 @@ def _unique_run_dir(root: Path, name: str) -> Path:
 
 
 def _slug(text: str) -> str:
-    import re
-
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).name if "/" in text else text).strip("-") or "model"
 
 
 def check_finetune_inputs(cfg, train_data, eval_data) -> None:
     """Fails before any compute: options, >= 2 classes, evaluation classes known to the training data."""
-    from openeva.data.labelled import align_classes
-    from openeva.train.finetune_task import FinetuneOptions
-
     options = FinetuneOptions.from_dict(cfg.task_options)
     present = len(set(train_data.labels))
     if train_data.num_classes < 2 or present < 2:
@@ -110,14 +114,6 @@ def run_finetune(
     config's ``precision``. ``warmup_fraction`` sets the warmup to that fraction of the run's steps (the
     default recipe's 10%); a configured warmup longer than the run is cut to 10% of it.
     """
-    from openeva.data.image_lists import LabelledImages
-    from openeva.eval.features import encode_images
-    from openeva.eval.zeroshot import classification_metrics
-    from openeva.train.distributed import World, resolve_device
-    from openeva.train.engine import Trainer
-    from openeva.data.labelled import align_classes
-    from openeva.train.finetune_task import build_finetune
-
     eval_data = align_classes(eval_data, train_data.classnames, f"evaluation dataset {eval_data.name}")
     model_label = model if isinstance(model, str) else type(model).__name__
     cfg = cfg.replace(seed=seed, progress=progress,
@@ -136,6 +132,7 @@ def run_finetune(
     run_dir = _unique_run_dir(root, f"{_slug(train_data.name)}__{_slug(model_label)}")
     cfg = cfg.replace(output_dir=str(root), name=run_dir.name)
     try:
+        preflight(cfg)  # the runner's checks, as `openeva train` makes them (options, model, run directory)
         task, loader = build_finetune(cfg, world, model=None if isinstance(model, str) else model,
                                       train_data=train_data)
         total = cfg.schedule.total_steps or cfg.schedule.epochs * (len(loader) // cfg.optim.accum_steps)
@@ -172,9 +169,6 @@ def run_finetune(
 
 
 def _val_transform(classifier):
-    from openeva.data.transforms import PreprocessConfig, image_transform
-    from openeva.factory import preprocess_cfg
-
     pre = preprocess_cfg(classifier) if getattr(classifier, "spec", None) is not None else {
         "size": classifier.cfg.img_size}
     return image_transform(PreprocessConfig.from_dict(pre), is_train=False)
@@ -182,11 +176,7 @@ def _val_transform(classifier):
 
 def check_finetune_model(model) -> None:
     """A model name must resolve; a built model must be an EVA ViT or an EVA-CLIP (its vision tower)."""
-    from openeva.models.vit import EVAViT
-
     if isinstance(model, str):
-        from openeva.factory import resolve_spec
-
         resolve_spec(model)
     elif not isinstance(getattr(model, "visual", model), EVAViT):
         raise ValueError(f"finetune needs an EVA ViT backbone or an EVA-CLIP model, got {type(model).__name__}")

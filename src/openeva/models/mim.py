@@ -12,17 +12,15 @@ patch, the features a frozen CLIP vision tower gives that patch when it sees the
   bilinearly to the student grid; projection and bilinear resampling are both linear, so resampling after the
   projection equals resampling before it, at less cost when C < D.
 
-The saved student (:func:`save_mim_backbone`) is a plain backbone checkpoint in EVA's MIM layout: every backbone
+The saved student (``openeva.save_model(student, dir)``, as every training checkpoint and ``RUN/final``) is a plain backbone checkpoint in EVA's MIM layout: every backbone
 tensor plus ``norm``, ``mask_token`` and ``lm_head``, with a ``config.json`` describing the plain mean-pooling
 backbone. ``create_model(dir)`` / ``create_model(name, pretrained=dir, num_classes=K)`` then load it as a
-classifier (``norm`` -> ``fc_norm``, MIM-only keys dropped) and ``load_checkpoint(clip.visual, dir, ...)`` as a
-CLIP vision tower (``norm`` -> ``norm``, ``head`` new).
+classifier (``norm`` -> ``fc_norm``, MIM-only keys dropped) and CLIP training's ``model.pretrained_image=dir``
+(:func:`openeva.train.clip_task.load_tower`) as a CLIP vision tower (``norm`` -> ``norm``, ``head`` new).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -105,42 +103,9 @@ def build_student(
     return student
 
 
-def save_mim_backbone(student: MIMStudent, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Writes the student as an openeva checkpoint directory that both downstream loaders take directly.
-
-    ``model.safetensors``: EVA's MIM layout (backbone tensors, final ``norm``, ``mask_token``, ``lm_head``), so
-    MIM can be inspected or continued; ``config.json``: the plain mean-pooling backbone (``export_config``),
-    the model name and preprocessing, plus ``extra`` (e.g. ``{"mim": {...}}``).
-    """
-    from openeva.checkpoints import save_checkpoint
-
-    spec = getattr(student, "spec", None)
-    if spec is None:
-        raise ValueError("the student has no .spec (build it with build_student) so its name is unknown")
-    config = {"model_name": spec.name, "model_config": student.export_config().to_dict(),
-              "preprocess": spec.preprocess_cfg(student.cfg.img_size), **(extra or {})}
-    return save_checkpoint(student, out_dir, config)
-
-
 # Tensors an EVA-CLIP vision tower has and a MIM backbone does not: the projection head (new) and EVA-CLIP's
 # sub-LN on the merged attention heads (``inner_attn_ln``, B/L towers), both left at their fresh init.
 CLIP_TOWER_NEW_KEYS = ("head.*", "blocks.*.attn.norm.*")
-
-
-def load_mim_into_clip(model: nn.Module, path: str | os.PathLike) -> dict:
-    """EVA-CLIP's initialisation: a CLIP model's (or bare tower's) vision tower from a MIM checkpoint.
-
-    Every backbone tensor lands in place (final ``norm`` -> the tower's ``norm``; the patch kernel and position
-    grid are resampled when the tower's patch size or resolution differ); ``mask_token`` and ``lm_head`` are
-    dropped; ``head`` (the CLIP projection) and ``attn.norm`` keep their fresh init. Anything else missing or
-    mis-shaped is refused. Returns ``load_checkpoint``'s report (format, notes, missing keys).
-    """
-    from openeva.checkpoints import load_checkpoint
-
-    visual = getattr(model, "visual", model)
-    if not isinstance(visual, EVAViT):
-        raise ValueError(f"expected a CLIP model or an EVAViT tower, got {type(model).__name__}")
-    return load_checkpoint(visual, path, strict=True, ignore_missing=CLIP_TOWER_NEW_KEYS)
 
 
 class ClipTeacher(nn.Module):

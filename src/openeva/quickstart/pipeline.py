@@ -156,12 +156,11 @@ def _mim_train_config(qc: QuickstartConfig, out: Path, teacher_dir: Path, progre
     """EVA-02 MIM of the student against the frozen teacher's patch features (block masks, cosine loss)."""
     from openeva.factory import get_model_spec
     from openeva.train.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
-    from openeva.train.mim_task import MIM_TASK
 
     grid = get_model_spec(qc.student_model).config.grid_size
     num_masked = max(1, round(qc.mim_mask_ratio * grid[0] * grid[1]))
     return TrainConfig(
-        task=MIM_TASK, output_dir=str(out), name="mim", seed=qc.seed, precision=qc.precision, device="cpu",
+        task="mim", output_dir=str(out), name="mim", seed=qc.seed, precision=qc.precision, device="cpu",
         save_every=qc.mim_steps, keep_last=1, log_every=qc.log_every, eval_every=0, progress=progress,
         tensorboard=False, plot=True,
         model=ModelConfig(name=qc.student_model, drop_path_rate=0.0),

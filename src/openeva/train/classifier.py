@@ -13,7 +13,8 @@ import math
 import torch
 from torch import nn
 
-EVA02_HEAD_INIT_SCALE = 1e-3
+from openeva.train.options import EVA02_HEAD_INIT_SCALE
+
 
 
 def init_head(model: nn.Module, init_scale: float = EVA02_HEAD_INIT_SCALE) -> None:

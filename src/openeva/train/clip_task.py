@@ -115,7 +115,8 @@ class CLIPTask(Task):
 # -------------------------------------------------------------------------------------- model building
 def load_tower(tower: nn.Module, path: str, which: str, skip_list=()) -> dict:
     """Initialise one CLIP tower from a checkpoint, leaving the ``skip_list`` keys (globs relative to the
-    tower, e.g. ``head.*``, ``text_projection``) as initialised. Returns ``{"loaded", "skipped", "missing"}``.
+    tower, e.g. ``head.*``, ``text_projection``) as initialised. Returns ``{"loaded", "skipped", "missing",
+    "notes"}`` (notes: what was adapted, e.g. a resampled patch kernel or position grid).
 
     ``which="visual"``: EVA-02 MIM / backbone checkpoints (EVA native, timm, openeva) or any CLIP's vision tower;
     position embeddings and patch kernels are resampled to the tower (the patch 14 -> 16 step of B/16), a
@@ -131,9 +132,10 @@ def load_tower(tower: nn.Module, path: str, which: str, skip_list=()) -> dict:
         target = tower.state_dict()
         if "norm.weight" in target and "norm.weight" not in sd and "fc_norm.weight" in sd:
             sd["norm.weight"], sd["norm.bias"] = sd.pop("fc_norm.weight"), sd.pop("fc_norm.bias")
-        sd, _ = adapt_to_model(sd, tower, config_beside(path))
+        sd, notes = adapt_to_model(sd, tower, config_beside(path))
         allowed_missing += CLIP_TOWER_NEW_KEYS
     elif which == "text":
+        notes = []
         if any(k.startswith("text.") for k in raw):
             sd = {k[len("text."):]: v for k, v in raw.items() if k.startswith("text.")}
         else:
@@ -148,7 +150,7 @@ def load_tower(tower: nn.Module, path: str, which: str, skip_list=()) -> dict:
     check_fit(path, sd, tower, ignore_missing=allowed_missing)
     tower.load_state_dict(sd, strict=False)
     missing = [k for k in tower.state_dict() if k not in sd]
-    return {"loaded": len(sd), "skipped": skipped, "missing": missing}
+    return {"loaded": len(sd), "skipped": skipped, "missing": missing, "notes": list(notes)}
 
 
 def build_clip_model(mcfg) -> nn.Module:

@@ -8,16 +8,15 @@ checkpoint (nanoGPT / dinov2 style), and ``TrainConfig.from_dict`` rebuilds it.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import difflib
 import importlib.util
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
+
+from openeva.train.fields import field_types, all_keys, parse_value, section_from_dict, unknown_key_message
+from openeva.train.options import canonical_task, options_class, parse_task_options
 
 # Keys EVA-CLIP re-initialises when it builds a CLIP from a MIM vision tower and a CLIP text tower.
 EVA_CLIP_SKIP_LIST = ("head.weight", "head.bias", "lm_head.weight", "lm_head.bias", "mask_token",
@@ -221,7 +220,7 @@ class DistConfig:
 class TrainConfig:
     """Everything a run needs. Top-level fields are the run itself; sections are nested dataclasses."""
 
-    task: str = "clip"  # a registered task ("clip") or "package.module:build_function"
+    task: str = "clip"  # a registered task ("clip", "mim", "finetune") or "package.module:build_function"
     output_dir: str = "runs"
     name: str | None = None  # run directory = output_dir/name (the CLI defaults it to the config file's stem)
     seed: int = 0
@@ -236,7 +235,7 @@ class TrainConfig:
     progress: bool = True  # progress bar on rank 0
     tensorboard: bool = True
     plot: bool = True
-    task_options: dict[str, Any] = field(default_factory=dict)  # free-form options for custom tasks
+    task_options: dict[str, Any] = field(default_factory=dict)  # the task's options (typed for registered tasks)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -267,6 +266,9 @@ class TrainConfig:
             _check(isinstance(self.max_steps_this_run, int) and self.max_steps_this_run >= 1, "max_steps_this_run",
                    self.max_steps_this_run, "an int >= 1")
         _check(isinstance(self.task_options, dict), "task_options", self.task_options, "a dict")
+        options = options_class(self.task)
+        if options is not None:  # a built-in (or registered) task: its typed options, checked here
+            parse_task_options(options, self.task_options, canonical_task(self.task))
 
     # ------------------------------------------------------------------------------------ (de)serialising
     def to_dict(self) -> dict[str, Any]:
@@ -278,7 +280,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """Inverse of :meth:`to_dict` (JSON lists become tuples); unknown keys are an error."""
-        return _from_dict(cls, d, "")
+        return section_from_dict(cls, d)
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -287,150 +289,10 @@ class TrainConfig:
         return apply_overrides(self, overrides)
 
 
-# ----------------------------------------------------------------------------------------------- helpers
-def _field_types(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _is_section(tp) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _from_dict(cls, d: dict[str, Any], prefix: str):
-    if not isinstance(d, dict):
-        raise ValueError(f"config section {prefix.rstrip('.') or 'root'} must be a dict, got {type(d).__name__}")
-    types_ = _field_types(cls)
-    unknown = [k for k in d if k not in types_]
-    if unknown:
-        raise ValueError(_unknown_key_message(prefix + unknown[0], list(_all_keys(cls, prefix))))
-    kwargs = {}
-    for key, value in d.items():
-        tp = types_[key]
-        if _is_section(tp):
-            kwargs[key] = _from_dict(tp, value, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _coerce(value, tp, prefix + key)
-    return cls(**kwargs)
-
-
-def _all_keys(cls, prefix: str = ""):
-    for name, tp in _field_types(cls).items():
-        if _is_section(tp):
-            yield from _all_keys(tp, f"{prefix}{name}.")
-        else:
-            yield prefix + name
-
-
-def _unknown_key_message(key: str, known: list[str]) -> str:
-    leaf = key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(key, known, n=4, cutoff=0.5)
-    close += [k for k in known if k.rsplit(".", 1)[-1] == leaf and k not in close]
-    hint = f"; did you mean {', '.join(close[:5])}?" if close else f"; known keys: {', '.join(known)}"
-    return f"unknown config key {key!r}{hint}"
-
-
-def _optional_inner(tp):
-    """``X | None`` -> (X, True); anything else -> (tp, False)."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0], True
-    return tp, False
-
-
-def _coerce(value: Any, tp, key: str):
-    """A Python value (from a config dict / JSON) converted to the field's type, or ValueError naming the key."""
-    inner, optional = _optional_inner(tp)
-    if value is None:
-        if optional or tp is Any:
-            return None
-        raise ValueError(f"config {key}=None is invalid: this field cannot be None")
-    origin = typing.get_origin(inner)
-    if origin is tuple:
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise ValueError(f"config {key}={value!r} is invalid: expected a sequence")
-        args = typing.get_args(inner)
-        items = list(value)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in items)
-        if len(items) != len(args):
-            raise ValueError(f"config {key}={value!r} is invalid: expected {len(args)} values")
-        return tuple(_coerce(v, a, key) for v, a in zip(items, args))
-    if origin is dict or inner is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"config {key}={value!r} is invalid: expected a dict")
-        return dict(value)
-    if inner is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"config {key}={value!r} is invalid: expected true or false")
-        return value
-    if inner is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ValueError(f"config {key}={value!r} is invalid: expected an integer")
-        return int(value)
-    if inner is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config {key}={value!r} is invalid: expected a number")
-        return float(value)
-    if inner is str:
-        if not isinstance(value, str):
-            raise ValueError(f"config {key}={value!r} is invalid: expected a string")
-        return value
-    return value
-
-
-def parse_value(text: str, tp, key: str):
-    """A command-line string parsed by the field's type: ``none``, ``true``/``false``, numbers, ``a,b`` tuples."""
-    inner, optional = _optional_inner(tp)
-    stripped = text.strip()
-    if stripped.lower() in ("none", "null") and (optional or tp is Any):
-        return None
-    origin = typing.get_origin(inner)
-    if origin is tuple:
-        if stripped.startswith(("(", "[")):
-            try:
-                items = ast.literal_eval(stripped)
-            except (ValueError, SyntaxError):
-                raise ValueError(f"config {key}={text!r} is invalid: not a tuple literal") from None
-        else:
-            items = [s for s in stripped.split(",") if s.strip()]
-        args = typing.get_args(inner)
-        elem = args[0]
-        if not (len(args) == 2 and args[1] is Ellipsis) and len(items) != len(args):
-            raise ValueError(f"config {key}={text!r} is invalid: expected {len(args)} comma-separated values")
-        elems = args if not (len(args) == 2 and args[1] is Ellipsis) else [elem] * len(items)
-        return tuple(parse_value(str(v), a, key) if isinstance(v, str) else _coerce(v, a, key)
-                     for v, a in zip(items, elems))
-    if inner is bool:
-        low = stripped.lower()
-        if low in ("true", "1", "yes", "on"):
-            return True
-        if low in ("false", "0", "no", "off"):
-            return False
-        raise ValueError(f"config {key}={text!r} is invalid: expected true or false")
-    if inner is int:
-        try:
-            return int(stripped)
-        except ValueError:
-            raise ValueError(f"config {key}={text!r} is invalid: expected an integer") from None
-    if inner is float:
-        try:
-            return float(stripped)
-        except ValueError:
-            raise ValueError(f"config {key}={text!r} is invalid: expected a number") from None
-    if inner is str:
-        return text
-    try:  # dicts / Any: a Python literal, else the raw string
-        return ast.literal_eval(stripped)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
     """``["optim.lr=1e-4", "name=run2"]`` applied to ``cfg`` (validated again). ``task_options.k=v`` sets one
     custom option."""
-    known = list(_all_keys(TrainConfig))
+    known = list(all_keys(TrainConfig))
     changes: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
@@ -443,7 +305,7 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
             changes["task_options"] = options
             continue
         if key not in known:
-            raise ValueError(_unknown_key_message(key, known))
+            raise ValueError(unknown_key_message(key, known))
         changes[key] = text
     data = cfg.to_dict()
     for key, text in changes.items():
@@ -453,8 +315,8 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
         *path, leaf = key.split(".")
         owner_cls, section = TrainConfig, data
         for part in path:
-            owner_cls, section = _field_types(owner_cls)[part], section[part]
-        section[leaf] = parse_value(text, _field_types(owner_cls)[leaf], key)
+            owner_cls, section = field_types(owner_cls)[part], section[part]
+        section[leaf] = parse_value(text, field_types(owner_cls)[leaf], key)
     return TrainConfig.from_dict(data)
 
 

@@ -15,7 +15,6 @@ one training engine.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Callable, Iterable
 
 import torch
@@ -36,12 +35,12 @@ from openeva.train.classifier import (  # noqa: F401  (layer_lr_scales: re-expor
     EVA02_HEAD_INIT_SCALE, build_classifier, layer_lr_scales,
 )
 from openeva.train.data import ResumableLoader
+from openeva.train.options import (
+    EVA02_AUTO_AUGMENT, EVA02_EMA_DECAY, EVA02_TRAIN_SCALE, FinetuneOptions, check_loss_options,
+)
 from openeva.train.preflight import check_weights, resolve_model
 from openeva.train.task import ParamGroupSpec, Task
 
-EVA02_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"  # RandAugment: 2 ops, magnitude 9 (std 0.5), increasing severity
-EVA02_TRAIN_SCALE = (0.08, 1.0)
-EVA02_EMA_DECAY = 0.9999
 
 
 # ------------------------------------------------------------------------------------------- transforms
@@ -176,22 +175,6 @@ def evaluate_classifier(model: nn.Module, loader: Iterable, device=None, max_bat
 
 # ---------------------------------------------------------------------------------------------- task
 
-def check_loss_options(label_smoothing=0.1, mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
-                       mixup_mode="batch", ema_decay=0.0) -> None:
-    """ValueError naming the first bad loss / mixup / EMA option (shared by the Task and run preflight)."""
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    if mixup < 0 or cutmix < 0:
-        raise ValueError(f"mixup and cutmix alphas must be >= 0, got {mixup}, {cutmix}")
-    for name, p in (("mixup_prob", mixup_prob), ("mixup_switch_prob", mixup_switch_prob)):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {p}")
-    if mixup_mode not in ("batch", "pair", "elem"):
-        raise ValueError(f"mixup_mode must be 'batch', 'pair' or 'elem', got {mixup_mode!r}")
-    if not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1) (0 disables the EMA), got {ema_decay}")
-
-
 class FinetuneTask(Task):
     """Supervised classification of a backbone with a ``num_classes`` head (``forward(images) -> logits``).
 
@@ -307,54 +290,6 @@ def _head_out_features(model: nn.Module) -> int:
 
 
 # ------------------------------------------------------------------------------- runs on the engine
-@dataclasses.dataclass(frozen=True)
-class FinetuneOptions:
-    """A fine-tuning run's ``task_options`` (model, data, optimizer and schedule are ``TrainConfig`` sections;
-    layer decay is ``optim.layer_decay``). Defaults are EVA-02's recipe for B except EMA, off by default."""
-
-    num_classes: int | None = None  # None: the training data's classes
-    classnames: str | None = None  # builtin name or file, for datasets whose labels are indices
-    synthetic_attribute: str = "shape"  # label of data.train=synthetic shapes: shape | color | shape_color
-    label_smoothing: float = 0.1
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    mixup_mode: str = "batch"
-    ema_decay: float = 0.0  # EVA-02: 0.9999
-    ema_warmup: bool = False
-    ema_eval: bool = True
-    auto_augment: str | None = EVA02_AUTO_AUGMENT
-    hflip: float = 0.5
-    color_jitter: float = 0.4
-    re_prob: float = 0.0
-    patch_embed_grad_scale: float = 0.0
-    head_init_scale: float = EVA02_HEAD_INIT_SCALE
-    max_eval_batches: int | None = None
-
-    def __post_init__(self):
-        check_loss_options(self.label_smoothing, self.mixup, self.cutmix, self.mixup_prob, self.mixup_switch_prob,
-                           self.mixup_mode, self.ema_decay)
-        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 2):
-            raise ValueError(f"task_options.num_classes must be an int >= 2, got {self.num_classes!r}")
-        if self.synthetic_attribute not in ("shape", "color", "shape_color"):
-            raise ValueError(f"task_options.synthetic_attribute must be shape, color or shape_color, "
-                             f"got {self.synthetic_attribute!r}")
-        for name in ("hflip", "re_prob", "patch_embed_grad_scale"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"task_options.{name} must be in [0, 1], got {getattr(self, name)}")
-        if not self.head_init_scale > 0:
-            raise ValueError(f"task_options.head_init_scale must be > 0, got {self.head_init_scale}")
-
-    @classmethod
-    def from_dict(cls, options: dict) -> "FinetuneOptions":
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise ValueError(f"unknown task_options {unknown} for fine-tuning; known: {', '.join(known)}")
-        return cls(**options)
-
-
 def load_labelled(path: str, classnames=None, split: str | None = None, what: str = "data.train"):
     """Index a labelled dataset (folder / csv / jsonl / wds / idx) and check it can train a classifier."""
     names = load_classnames(classnames) if isinstance(classnames, str) else classnames
@@ -453,5 +388,3 @@ def build_finetune(cfg, world, model=None, train_data=None, val_data=None):
                         max_eval_batches=options.max_eval_batches)
     return task, loader
 
-
-build_finetune.preflight = preflight_finetune  # `task="openeva.train.finetune_task:build_finetune"` finds it

@@ -6,7 +6,7 @@ One method per paper step, as MAE writes it: ``masks`` (block-wise, from the bat
 cosine similarity, or MAE's pixel MSE, over masked tokens only). The engine owns precision, optimiser,
 schedule, checkpoints and logging.
 
-Runs: a :class:`~openeva.train.config.TrainConfig` with ``task="openeva.train.mim_task:build_mim"`` (see
+Runs: a :class:`~openeva.train.config.TrainConfig` with ``task="mim"`` (see
 the ``mim_*`` recipes (``openeva.configs``)), the student in ``model`` (``name``, ``img_size``, ``drop_path_rate``, ``pretrained``
 to continue MIM), the images in ``data`` (any CLIP source; captions ignored; ``data.scale`` (0.2, 1) for the
 recipe) and the MIM settings in ``task_options`` (:class:`MIMOptions`: teacher, masking, target). ``pretrain``
@@ -15,13 +15,7 @@ runs one and leaves ``RUN/final``, a plain backbone checkpoint (see :mod:`openev
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import json
 import logging
-import os
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,19 +24,19 @@ from torch.utils.data import Dataset, IterableDataset
 
 from openeva.checkpoints import load_checkpoint
 from openeva.data.loader import collate_skip_none
-from openeva.data.masking import BlockMaskGenerator
 from openeva.data.transforms import PreprocessConfig, image_transform
 from openeva.factory import build_config, resolve_spec
 from openeva.losses.mim import mim_cosine_loss, patchify, pixel_regression_loss
-from openeva.models.mim import TEACHER_PRECISIONS, ClipTeacher, MIMStudent, build_student, build_teacher, plain_backbone
+from openeva.models.mim import ClipTeacher, MIMStudent, build_student, build_teacher
 from openeva.train.data import ResumableLoader, build_image_text_dataset, build_val_pairs, check_sources, derive_seed
+from openeva.train.config import TrainConfig, load_config
+from openeva.train.options import TARGETS, MIMOptions, canonical_task
+from openeva.train.runner import run_dir_of, train
 from openeva.train.preflight import check_weights, resolve_model
 from openeva.train.task import ParamGroupSpec, Task
 
 logger = logging.getLogger(__name__)
 
-MIM_TASK = "openeva.train.mim_task:build_mim"  # the ``task`` of MIM run configs
-TARGETS = ("clip", "pixel")
 
 
 class MIMTask(Task):
@@ -213,68 +207,6 @@ def _teacher_keys_are_not_expected(module, state_dict, prefix, local_metadata, s
         state_dict.setdefault(f"{prefix}teacher.{name}", tensor)
 
 
-# ------------------------------------------------------------------------------------------- options
-@dataclass(frozen=True)
-class MIMOptions:
-    """MIM settings of a run (``task_options`` of its TrainConfig; ``task_options.KEY=VALUE`` overrides)."""
-
-    teacher: str = "EVA02-B-16"  # a registered CLIP name or an openeva CLIP checkpoint directory
-    teacher_pretrained: str | None = None  # checkpoint (any format) or tag; "random": untrained (smoke tests)
-    teacher_precision: str = "bf16"  # teacher weights and forward; targets are fp32 either way
-    target: str = "clip"  # "clip" (EVA-02) | "pixel" (MAE normalised-pixel baseline)
-    num_masking_patches: int | None = None  # default: 105/256 of the grid, i.e. EVA-02's 105 on 16x16
-    min_num_patches: int = 16  # smallest masking block
-    max_num_patches: int | None = None  # largest block (default: num_masking_patches)
-    min_aspect: float = 0.3  # block aspect ratio in [min_aspect, 1 / min_aspect]
-    hflip: float = 0.5  # horizontal flip probability (the crop is RandomResizedCrop with data.scale)
-    norm_pix: bool = True  # pixel target: per-patch normalised pixels (MAE)
-    patch_embed_grad_scale: float = 0.1  # EVA-02: the patch embedding learns with a tenth of its gradient
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MIMOptions":
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in fields:
-                close = difflib.get_close_matches(key, list(fields), n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(fields)}"
-                raise ValueError(f"unknown MIM option task_options.{key}{hint}")
-        opts = cls(**d)
-        opts.validate()
-        return opts
-
-    def validate(self) -> None:
-        def bad(key, expected):
-            return ValueError(f"config task_options.{key}={getattr(self, key)!r} is invalid: expected {expected}")
-
-        if not isinstance(self.teacher, str) or not self.teacher:
-            raise bad("teacher", "a CLIP model name or checkpoint directory")
-        if self.teacher_pretrained is not None and not isinstance(self.teacher_pretrained, str):
-            raise bad("teacher_pretrained", "a checkpoint path, a tag or 'random'")
-        if self.teacher_precision not in TEACHER_PRECISIONS:
-            raise bad("teacher_precision", f"one of {', '.join(TEACHER_PRECISIONS)}")
-        if self.target not in TARGETS:
-            raise bad("target", f"one of {', '.join(TARGETS)}")
-        for key in ("num_masking_patches", "max_num_patches", "min_num_patches"):
-            v = getattr(self, key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise bad(key, "a positive int")
-        a = self.min_aspect
-        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 1:
-            raise bad("min_aspect", "a number in (0, 1]")
-        if isinstance(self.hflip, bool) or not isinstance(self.hflip, (int, float)) or not 0 <= self.hflip <= 1:
-            raise bad("hflip", "a probability in [0, 1]")
-        if not isinstance(self.norm_pix, bool):
-            raise bad("norm_pix", "true or false")
-        g = self.patch_embed_grad_scale
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g <= 1:
-            raise bad("patch_embed_grad_scale", "a number in [0, 1]")
-
-    def mask_generator(self, grid_size: tuple[int, int]):
-        return BlockMaskGenerator(grid_size, num_masking_patches=self.num_masking_patches,
-                                  min_num_patches=self.min_num_patches, max_num_patches=self.max_num_patches,
-                                  min_aspect=self.min_aspect)
-
-
 # ---------------------------------------------------------------------------------------------- data
 def _mask_of(mask_generator, seed: int | None, index: int) -> torch.Tensor:
     if seed is None:  # the engine loads each training sample under its own seeded RNG stream
@@ -423,8 +355,6 @@ def build_mim(cfg, world):
     return task, loader
 
 
-build_mim.preflight = preflight_mim  # found by the runner for task="openeva.train.mim_task:build_mim"
-
 
 # ----------------------------------------------------------------------------------------------- run
 def pretrain(config, overrides=(), world=None) -> Path:
@@ -436,34 +366,10 @@ def pretrain(config, overrides=(), world=None) -> Path:
     ``create_model(name, pretrained=RUN/final, num_classes=K)`` and CLIP training's
     ``model.pretrained_image=RUN/final`` all take it directly.
     """
-    from openeva.train.config import TrainConfig, load_config
-    from openeva.train.runner import run_dir_of, train
-
     cfg = config if isinstance(config, TrainConfig) else load_config(config, overrides)
     if isinstance(config, TrainConfig) and overrides:
         cfg = cfg.with_overrides(list(overrides))
-    if cfg.task not in (MIM_TASK, "mim"):
-        raise ValueError(f"task={cfg.task!r} is not MIM pretraining; set task={MIM_TASK!r} (or use `openeva train`)")
+    if canonical_task(cfg.task) != "mim":
+        raise ValueError(f"task={cfg.task!r} is not MIM pretraining; set task='mim' (or use `openeva train`)")
     summary = train(cfg, world)
-    run_dir = Path(summary.get("run_dir") or run_dir_of(cfg))
-    finalize_export(run_dir / "final")
-    return run_dir
-
-
-def finalize_export(model_dir: Path) -> None:
-    """Make an exported student's ``config.json`` describe the plain backbone (mean pooling, no mask token)
-    that its weights initialise, so loaders build the right model. Idempotent; a missing directory is skipped."""
-    cfg_file = Path(model_dir) / "config.json"
-    if not cfg_file.is_file():
-        return
-    from openeva.models.vit import ViTConfig
-
-    config = json.loads(cfg_file.read_text())
-    vit = ViTConfig.from_dict(config["model_config"])
-    if not vit.mask_token and vit.global_pool == "avg":
-        return
-    config["model_config"] = plain_backbone(vit).to_dict()
-    fd, tmp = tempfile.mkstemp(dir=cfg_file.parent, prefix=".config.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(config, indent=2, default=list))
-    os.replace(tmp, cfg_file)
+    return Path(summary.get("run_dir") or run_dir_of(cfg))

@@ -15,6 +15,7 @@ from typing import Callable
 
 from openeva.train.checkpointing import CheckpointManager
 from openeva.train.config import TrainConfig
+from openeva.train.options import canonical_task, register_task_options
 
 logger = logging.getLogger(__name__)
 
@@ -27,26 +28,32 @@ class TaskEntry:
     preflight: Callable | None = None
 
 
+# The built-in tasks by name: (module, build function, preflight function), imported when a run uses them.
 _TASKS: dict[str, TaskEntry | tuple[str, str, str | None]] = {
     "clip": ("openeva.train.clip_task", "build_clip", "preflight_clip"),
+    "mim": ("openeva.train.mim_task", "build_mim", "preflight_mim"),
+    "finetune": ("openeva.train.finetune_task", "build_finetune", "preflight_finetune"),
 }
 
 
-def register_task(name: str, build: Callable, preflight: Callable | None = None) -> None:
-    """Make ``task=name`` in a config build with ``build(cfg, world)``."""
+def register_task(name: str, build: Callable, preflight: Callable | None = None, options: type | None = None) -> None:
+    """Make ``task=name`` in a config build with ``build(cfg, world)``; ``options``: the dataclass its
+    ``task_options`` are validated against when a config is built."""
+    if options is not None:
+        register_task_options(name, options)
     _TASKS[name] = TaskEntry(build, preflight)
 
 
 def resolve_task(name: str) -> TaskEntry:
-    """A registered task name, or ``package.module:function`` (a build function)."""
-    if ":" in name:
+    """A registered task name (or a built-in task's module path), or ``package.module:function``."""
+    if ":" in name and canonical_task(name) not in _TASKS:
         module, _, fn = name.partition(":")
         try:
             build = getattr(importlib.import_module(module), fn)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"task={name!r}: cannot import {fn} from {module} ({e})") from None
         return TaskEntry(build, getattr(build, "preflight", None))
-    entry = _TASKS.get(name)
+    entry = _TASKS.get(canonical_task(name))
     if entry is None:
         raise ValueError(f"task={name!r} is not a registered task ({', '.join(sorted(_TASKS))}) nor "
                          "'package.module:build_function'")
