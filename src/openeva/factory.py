@@ -12,9 +12,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from openeva.checkpoints import load_checkpoint, read_config, resolve_model_dir
+from openeva.checkpoints import load_checkpoint, read_config, resolve_model_dir, save_checkpoint
+from openeva.data.transforms import PreprocessConfig, image_transform
 from openeva.models.clip import CLIP, CLIPConfig
 from openeva.models.registry import ModelSpec, get_model_spec
+from openeva.models.tokenizer import ClipTokenizer
 from openeva.models.vit import EVAViT, ViTConfig
 
 _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -128,8 +130,6 @@ def resolve_pretrained(spec: ModelSpec, pretrained: str) -> str:
 
 def image_transforms(model: nn.Module, image_mean=None, image_std=None, interpolation=None, resize_mode=None):
     """(train, val) transforms from the model's preprocessing, as open_clip builds them."""
-    from openeva.data.transforms import PreprocessConfig, image_transform
-
     cfg = preprocess_cfg(model)
     for key, value in (("mean", image_mean), ("std", image_std), ("interpolation", interpolation),
                        ("resize_mode", resize_mode)):
@@ -160,8 +160,6 @@ def create_model_from_pretrained(model_name: str, pretrained: str | None = None,
 
 def get_tokenizer(model_name: str | None = None, context_length: int | None = None):
     """The CLIP BPE tokenizer, with the model's context length."""
-    from openeva.models.tokenizer import ClipTokenizer
-
     if context_length is None and model_name is not None:
         spec, _ = resolve_spec(model_name)
         context_length = spec.config.text.context_length if spec.is_clip else 77
@@ -177,6 +175,4 @@ def model_config_dict(model: nn.Module) -> dict:
 
 def save_model(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None = None):
     """Saves ``model`` in openeva's format (safetensors + config.json)."""
-    from openeva.checkpoints import save_checkpoint
-
     return save_checkpoint(model, out_dir, {**model_config_dict(model), **(extra or {})})

@@ -216,8 +216,7 @@ def test_merge_results_wide_csv(tmp_path):
 
 def test_model_by_name_uses_factory_lazily(make_folder, preprocess, tmp_path, monkeypatch):
     """A model name goes through openeva.factory (stubbed here); the checkpoint file keys the cache."""
-    import sys
-    import types
+    from openeva.eval import runner as runner_mod
 
     built = []
 
@@ -225,9 +224,8 @@ def test_model_by_name_uses_factory_lazily(make_folder, preprocess, tmp_path, mo
         built.append((name, pretrained))
         return FakeCLIP(), None, preprocess
 
-    factory = types.SimpleNamespace(create_model_and_transforms=create_model_and_transforms,
-                                    get_tokenizer=lambda name: fake_tokenizer)
-    monkeypatch.setitem(sys.modules, "openeva.factory", factory)
+    monkeypatch.setattr(runner_mod, "create_model_and_transforms", create_model_and_transforms)
+    monkeypatch.setattr(runner_mod, "get_tokenizer", lambda name: fake_tokenizer)
     ckpt = tmp_path / "ckpt.safetensors"
     ckpt.write_bytes(b"weights")
     root = make_folder(per_class=1)
@@ -263,8 +261,7 @@ def test_idx_train_and_test_splits_from_one_folder(tmp_path):
 
 def test_named_model_without_checkpoint_is_cached_by_weights(make_folder, preprocess, tmp_path, monkeypatch):
     """pretrained=None means random init: a new draw of weights must not reuse cached features."""
-    import sys
-    import types
+    from openeva.eval import runner as runner_mod
 
     models = []
 
@@ -274,8 +271,7 @@ def test_named_model_without_checkpoint_is_cached_by_weights(make_folder, prepro
             models[-1].bias.fill_(float(len(models)))  # a different "random init" per build
         return models[-1], None, preprocess
 
-    monkeypatch.setitem(sys.modules, "openeva.factory",
-                        types.SimpleNamespace(create_model_and_transforms=create_model_and_transforms))
+    monkeypatch.setattr(runner_mod, "create_model_and_transforms", create_model_and_transforms)
     root = make_folder(per_class=1)
     for _ in range(2):
         evaluate("tiny", "knn", root, train_dataset=root, knn_ks=(1,), cache_dir=tmp_path / "c", progress=False)

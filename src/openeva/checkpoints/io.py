@@ -21,6 +21,8 @@ from torch import nn
 
 from openeva.checkpoints.convert import detect_format, to_openeva, unwrap_state_dict
 from openeva.layers import resample_patch_kernel, resample_pos_embed
+from openeva.models.clip import CLIP
+from openeva.models.vit import EVAViT
 
 logger = logging.getLogger(__name__)
 
@@ -193,8 +195,6 @@ def adapt_to_model(sd: dict[str, torch.Tensor], model: nn.Module,
 
 
 def _vision_towers(model: nn.Module):
-    from openeva.models.vit import EVAViT
-
     if isinstance(model, EVAViT):
         yield "", model
     elif isinstance(getattr(model, "visual", None), EVAViT):
@@ -219,8 +219,6 @@ def load_checkpoint(
     ``ignore_missing``: glob patterns of model keys allowed to stay as initialised (e.g. ``("head.*",)`` when a
     new head is trained). With ``strict=False`` missing keys are allowed but shapes must still match.
     """
-    from openeva.models.clip import CLIP
-
     raw = read_state_dict(path)
     fmt = detect_format(raw)
     sd = to_openeva(raw, fmt, is_clip=isinstance(model, CLIP))

@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from openeva import __version__
+
 # CLI task -> result "task" field
 TASK_NAMES = {
     "zeroshot": "zeroshot_classification",
@@ -28,7 +30,6 @@ TASK_NAMES = {
     "knn": "knn",
     "finetune": "finetune",
 }
-KNOWN_TASKS = frozenset(TASK_NAMES.values())
 REQUIRED_FIELDS = {"dataset": str, "model": str, "pretrained": str, "task": str, "metrics": dict, "language": str}
 BASE_COLUMNS = ("dataset", "model", "pretrained", "task")
 EXTRA_COLUMNS = ("num_samples", "num_skipped")
@@ -44,8 +45,6 @@ def make_result(
     **extra,
 ) -> dict:
     """Build and validate a result record; ``task`` may be the CLI name (``zeroshot``) or the record name."""
-    from openeva import __version__
-
     result = {
         "dataset": dataset,
         "model": model,
@@ -73,8 +72,9 @@ def validate_result(result) -> dict:
     for key in ("dataset", "model", "task"):
         if isinstance(result.get(key), str) and not result[key]:
             problems.append(f"field {key!r} is empty")
-    if isinstance(result.get("task"), str) and result["task"] and result["task"] not in KNOWN_TASKS:
-        problems.append(f"unknown task {result['task']!r}; known: {sorted(KNOWN_TASKS)}")
+    known = set(TASK_NAMES.values())  # built-ins, plus tasks registered with eval.tasks.register_eval_task
+    if isinstance(result.get("task"), str) and result["task"] and result["task"] not in known:
+        problems.append(f"unknown task {result['task']!r}; known: {sorted(known)}")
     metrics = result.get("metrics")
     if isinstance(metrics, dict):
         if not metrics:

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openeva.checkpoints import load_checkpoint
+from openeva.factory import build_config, resolve_pretrained, resolve_spec
 from openeva.models.vit import EVAViT, ViTConfig
 
 TEACHER_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -90,8 +92,6 @@ def build_student(
     patch_embed_grad_scale: float = 0.1,
 ) -> MIMStudent:
     """A registered backbone (e.g. ``eva02_base_patch14_224``) as a freshly initialised MIM student."""
-    from openeva.factory import build_config, resolve_spec
-
     spec, _ = resolve_spec(model_name)
     if spec.is_clip:
         raise ValueError(f"student {model_name!r} is a CLIP model; the MIM student is a backbone "
@@ -211,9 +211,6 @@ def build_teacher(
     tower in memory). With no weights at all the teacher is random (tests, smoke runs), which is logged loudly
     by the caller's config, not refused.
     """
-    from openeva.checkpoints import load_checkpoint
-    from openeva.factory import resolve_pretrained, resolve_spec
-
     spec, saved = resolve_spec(model_name)
     if not spec.is_clip:
         raise ValueError(f"teacher {model_name!r} is not a CLIP model; the target needs the CLIP projection head "

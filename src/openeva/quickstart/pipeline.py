@@ -28,7 +28,13 @@ from typing import Callable
 
 import torch
 
-from openeva.quickstart import report as report_mod
+import openeva
+from openeva.factory import create_model, get_model_spec, get_tokenizer
+from openeva.quickstart import evaluation, report as report_mod
+from openeva.train.config import DataConfig, LossConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+from openeva.train.logging import read_metrics
+from openeva.train.mim_task import pretrain
+from openeva.train.runner import train
 
 STAGES = ("teacher", "mim", "evaclip", "scratch")
 TEXT_INITS = ("teacher", "random")
@@ -134,8 +140,6 @@ def _clip_train_config(qc: QuickstartConfig, out: Path, name: str, steps: int, l
                        pretrained_image: Path | None = None, pretrained_text: Path | None = None,
                        progress: bool = True):
     """The engine config of a CLIP stage: the same recipe for the teacher, the EVA-CLIP and the scratch CLIP."""
-    from openeva.train.config import DataConfig, LossConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
-
     return TrainConfig(
         task="clip", output_dir=str(out), name=name, seed=qc.seed, precision=qc.precision, device="cpu",
         save_every=steps, keep_last=1, log_every=qc.log_every, eval_every=0, progress=progress,
@@ -154,9 +158,6 @@ def _clip_train_config(qc: QuickstartConfig, out: Path, name: str, steps: int, l
 
 def _mim_train_config(qc: QuickstartConfig, out: Path, teacher_dir: Path, progress: bool = True):
     """EVA-02 MIM of the student against the frozen teacher's patch features (block masks, cosine loss)."""
-    from openeva.factory import get_model_spec
-    from openeva.train.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
-
     grid = get_model_spec(qc.student_model).config.grid_size
     num_masked = max(1, round(qc.mim_mask_ratio * grid[0] * grid[1]))
     return TrainConfig(
@@ -180,8 +181,6 @@ def _mim_train_config(qc: QuickstartConfig, out: Path, teacher_dir: Path, progre
 
 # ----------------------------------------------------------------------------------------------- stages
 def _loss_curve(run_dir: Path) -> list[list[float]]:
-    from openeva.train.logging import read_metrics
-
     return [[r["step"], r["loss"]] for r in read_metrics(run_dir / "metrics.jsonl")
             if r.get("split") == "train" and isinstance(r.get("loss"), (int, float))]
 
@@ -223,8 +222,6 @@ class _Chain:
 
 
 def _new_report(qc: QuickstartConfig) -> dict:
-    import openeva
-
     return {
         "title": "openeva quickstart: the EVA chain on synthetic shapes",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -274,11 +271,6 @@ def run_quickstart(out_dir="quickstart_out", config: QuickstartConfig | None = N
     Returns the report dict (also in ``out_dir/report.json``; ``report["paths"]`` lists the written files).
     Raises :class:`QuickstartStageError` naming the stage that failed (the partial report is written first).
     """
-    from openeva.factory import create_model, get_model_spec, get_tokenizer
-    from openeva.quickstart import evaluation
-    from openeva.train.mim_task import pretrain
-    from openeva.train.runner import train
-
     qc = config or QuickstartConfig()
     out = Path(out_dir)
     _check_out_dir(out, overwrite)

@@ -13,6 +13,10 @@ import math
 import torch
 from torch import nn
 
+from openeva.checkpoints import detect_format, read_state_dict, to_openeva
+from openeva.checkpoints.io import adapt_to_model, check_fit, config_beside
+from openeva.factory import build_config, create_model, resolve_pretrained, resolve_spec
+from openeva.models.vit import EVAViT
 from openeva.train.options import EVA02_HEAD_INIT_SCALE
 
 
@@ -47,8 +51,6 @@ def build_classifier(
     ``head_init_scale``. ``patch_embed_grad_scale`` 0 detaches the patch embedding as EVA-02 fine-tuning does
     (1 trains it like every other layer).
     """
-    from openeva.models.vit import EVAViT
-
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"classification needs at least 2 classes, got num_classes={num_classes!r}")
     if not 0.0 <= patch_embed_grad_scale <= 1.0:
@@ -82,9 +84,6 @@ def build_classifier(
 
 def _named_classifier(name, num_classes, pretrained, img_size, drop_path_rate, patch_embed_grad_scale):
     """Build a registered / saved model as a ``num_classes`` classifier; -> (model, checkpoint head kept)."""
-    from openeva.factory import build_config, create_model, resolve_pretrained, resolve_spec
-    from openeva.models.vit import EVAViT
-
     spec, saved_weights = resolve_spec(name)
     overrides = {"patch_embed_grad_scale": patch_embed_grad_scale}
     if drop_path_rate is not None:
@@ -110,9 +109,6 @@ def load_backbone_weights(model: nn.Module, path) -> bool:
     (an IN-1K head for a 10-class task): such a head is left as initialised. Returns whether the
     checkpoint's head was loaded. Every other key must fit (``CheckpointMismatchError`` otherwise).
     """
-    from openeva.checkpoints import detect_format, read_state_dict, to_openeva
-    from openeva.checkpoints.io import adapt_to_model, check_fit, config_beside
-
     raw = read_state_dict(path)
     sd, _ = adapt_to_model(to_openeva(raw, detect_format(raw), is_clip=False), model, config_beside(path))
     target = model.state_dict()

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from openeva.models.text import TextBlock
+from openeva.models.vit import Block
 
 
 @dataclass(frozen=True)
@@ -152,9 +154,6 @@ def average_replicated_grads(params: list[nn.Parameter], world: World) -> None:
 
 def _is_block(module: nn.Module) -> bool:
     """Transformer blocks (vision and text towers) are FSDP's sharding units."""
-    from openeva.models.text import TextBlock
-    from openeva.models.vit import Block
-
     return isinstance(module, (Block, TextBlock))
 
 

@@ -18,21 +18,22 @@ from pathlib import Path
 
 import torch
 
-from openeva.train.checkpointing import (
-    TRAIN_STATE, CheckpointManager, export_target, read_checkpoint, rng_state, set_rng_state, split_task_state,
-    write_model_dir,
-)
+from openeva.factory import model_config_dict
 from openeva.train.config import TrainConfig
 from openeva.train.data import batch_size_of, derive_seed, to_device, trim_batch
-from openeva.train.distributed import (
-    World, all_reduce_min, all_reduce_sum, average_replicated_grads, barrier, gradient_sync, is_fsdp,
-    replicated_params, unwrap, wrap_task,
-)
 from openeva.train.logging import RunLogger, plot_run
 from openeva.train.optim import create_optimizer, describe_groups, param_groups
 from openeva.train.precision import Precision
 from openeva.train.schedule import LRSchedule
 from openeva.train.task import Task
+from openeva.train.checkpointing import (
+    TRAIN_STATE, CheckpointManager, export_target, read_checkpoint, rng_state, set_rng_state, split_task_state,
+    write_model_dir,
+)
+from openeva.train.distributed import (
+    World, all_reduce_min, all_reduce_sum, average_replicated_grads, barrier, gradient_sync, is_fsdp,
+    replicated_params, unwrap, wrap_task,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -259,8 +260,6 @@ class Trainer:
         return self.optimizer.state_dict()
 
     def _model_config(self, step: int) -> dict:
-        from openeva.factory import model_config_dict
-
         return {**model_config_dict(self.export[1]), "train_config": self.cfg.to_dict(), "step": step}
 
     def save(self) -> Path | None:

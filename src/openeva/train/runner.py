@@ -15,6 +15,8 @@ from typing import Callable
 
 from openeva.train.checkpointing import CheckpointManager
 from openeva.train.config import TrainConfig
+from openeva.train.distributed import init_world, shutdown
+from openeva.train.engine import Trainer, seed_all
 from openeva.train.options import canonical_task, register_task_options
 
 logger = logging.getLogger(__name__)
@@ -93,9 +95,6 @@ def train(cfg: TrainConfig, world=None) -> dict:
     ``world``: an existing :class:`~openeva.train.distributed.World`; by default the environment decides
     (torchrun / SLURM variables -> a process group, else one process).
     """
-    from openeva.train.distributed import init_world, shutdown
-    from openeva.train.engine import Trainer, seed_all
-
     import torch.distributed as dist
 
     entry = preflight(cfg)

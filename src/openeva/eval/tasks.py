@@ -1,0 +1,253 @@
+"""The evaluation tasks behind ``openeva eval``: one function per task, one table entry each.
+
+A task function takes the :class:`EvalRun` that :func:`openeva.eval.runner.evaluate` prepared (datasets indexed,
+model built, encoder ready, every input checked) and returns its result record (:func:`make_result`), with plots
+when asked. What a task needs is declared in its :class:`EvalTask` entry, so ``evaluate`` loads only that and
+checks it before any compute. Adding a task is a function plus :func:`register_eval_task` (or a line in
+:data:`EVAL_TASKS`)::
+
+    def _segmentation(run: EvalRun) -> dict: ...
+    register_eval_task("segmentation", EvalTask(_segmentation, needs={"features"}))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from openeva.data.classnames import BUILTIN_DATASETS, load_templates
+from openeva.data.labelled import ClassificationData, RetrievalData
+from openeva.eval import finetune as finetune_mod
+from openeva.eval import knn as knn_mod
+from openeva.eval import linear_probe as probe_mod
+from openeva.eval import plots
+from openeva.eval.features import EncodedImages, encode_texts
+from openeva.eval.results import TASK_NAMES, make_result, result_filename
+from openeva.eval.retrieval import evaluate_retrieval
+from openeva.eval.zeroshot import (
+    build_zeroshot_classifier, classification_metrics, confusion_matrix, per_class_accuracy, zeroshot_logits,
+)
+
+DEFAULT_TEMPLATES = ("a photo of a {c}.",)
+MAX_LISTED_SKIPS = 20
+NUM_RETRIEVAL_EXAMPLES = 8  # hits and misses each, in the retrieval plot
+
+# What a task can need (EvalTask.needs): the labelled evaluation set, a labelled training set, the captioned
+# evaluation set, the frozen model's image features, its text tower.
+NEEDS = frozenset({"classes", "train", "captions", "features", "text"})
+
+
+@dataclass
+class EvalRun:
+    """Everything a task function reads: inputs checked and loaded once by ``evaluate`` for all its tasks."""
+
+    model: Any  # the model as given (a name, or a built model)
+    pretrained: str | None
+    options: dict[str, Any]  # evaluate's keyword arguments (batch_size, device, precision, seed, knn_ks, ...)
+    common: dict[str, Any]  # result fields every record carries (model, pretrained, language, config)
+    out_dir: Path | None
+    make_plots: bool
+    data_label: str
+    cls_data: ClassificationData | None = None
+    train_data: ClassificationData | None = None
+    ret_data: RetrievalData | None = None
+    templates: list[str] | None = None
+    encoder: Any = None  # runner._Encoder: encode(data, desc) -> EncodedImages, shared (and cached) by tasks
+    tokenizer: Callable | None = None
+    extras: dict[str, Any] = field(default_factory=dict)  # per-task prepared inputs (e.g. the finetune config)
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """A table entry: ``run(EvalRun) -> result``, what it needs (:data:`NEEDS`), and an optional
+    ``check(EvalRun)`` run with the input checks, before the model is built."""
+
+    run: Callable[[EvalRun], dict]
+    needs: frozenset[str] = frozenset()
+    check: Callable[[EvalRun], None] | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "needs", frozenset(self.needs))
+        unknown = sorted(self.needs - NEEDS)
+        if unknown:
+            raise ValueError(f"unknown task needs {unknown}; known: {sorted(NEEDS)}")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def skip_fields(data, encoded: EncodedImages, suffix: str = "") -> dict:
+    names = list(data.skipped) + [data.images.ids[i] for i in encoded.skipped]
+    return {f"num_skipped{suffix}": len(names), f"skipped_files{suffix}": names[:MAX_LISTED_SKIPS]}
+
+
+def _plot_stem(result: dict, out_dir: Path) -> str:
+    return str(out_dir / "plots" / result_filename(result).removesuffix(".json"))
+
+
+def classification_plots(run: EvalRun, result: dict, scores: torch.Tensor, labels: torch.Tensor) -> None:
+    if not run.make_plots or run.out_dir is None:
+        return
+    classnames = run.cls_data.classnames
+    preds = scores.argmax(dim=1)
+    stem = _plot_stem(result, run.out_dir)
+    title = f"{result['dataset']} {TASK_NAMES.get(result['task'], result['task'])} ({result['model']})"
+    result["plots"] = [
+        str(plots.plot_confusion_matrix(confusion_matrix(preds, labels, len(classnames)), classnames,
+                                        f"{stem}_confusion.png", title=title)),
+        str(plots.plot_per_class_accuracy(per_class_accuracy(preds, labels, len(classnames)), classnames,
+                                          f"{stem}_per_class.png", title=title)),
+    ]
+
+
+def _safe_load(data, index):
+    try:
+        return data.images.load(index)
+    except Exception:  # a plot must not fail the run; the image decoded once already
+        return None
+
+
+def _encoded_labels(run: EvalRun, data: ClassificationData) -> tuple[EncodedImages, torch.Tensor]:
+    enc = run.encoder.encode(data, f"encoding {data.name}")
+    return enc, torch.tensor(data.labels)[enc.indices]
+
+
+# --------------------------------------------------------------------------------------------- tasks
+def _zeroshot(run: EvalRun) -> dict:
+    o, data = run.options, run.cls_data
+    enc, labels = _encoded_labels(run, data)
+    classifier = build_zeroshot_classifier(run.encoder.model, run.tokenizer, data.classnames, run.templates,
+                                           device=o["device"], precision=o["precision"], progress=o["progress"])
+    scores = zeroshot_logits(enc.features, classifier)  # (N, C)
+    result = make_result(run.data_label, task="zeroshot",
+                         metrics=classification_metrics(scores, labels, data.num_classes), num_samples=len(labels),
+                         num_classes=data.num_classes, num_templates=len(run.templates), **skip_fields(data, enc),
+                         **run.common)
+    classification_plots(run, result, scores, labels)
+    return result
+
+
+def _check_zeroshot(run: EvalRun) -> None:
+    """The prompt templates: given, the builtin set of builtin class names, or one generic template."""
+    o = run.options
+    if o["templates"] is not None:
+        run.templates = load_templates(o["templates"], o["dataset_name"])
+    elif isinstance(o["classnames"], str) and o["classnames"].lower().replace("-", "_") in BUILTIN_DATASETS:
+        run.templates = load_templates(o["classnames"])
+    else:
+        run.templates = list(DEFAULT_TEMPLATES)
+
+
+def _retrieval(run: EvalRun) -> dict:
+    o, data = run.options, run.ret_data
+    enc = run.encoder.encode(data, f"encoding {data.name}")
+    texts, text_to_image = [], []
+    for row, image_index in enumerate(enc.indices.tolist()):
+        texts += data.captions[image_index]
+        text_to_image += [row] * len(data.captions[image_index])
+    text_features = encode_texts(run.encoder.model, run.tokenizer, texts, batch_size=o["batch_size"],
+                                 device=o["device"], precision=o["precision"], progress=o["progress"],
+                                 desc="encoding captions")  # (T, E)
+    metrics, ranks = evaluate_retrieval(enc.features, text_features, torch.tensor(text_to_image))
+    result = make_result(run.data_label, task="retrieval", metrics=metrics, num_samples=len(enc.indices),
+                         num_texts=len(texts), **skip_fields(data, enc), **run.common)
+    if run.make_plots and run.out_dir is not None:
+        hits = (ranks.image_to_text == 0).tolist()
+        rows = [r for r, h in enumerate(hits) if h][:NUM_RETRIEVAL_EXAMPLES]
+        rows += [r for r, h in enumerate(hits) if not h][:NUM_RETRIEVAL_EXAMPLES]
+        positions = [int(enc.indices[r]) for r in rows]
+        result["plots"] = [str(plots.plot_retrieval_examples(
+            lambda i: _safe_load(data, i), positions, [data.captions[p] for p in positions],
+            [texts[int(ranks.image_top1_text[r])] for r in rows], [hits[r] for r in rows],
+            f"{_plot_stem(result, run.out_dir)}_retrieval_examples.png",
+            title=f"{run.data_label}: image -> text top-1"))]
+    return result
+
+
+def _train_features(run: EvalRun) -> tuple[EncodedImages, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Evaluation features + labels, training features + labels, and the record fields both frozen tasks share."""
+    enc, labels = _encoded_labels(run, run.cls_data)
+    train_enc, train_y = _encoded_labels(run, run.train_data)
+    extra = {**skip_fields(run.cls_data, enc), **skip_fields(run.train_data, train_enc, "_train"),
+             "num_samples": len(labels), "num_classes": run.cls_data.num_classes,
+             "train_dataset": run.train_data.name, "few_shot": run.options["few_shot"]}
+    return enc, labels, train_enc.features, train_y, extra
+
+
+def _linear_probe(run: EvalRun) -> dict:
+    o = run.options
+    enc, labels, train_x, train_y, extra = _train_features(run)
+    probe = probe_mod.evaluate_linear_probe(train_x, train_y, enc.features, labels, run.cls_data.num_classes,
+                                            weight_decays=o["weight_decays"], val_fraction=o["val_fraction"],
+                                            few_shot=o["few_shot"], seed=o["seed"], max_iter=o["probe_max_iter"],
+                                            device=o["device"])
+    extra.update(weight_decay=probe.weight_decay, num_train=probe.num_train,
+                 val_acc1={f"{wd:g}": acc for wd, acc in probe.val_acc1.items()})
+    result = make_result(run.data_label, task="linear_probe", metrics=probe.metrics, **extra, **run.common)
+    classification_plots(run, result, probe.scores, labels)
+    return result
+
+
+def _knn(run: EvalRun) -> dict:
+    o = run.options
+    enc, labels, train_x, train_y, extra = _train_features(run)
+    if o["few_shot"] is not None:
+        keep = probe_mod.few_shot_indices(train_y, o["few_shot"], o["seed"])
+        train_x, train_y = train_x[keep], train_y[keep]
+    metrics, all_scores = knn_mod.knn_classify(train_x, train_y, enc.features, labels, run.cls_data.num_classes,
+                                               o["knn_ks"], temperature=o["knn_temperature"], device=o["device"])
+    main = knn_mod.main_k(o["knn_ks"])
+    extra.update(ks=list(o["knn_ks"]), main_k=main, temperature=o["knn_temperature"], num_train=len(train_y))
+    result = make_result(run.data_label, task="knn", metrics=metrics, **extra, **run.common)
+    classification_plots(run, result, all_scores[main], labels)
+    return result
+
+
+def _check_knn(run: EvalRun) -> None:
+    ks, temperature = run.options["knn_ks"], run.options["knn_temperature"]
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"knn_ks (--knn-k) must be integers >= 1, got {list(ks)}")
+    if not temperature > 0:
+        raise ValueError(f"knn_temperature must be > 0, got {temperature}")
+
+
+def _check_finetune(run: EvalRun) -> None:
+    o = run.options
+    finetune_mod.check_finetune_model(run.model)
+    cfg = finetune_mod.load_finetune_config(o["finetune_config"], o["finetune_overrides"])
+    finetune_mod.check_finetune_inputs(cfg, run.train_data, run.cls_data)
+    run.extras["finetune_config"] = cfg
+
+
+def _finetune(run: EvalRun) -> dict:
+    o = run.options
+    metrics, scores, labels, extra = finetune_mod.run_finetune(
+        run.model, run.train_data, run.cls_data, cfg=run.extras["finetune_config"], pretrained=run.pretrained,
+        device=o["device"], precision=o["precision"], batch_size=o["batch_size"], num_workers=o["num_workers"],
+        seed=o["seed"], output_dir=run.out_dir, progress=o["progress"],
+        warmup_fraction=0.1 if o["finetune_config"] is None else None)
+    result = make_result(run.data_label, task="finetune", metrics=metrics, num_samples=len(labels),
+                         num_classes=run.cls_data.num_classes, train_dataset=run.train_data.name, **extra,
+                         **run.common)
+    classification_plots(run, result, scores, labels)
+    return result
+
+
+# --------------------------------------------------------------------------------------------- the table
+EVAL_TASKS: dict[str, EvalTask] = {
+    "zeroshot": EvalTask(_zeroshot, {"classes", "features", "text"}, check=_check_zeroshot),
+    "retrieval": EvalTask(_retrieval, {"captions", "features", "text"}),
+    "linear_probe": EvalTask(_linear_probe, {"classes", "train", "features"}),
+    "knn": EvalTask(_knn, {"classes", "train", "features"}, check=_check_knn),
+    "finetune": EvalTask(_finetune, {"classes", "train"}, check=_check_finetune),
+}
+
+
+def register_eval_task(name: str, task: EvalTask, record_name: str | None = None) -> None:
+    """Make ``openeva eval --task name`` (and ``evaluate(..., tasks=name)``) run ``task``; its result records
+    carry ``task=record_name`` (default: ``name``)."""
+    if not isinstance(task, EvalTask):
+        raise ValueError(f"task {name!r} must be an EvalTask, got {type(task).__name__}")
+    EVAL_TASKS[name] = task
+    TASK_NAMES[name] = record_name or name
