@@ -155,6 +155,19 @@ def saved_grid(config: dict | None) -> tuple[int, int] | None:
         return None
 
 
+def read_backbone_weights(path, model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A backbone checkpoint (any supported format) converted to openeva's keys and fitted to ``model`` (a
+    backbone or a CLIP vision tower): ``(state dict, notes)``. The one reader behind fine-tuning's backbone init
+    and CLIP training's vision-tower init; a mean-pooling backbone's ``fc_norm`` becomes a token-pooling
+    tower's ``norm`` (EVA-CLIP's hand-off)."""
+    raw = read_state_dict(path)
+    sd = to_openeva(raw, detect_format(raw), is_clip=False)
+    target = model.state_dict()
+    if "norm.weight" in target and "norm.weight" not in sd and "fc_norm.weight" in sd and "fc_norm.weight" not in target:
+        sd["norm.weight"], sd["norm.bias"] = sd.pop("fc_norm.weight"), sd.pop("fc_norm.bias")
+    return adapt_to_model(sd, model, config_beside(path))
+
+
 def adapt_to_model(sd: dict[str, torch.Tensor], model: nn.Module,
                    source_config: dict | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Fits a converted state dict to this model's resolution, patch size and head layout; returns notes.

@@ -13,8 +13,7 @@ import math
 import torch
 from torch import nn
 
-from openeva.checkpoints import detect_format, read_state_dict, to_openeva
-from openeva.checkpoints.io import adapt_to_model, check_fit, config_beside
+from openeva.checkpoints.io import check_fit, read_backbone_weights
 from openeva.factory import build_config, create_model, resolve_pretrained, resolve_spec
 from openeva.models.vit import EVAViT
 from openeva.train.options import EVA02_HEAD_INIT_SCALE
@@ -109,8 +108,7 @@ def load_backbone_weights(model: nn.Module, path) -> bool:
     (an IN-1K head for a 10-class task): such a head is left as initialised. Returns whether the
     checkpoint's head was loaded. Every other key must fit (``CheckpointMismatchError`` otherwise).
     """
-    raw = read_state_dict(path)
-    sd, _ = adapt_to_model(to_openeva(raw, detect_format(raw), is_clip=False), model, config_beside(path))
+    sd, _ = read_backbone_weights(path, model)
     target = model.state_dict()
     for key in ("head.weight", "head.bias"):
         if key in sd and (key not in target or sd[key].shape != target[key].shape):

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openeva.checkpoints import detect_format, read_state_dict, to_openeva
-from openeva.checkpoints.io import adapt_to_model, check_fit, config_beside
+from openeva.checkpoints import read_state_dict
+from openeva.checkpoints.io import check_fit, read_backbone_weights
 from openeva.data.classnames import fill_template, load_classnames, load_templates
 from openeva.data.image_lists import LabelledImages
 from openeva.data.labelled import load_classification_dataset
@@ -125,17 +125,12 @@ def load_tower(tower: nn.Module, path: str, which: str, skip_list=()) -> dict:
     open_clip / EVA-CLIP / openeva CLIP checkpoint, or an OpenAI-layout state dict (text keys at the top level).
     Anything else missing, unexpected or mis-shaped is refused (``CheckpointMismatchError``).
     """
-    raw = read_state_dict(path)
     allowed_missing = tuple(skip_list)
     if which == "visual":
-        sd = to_openeva(raw, detect_format(raw), is_clip=False)
-        target = tower.state_dict()
-        if "norm.weight" in target and "norm.weight" not in sd and "fc_norm.weight" in sd:
-            sd["norm.weight"], sd["norm.bias"] = sd.pop("fc_norm.weight"), sd.pop("fc_norm.bias")
-        sd, notes = adapt_to_model(sd, tower, config_beside(path))
+        sd, notes = read_backbone_weights(path, tower)
         allowed_missing += CLIP_TOWER_NEW_KEYS
     elif which == "text":
-        notes = []
+        raw, notes = read_state_dict(path), []
         if any(k.startswith("text.") for k in raw):
             sd = {k[len("text."):]: v for k, v in raw.items() if k.startswith("text.")}
         else:
