@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from openeva.eval.datasets import DATASET_TYPES
-from openeva.eval.features import PRECISIONS
+from openeva.hardware import PRECISION_CHOICES, resolve_precision
 from openeva.eval.knn import DEFAULT_KS
 
 
@@ -37,7 +37,8 @@ def register(subparsers) -> None:
                    help="builtin (imagenet1k = 80 OpenAI templates, imagenet1k_short = 7, cifar10, ...) "
                         "or a JSON/text file; '{c}' marks the class name")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                   help="auto (default): bf16 where the device has native bf16, else fp32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (reused across runs)")
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace, *, model=None, tokenizer=None, preprocess=None
     from openeva.eval.runner import evaluate
 
     try:
+        precision, reason = resolve_precision(args.precision, args.device)
+        print(f"precision {args.precision} -> {precision}: {reason}")
         evaluate(
             model if model is not None else args.model,
             args.task,
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace, *, model=None, tokenizer=None, preprocess=None
             tokenizer=tokenizer,
             preprocess=preprocess,
             batch_size=args.batch_size,
-            precision=args.precision,
+            precision=precision,
             device=args.device,
             num_workers=args.workers,
             cache_dir=args.cache_dir,

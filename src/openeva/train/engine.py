@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from openeva.hardware import cpu_capability, resolve_precision
 from openeva.train.checkpointing import (
     TRAIN_STATE, CheckpointManager, export_target, read_checkpoint, rng_state, set_rng_state, split_task_state,
     write_model_dir,
@@ -75,7 +76,12 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(f"an epoch has {len(data)} batches, fewer than optim.accum_steps={self.accum}")
         self.total_steps = cfg.schedule.total_steps or cfg.schedule.epochs * self.steps_per_epoch
-        self.precision = Precision(cfg.precision, self.world.device)
+        precision, reason = resolve_precision(cfg.precision, self.world.device)  # "auto" -> what is fast here
+        self.precision = Precision(precision, self.world.device)
+        self.precision_info = {"requested": cfg.precision, "precision": precision, "reason": reason,
+                               "device": str(self.world.device), **cpu_capability()}
+        if self.world.is_main:
+            print(f"precision {cfg.precision} -> {precision}: {reason}", flush=True)
 
         task.to(self.world.device)
         task.set_world(self.world.rank, self.world.world_size)
@@ -105,6 +111,7 @@ class Trainer:
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(cfg.to_json())
+            (self.run_dir / "precision.json").write_text(json.dumps(self.precision_info, indent=1))
             (self.run_dir / "param_groups.json").write_text(
                 json.dumps(describe_groups(self.groups), indent=1))
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
+from openeva.hardware import resolve_precision
 from openeva.losses.mim import mim_cosine_loss, patchify, pixel_regression_loss
 from openeva.models.mim import TEACHER_PRECISIONS, ClipTeacher, MIMStudent, plain_backbone
 from openeva.train.task import ParamGroupSpec, Task
@@ -214,7 +215,7 @@ class MIMOptions:
 
     teacher: str = "EVA02-B-16"  # a registered CLIP name or an openeva CLIP checkpoint directory
     teacher_pretrained: str | None = None  # checkpoint (any format) or tag; "random": untrained (smoke tests)
-    teacher_precision: str = "bf16"  # teacher weights and forward; targets are fp32 either way
+    teacher_precision: str = "auto"  # auto | fp32 | bf16: teacher weights and forward; targets are fp32 either way
     target: str = "clip"  # "clip" (EVA-02) | "pixel" (MAE normalised-pixel baseline)
     num_masking_patches: int | None = None  # default: 105/256 of the grid, i.e. EVA-02's 105 on 16x16
     min_num_patches: int = 16  # smallest masking block
@@ -244,8 +245,8 @@ class MIMOptions:
             raise bad("teacher", "a CLIP model name or checkpoint directory")
         if self.teacher_pretrained is not None and not isinstance(self.teacher_pretrained, str):
             raise bad("teacher_pretrained", "a checkpoint path, a tag or 'random'")
-        if self.teacher_precision not in TEACHER_PRECISIONS:
-            raise bad("teacher_precision", f"one of {', '.join(TEACHER_PRECISIONS)}")
+        if self.teacher_precision not in ("auto", *TEACHER_PRECISIONS):
+            raise bad("teacher_precision", f"one of auto, {', '.join(TEACHER_PRECISIONS)}")
         if self.target not in TARGETS:
             raise bad("target", f"one of {', '.join(TARGETS)}")
         for key in ("num_masking_patches", "max_num_patches", "min_num_patches"):
@@ -383,7 +384,7 @@ def preflight_mim(cfg) -> MIMOptions:
     return opts
 
 
-def build_mim_task(cfg, opts: MIMOptions | None = None) -> MIMTask:
+def build_mim_task(cfg, opts: MIMOptions | None = None, device="cpu") -> MIMTask:
     """The MIMTask of a TrainConfig (models only; no data): teacher, student sized to its targets."""
     from openeva.checkpoints import load_checkpoint
     from openeva.models.mim import build_student, build_teacher
@@ -399,7 +400,8 @@ def build_mim_task(cfg, opts: MIMOptions | None = None) -> MIMTask:
             logger.warning("MIM teacher %s is untrained (teacher_pretrained=random): a smoke test, not pretraining",
                            opts.teacher)
             weights = None
-        teacher = build_teacher(opts.teacher, pretrained=weights, precision=opts.teacher_precision,
+        teacher_precision, _ = resolve_precision(opts.teacher_precision, device)  # fp16 is not a teacher choice
+        teacher = build_teacher(opts.teacher, pretrained=weights, precision=teacher_precision,
                                 input_mean=student_spec.mean, input_std=student_spec.std)
         target_dim = teacher.target_dim
     else:
@@ -422,7 +424,7 @@ def build_mim(cfg, world):
     from openeva.train.data import ResumableLoader, build_image_text_dataset, build_val_pairs
 
     opts = MIMOptions.from_dict(cfg.task_options)
-    task = build_mim_task(cfg, opts)
+    task = build_mim_task(cfg, opts, world.device)
     student = task.student
     pre = PreprocessConfig.from_dict(student.spec.preprocess_cfg(student.cfg.img_size))
     # student and teacher see this one crop: the teacher gets the same tensor (resized when its size differs)
