@@ -97,15 +97,26 @@ def create_model(
             raise ValueError("num_classes applies to backbones; a CLIP model's head is its projection")
         overrides["num_classes"] = num_classes
     cfg = build_config(spec, img_size=img_size or force_image_size, patch_dropout=force_patch_dropout, **overrides)
-    model = CLIP(cfg) if isinstance(cfg, CLIPConfig) else EVAViT(cfg)
-    model.spec = spec  # name, preprocessing and published tags travel with the model
+    device, dtype = torch.device(device), _PRECISIONS[precision]
     weights = pretrained or saved_weights
-    if weights is not None:
-        ignore = ("head.*",) if num_classes is not None else ()
-        load_checkpoint(model, resolve_pretrained(spec, weights), strict=strict, ignore_missing=ignore)
-    device = torch.device(device)
-    if device.type != "meta":
-        model = model.to(device=device, dtype=_PRECISIONS[precision])
+    ignore = ("head.*",) if num_classes is not None else ()
+    path = resolve_pretrained(spec, weights) if weights is not None else None
+    if path is not None and strict and not ignore and device.type != "meta":
+        # every weight comes from the checkpoint: build without storage, then adopt the loaded tensors (one copy)
+        model = _build(cfg, spec, torch.device("meta")).to(dtype)
+        load_checkpoint(model, path, strict=True, assign=True)
+        return model.to(device)  # a no-op where the checkpoint was read onto that device already
+    model = _build(cfg, spec, device).to(dtype)  # built (and initialised) where it is asked for: no CPU copy
+    if path is not None:
+        load_checkpoint(model, path, strict=strict, ignore_missing=ignore)
+    return model
+
+
+def _build(cfg: ViTConfig | CLIPConfig, spec: ModelSpec, device: torch.device) -> nn.Module:
+    """The model with its parameters created on ``device`` (on "meta": shapes only, nothing allocated)."""
+    with torch.device(device):
+        model = CLIP(cfg) if isinstance(cfg, CLIPConfig) else EVAViT(cfg)
+    model.spec = spec  # name, preprocessing and published tags travel with the model
     return model
 
 

@@ -175,13 +175,16 @@ def check_fit(path, sd: dict, model: nn.Module, ignore_missing: tuple[str, ...] 
 
 
 def load_checkpoint(
-    model: nn.Module, path: str | os.PathLike, strict: bool = True, ignore_missing: tuple[str, ...] = ()
+    model: nn.Module, path: str | os.PathLike, strict: bool = True, ignore_missing: tuple[str, ...] = (),
+    assign: bool = False,
 ) -> dict:
     """Loads any supported checkpoint into ``model``; returns ``{"format", "notes", "missing"}``.
 
     ``strict``: refuse (CheckpointMismatchError) unless every model key is supplied with the right shape;
     ``ignore_missing``: glob patterns of model keys allowed to stay as initialised (e.g. ``("head.*",)`` when a
     new head is trained). With ``strict=False`` missing keys are allowed but shapes must still match.
+    ``assign``: the checkpoint's tensors become the model's parameters (cast to each parameter's dtype and
+    device) instead of being copied into them, so a model built on the meta device is loaded holding one copy.
     """
     from openeva.models.clip import CLIP
 
@@ -194,7 +197,11 @@ def load_checkpoint(
     check_fit(path, sd, model, ignore_missing)
     target = model.state_dict()
     missing = [k for k in target if k not in sd]
-    model.load_state_dict(sd, strict=False)
+    if assign:
+        sd = {k: v.to(device=target[k].device if target[k].device.type != "meta" else v.device,
+                      dtype=target[k].dtype if v.is_floating_point() else v.dtype) for k, v in sd.items()}
+    del raw
+    model.load_state_dict(sd, strict=False, assign=assign)
     return {"format": fmt, "notes": notes, "missing": missing}
 
 
