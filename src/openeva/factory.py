@@ -79,6 +79,8 @@ def create_model(
     force_patch_dropout: float | None = None,
     num_classes: int | None = None,
     strict: bool = True,
+    tome_r: int | None = None,
+    int8: bool = False,
     **vision_overrides,
 ) -> nn.Module:
     """Builds a registered model (CLIP or backbone), optionally loading weights.
@@ -87,6 +89,9 @@ def create_model(
     non-square too; position embeddings are resampled and RoPE rebuilt for it. ``pretrained``: a checkpoint path
     in any supported format, or a published tag from ``list_pretrained()`` (needs network + huggingface_hub).
     ``num_classes`` (backbones) sets a new classifier head, which is then not required in the checkpoint.
+    ``device``: parameters are created there ("meta": shapes only, nothing allocated). ``tome_r``: merge that many
+    image tokens per block (``openeva.apply_tome``); ``int8``: dynamic int8 Linear layers for CPU inference
+    (``openeva.quantize_int8``).
     """
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
@@ -105,10 +110,23 @@ def create_model(
         # every weight comes from the checkpoint: build without storage, then adopt the loaded tensors (one copy)
         model = _build(cfg, spec, torch.device("meta")).to(dtype)
         load_checkpoint(model, path, strict=True, assign=True)
-        return model.to(device)  # a no-op where the checkpoint was read onto that device already
-    model = _build(cfg, spec, device).to(dtype)  # built (and initialised) where it is asked for: no CPU copy
-    if path is not None:
-        load_checkpoint(model, path, strict=strict, ignore_missing=ignore)
+        model = model.to(device)  # a no-op where the checkpoint was read onto that device already
+    else:
+        model = _build(cfg, spec, device).to(dtype)  # built (and initialised) where it is asked: no CPU copy
+        if path is not None:
+            load_checkpoint(model, path, strict=strict, ignore_missing=ignore)
+    return _inference_options(model, tome_r, int8)
+
+
+def _inference_options(model: nn.Module, tome_r: int | None, int8: bool) -> nn.Module:
+    if tome_r:
+        from openeva.models.tome import apply_tome
+
+        apply_tome(model, tome_r)
+    if int8:
+        from openeva.models.int8 import quantize_int8
+
+        quantize_int8(model)
     return model
 
 
