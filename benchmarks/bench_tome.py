@@ -41,20 +41,20 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def fmnist_tensors(split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fmnist_tensors(split: str, size: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     prefix = "train" if split == "train" else "t10k"
-    x = torch.from_numpy(read_idx(FMNIST / f"{prefix}-images-idx3-ubyte.gz").copy()).float().div_(255)
-    y = torch.from_numpy(read_idx(FMNIST / f"{prefix}-labels-idx1-ubyte.gz").copy()).long()
+    x = torch.from_numpy(read_idx(FMNIST / f"{prefix}-images-idx3-ubyte.gz")[:limit].copy()).float().div_(255)
+    y = torch.from_numpy(read_idx(FMNIST / f"{prefix}-labels-idx1-ubyte.gz")[:limit].copy()).long()
     x = F.interpolate(x[:, None], size=(size, size), mode="bilinear", align_corners=False)  # (N, 1, S, S)
     return ((x - 0.2860) / 0.3530).expand(-1, 3, -1, -1).contiguous(), y  # (N, 3, S, S)
 
 
-def train_fmnist(depth: int, steps: int, batch: int, size: int, seed: int):
+def train_fmnist(depth: int, steps: int, batch: int, size: int, seed: int, limit: int):
     import openeva
 
     torch.manual_seed(seed)
     model = openeva.create_model("eva02_quickstart_patch8_64", num_classes=10, depth=depth, img_size=size)
-    x, y = fmnist_tensors("train", size)
+    x, y = fmnist_tensors("train", size, limit)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
@@ -71,7 +71,7 @@ def train_fmnist(depth: int, steps: int, batch: int, size: int, seed: int):
         opt.step()
         sched.step()
         losses.append(loss.item())
-        if step % 50 == 0:
+        if step % 10 == 0:
             print(f"  fmnist step {step}/{steps} loss {loss.item():.3f}", file=sys.stderr, flush=True)
     return model.eval(), {"steps": steps, "batch": batch, "train_s": time.perf_counter() - start,
                           "final_loss": float(np.mean(losses[-20:]))}
@@ -108,9 +108,8 @@ def speed(models: dict, images: torch.Tensor, repeats: int, fn=lambda m, x: m(x)
 
 
 def bench_fmnist(args) -> dict:
-    model, train_info = train_fmnist(args.depth, args.steps, args.batch, args.size, args.seed)
-    x, y = fmnist_tensors("test", args.size)
-    x, y = x[: args.test_samples], y[: args.test_samples]
+    model, train_info = train_fmnist(args.depth, args.steps, args.batch, args.size, args.seed, args.train_samples)
+    x, y = fmnist_tensors("test", args.size, args.test_samples)
     models = variants(model, args.rs)
     rows, ref = {}, None
     for name, m in models.items():
@@ -242,6 +241,7 @@ def main() -> int:
     p.add_argument("--b16-rs", default="0,8,12,16")
     p.add_argument("--b16-batch", type=int, default=8)
     p.add_argument("--test-samples", type=int, default=10000)
+    p.add_argument("--train-samples", type=int, default=60000)
     p.add_argument("--speed-batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)

@@ -174,6 +174,20 @@ def check_fit(path, sd: dict, model: nn.Module, ignore_missing: tuple[str, ...] 
         raise CheckpointMismatchError(path, missing, unexpected, mismatched)
 
 
+def _adoptable(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``like``'s dtype (and device, unless meta), in its own 64-byte aligned storage.
+
+    safetensors hands out tensors at 32-byte offsets; matmul kernels round differently on those than on the
+    aligned memory torch allocates, so such tensors are copied (one at a time) to give the same outputs as a
+    copy-in load.
+    """
+    device = like.device if like.device.type != "meta" else t.device
+    out = t.to(device=device, dtype=like.dtype if t.is_floating_point() else t.dtype)
+    if out.data_ptr() % 64 or not out.is_contiguous():
+        out = out.clone(memory_format=torch.contiguous_format)
+    return out
+
+
 def load_checkpoint(
     model: nn.Module, path: str | os.PathLike, strict: bool = True, ignore_missing: tuple[str, ...] = (),
     assign: bool = False,
@@ -197,10 +211,10 @@ def load_checkpoint(
     check_fit(path, sd, model, ignore_missing)
     target = model.state_dict()
     missing = [k for k in target if k not in sd]
-    if assign:
-        sd = {k: v.to(device=target[k].device if target[k].device.type != "meta" else v.device,
-                      dtype=target[k].dtype if v.is_floating_point() else v.dtype) for k, v in sd.items()}
     del raw
+    if assign:
+        for k in list(sd):  # one tensor at a time, so at most one extra tensor is alive
+            sd[k] = _adoptable(sd.pop(k), target[k])
     model.load_state_dict(sd, strict=False, assign=assign)
     return {"format": fmt, "notes": notes, "missing": missing}
 
