@@ -46,6 +46,42 @@ def _preview(items: list[str], n: int = 8) -> str:
     return ", ".join(items[:n]) + (f", ... (+{len(items) - n})" if len(items) > n else "")
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file read tensor by tensor into fresh (aligned) tensors with plain reads.
+
+    Unlike a memory map, the file's pages never count towards the process (reading then copying a mapped file
+    makes both resident), so loading a model holds one copy of its weights.
+    """
+    import json
+    import struct
+
+    out = {}
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > 100 * 2**20:
+            raise ValueError(f"header of {n} bytes: not a safetensors file")
+        header = json.loads(f.read(n))
+        base = 8 + n
+        for name, info in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                                 key=lambda kv: kv[1]["data_offsets"][0]):
+            start, end = info["data_offsets"]
+            t = torch.empty(info["shape"], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
+            raw = t.view(-1).view(torch.uint8) if t.numel() else t.view(torch.uint8)
+            if raw.numel() != end - start:
+                raise ValueError(f"tensor {name}: {end - start} bytes for shape {info['shape']}")
+            f.seek(base + start)
+            if f.readinto(memoryview(raw.numpy())) != end - start:
+                raise ValueError(f"tensor {name} is truncated")
+            out[name] = t
+    return out
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Raw tensors from an openeva directory, a safetensors file or a torch pickle (weights only)."""
     path = Path(path)
@@ -56,12 +92,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if not path.exists():
             raise FileNotFoundError(f"{path.parent} is not an openeva checkpoint directory (no {WEIGHTS_NAME})")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
+            return _read_safetensors(path)
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"cannot read safetensors checkpoint {path}: {e}") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
