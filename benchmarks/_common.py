@@ -178,6 +178,13 @@ def cpu_matmul_features() -> list[str]:
     return []
 
 
+def _mkldnn_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def environment(device: str = "cpu") -> dict:
     """What a reader needs to compare numbers: machine, threads, library versions, load at measurement time."""
     env = {
@@ -186,6 +193,7 @@ def environment(device: str = "cpu") -> dict:
         "cpu_count": os.cpu_count(),
         "cpu_matmul_features": cpu_matmul_features(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkldnn_bf16": _mkldnn_bf16(),  # native bf16 matmuls; without them bf16 autocast is emulated and slow
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),

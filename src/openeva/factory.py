@@ -79,6 +79,8 @@ def create_model(
     force_patch_dropout: float | None = None,
     num_classes: int | None = None,
     strict: bool = True,
+    tome_r: int | None = None,
+    int8: bool = False,
     **vision_overrides,
 ) -> nn.Module:
     """Builds a registered model (CLIP or backbone), optionally loading weights.
@@ -87,6 +89,9 @@ def create_model(
     non-square too; position embeddings are resampled and RoPE rebuilt for it. ``pretrained``: a checkpoint path
     in any supported format, or a published tag from ``list_pretrained()`` (needs network + huggingface_hub).
     ``num_classes`` (backbones) sets a new classifier head, which is then not required in the checkpoint.
+    ``device``: parameters are created there ("meta": shapes only, nothing allocated). ``tome_r``: merge that many
+    image tokens per block (``openeva.apply_tome``); ``int8``: dynamic int8 Linear layers for CPU inference
+    (``openeva.quantize_int8``).
     """
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
@@ -97,15 +102,39 @@ def create_model(
             raise ValueError("num_classes applies to backbones; a CLIP model's head is its projection")
         overrides["num_classes"] = num_classes
     cfg = build_config(spec, img_size=img_size or force_image_size, patch_dropout=force_patch_dropout, **overrides)
-    model = CLIP(cfg) if isinstance(cfg, CLIPConfig) else EVAViT(cfg)
-    model.spec = spec  # name, preprocessing and published tags travel with the model
+    device, dtype = torch.device(device), _PRECISIONS[precision]
     weights = pretrained or saved_weights
-    if weights is not None:
-        ignore = ("head.*",) if num_classes is not None else ()
-        load_checkpoint(model, resolve_pretrained(spec, weights), strict=strict, ignore_missing=ignore)
-    device = torch.device(device)
-    if device.type != "meta":
-        model = model.to(device=device, dtype=_PRECISIONS[precision])
+    ignore = ("head.*",) if num_classes is not None else ()
+    path = resolve_pretrained(spec, weights) if weights is not None else None
+    if path is not None and strict and not ignore and device.type != "meta":
+        # every weight comes from the checkpoint: build without storage, then adopt the loaded tensors (one copy)
+        model = _build(cfg, spec, torch.device("meta")).to(dtype)
+        load_checkpoint(model, path, strict=True, assign=True)
+        model = model.to(device)  # a no-op where the checkpoint was read onto that device already
+    else:
+        model = _build(cfg, spec, device).to(dtype)  # built (and initialised) where it is asked: no CPU copy
+        if path is not None:
+            load_checkpoint(model, path, strict=strict, ignore_missing=ignore)
+    return _inference_options(model, tome_r, int8)
+
+
+def _inference_options(model: nn.Module, tome_r: int | None, int8: bool) -> nn.Module:
+    if tome_r:
+        from openeva.models.tome import apply_tome
+
+        apply_tome(model, tome_r)
+    if int8:
+        from openeva.models.int8 import quantize_int8
+
+        quantize_int8(model)
+    return model
+
+
+def _build(cfg: ViTConfig | CLIPConfig, spec: ModelSpec, device: torch.device) -> nn.Module:
+    """The model with its parameters created on ``device`` (on "meta": shapes only, nothing allocated)."""
+    with torch.device(device):
+        model = CLIP(cfg) if isinstance(cfg, CLIPConfig) else EVAViT(cfg)
+    model.spec = spec  # name, preprocessing and published tags travel with the model
     return model
 
 

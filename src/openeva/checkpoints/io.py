@@ -51,6 +51,42 @@ def _preview(items: list[str], n: int = 8) -> str:
     return ", ".join(items[:n]) + (f", ... (+{len(items) - n})" if len(items) > n else "")
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file read tensor by tensor into fresh (aligned) tensors with plain reads.
+
+    Unlike a memory map, the file's pages never count towards the process (reading then copying a mapped file
+    makes both resident), so loading a model holds one copy of its weights.
+    """
+    import json
+    import struct
+
+    out = {}
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > 100 * 2**20:
+            raise ValueError(f"header of {n} bytes: not a safetensors file")
+        header = json.loads(f.read(n))
+        base = 8 + n
+        for name, info in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                                 key=lambda kv: kv[1]["data_offsets"][0]):
+            start, end = info["data_offsets"]
+            t = torch.empty(info["shape"], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
+            raw = t.view(-1).view(torch.uint8) if t.numel() else t.view(torch.uint8)
+            if raw.numel() != end - start:
+                raise ValueError(f"tensor {name}: {end - start} bytes for shape {info['shape']}")
+            f.seek(base + start)
+            if f.readinto(memoryview(raw.numpy())) != end - start:
+                raise ValueError(f"tensor {name} is truncated")
+            out[name] = t
+    return out
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Raw tensors from an openeva directory, a safetensors file or a torch pickle (weights only)."""
     path = Path(path)
@@ -61,12 +97,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if not path.exists():
             raise FileNotFoundError(f"{path.parent} is not an openeva checkpoint directory (no {WEIGHTS_NAME})")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
+            return _read_safetensors(path)
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"cannot read safetensors checkpoint {path}: {e}") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -223,14 +256,31 @@ def check_fit(path, sd: dict, model: nn.Module, ignore_missing: tuple[str, ...] 
         raise CheckpointMismatchError(path, missing, unexpected, mismatched)
 
 
+def _adoptable(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``like``'s dtype (and device, unless meta), in its own 64-byte aligned storage.
+
+    safetensors hands out tensors at 32-byte offsets; matmul kernels round differently on those than on the
+    aligned memory torch allocates, so such tensors are copied (one at a time) to give the same outputs as a
+    copy-in load.
+    """
+    device = like.device if like.device.type != "meta" else t.device
+    out = t.to(device=device, dtype=like.dtype if t.is_floating_point() else t.dtype)
+    if out.data_ptr() % 64 or not out.is_contiguous():
+        out = out.clone(memory_format=torch.contiguous_format)
+    return out
+
+
 def load_checkpoint(
-    model: nn.Module, path: str | os.PathLike, strict: bool = True, ignore_missing: tuple[str, ...] = ()
+    model: nn.Module, path: str | os.PathLike, strict: bool = True, ignore_missing: tuple[str, ...] = (),
+    assign: bool = False,
 ) -> dict:
     """Loads any supported checkpoint into ``model``; returns ``{"format", "notes", "missing"}``.
 
     ``strict``: refuse (CheckpointMismatchError) unless every model key is supplied with the right shape;
     ``ignore_missing``: glob patterns of model keys allowed to stay as initialised (e.g. ``("head.*",)`` when a
     new head is trained). With ``strict=False`` missing keys are allowed but shapes must still match.
+    ``assign``: the checkpoint's tensors become the model's parameters (cast to each parameter's dtype and
+    device) instead of being copied into them, so a model built on the meta device is loaded holding one copy.
     """
     raw = read_state_dict(path)
     fmt = detect_format(raw)
@@ -241,7 +291,11 @@ def load_checkpoint(
     check_fit(path, sd, model, ignore_missing)
     target = model.state_dict()
     missing = [k for k in target if k not in sd]
-    model.load_state_dict(sd, strict=False)
+    del raw
+    if assign:
+        for k in list(sd):  # one tensor at a time, so at most one extra tensor is alive
+            sd[k] = _adoptable(sd.pop(k), target[k])
+    model.load_state_dict(sd, strict=False, assign=assign)
     return {"format": fmt, "notes": notes, "missing": missing}
 
 

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from openeva.data.labelled import DATASET_TYPES
-from openeva.eval.features import PRECISIONS
+from openeva.hardware import PRECISION_CHOICES, resolve_precision
 from openeva.eval.knn import DEFAULT_KS
 
 
@@ -37,8 +37,12 @@ def register(subparsers) -> None:
                    help="builtin (imagenet1k = 80 OpenAI templates, imagenet1k_short = 7, cifar10, ...) "
                         "or a JSON/text file; '{c}' marks the class name")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                   help="auto (default): bf16 where the device has native bf16, else fp32")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--tome-r", type=int, default=0, metavar="R",
+                   help="token merging: merge R image tokens per block (faster, training-free; 0: off)")
+    p.add_argument("--int8", action="store_true", help="dynamic int8 Linear layers (CPU inference)")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (reused across runs)")
     p.add_argument("--output", default="eval_results", help="folder for result JSONs and plots")
@@ -72,6 +76,10 @@ def run(args: argparse.Namespace, *, model=None, tokenizer=None, preprocess=None
     from openeva.eval.runner import evaluate
 
     try:
+        precision, reason = resolve_precision(args.precision, args.device)
+        print(f"precision {args.precision} -> {precision}: {reason}")
+        if model is None and (args.tome_r or args.int8):
+            model, preprocess, tokenizer = _fast_model(args)
         evaluate(
             model if model is not None else args.model,
             args.task,
@@ -85,10 +93,10 @@ def run(args: argparse.Namespace, *, model=None, tokenizer=None, preprocess=None
             tokenizer=tokenizer,
             preprocess=preprocess,
             batch_size=args.batch_size,
-            precision=args.precision,
+            precision=precision,
             device=args.device,
             num_workers=args.workers,
-            cache_dir=args.cache_dir,
+            cache_dir=None if (args.tome_r or args.int8) else args.cache_dir,  # cached features are unmerged
             output_dir=args.output,
             few_shot=args.few_shot,
             knn_ks=tuple(args.knn_k),
@@ -106,6 +114,23 @@ def run(args: argparse.Namespace, *, model=None, tokenizer=None, preprocess=None
         return _fail(str(e))
     print(f"results written to {args.output}")
     return 0
+
+
+def _fast_model(args):
+    """The model with token merging / int8 applied, for the frozen-feature tasks."""
+    from openeva.factory import create_model_and_transforms, get_tokenizer
+
+    if args.tome_r < 0:
+        raise ValueError(f"--tome-r must be >= 0, got {args.tome_r}")
+    if any("finetune" in t for t in args.task):
+        raise ValueError("--tome-r and --int8 apply to the frozen-feature tasks, not finetune")
+    if args.int8 and args.device != "cpu":
+        raise ValueError("--int8 runs on the CPU; drop --device or --int8")
+    model, _, preprocess = create_model_and_transforms(args.model, pretrained=args.pretrained, tome_r=args.tome_r,
+                                                       int8=args.int8)
+    tokenizer = get_tokenizer(args.model) if hasattr(model, "encode_text") else None
+    print(f"token merging r={args.tome_r}" * bool(args.tome_r) + " int8" * args.int8)
+    return model, preprocess, tokenizer
 
 
 def run_merge(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from openeva.train.config import DataConfig, LossConfig, ModelConfig, OptimConfi
 config = TrainConfig(
     name="clip_tiny",
     seed=0,
-    precision="fp32",
+    precision="auto",
     model=ModelConfig(name="EVA02-test"),  # 32 px, patch 8, 2+2 layers, embed 32
     data=DataConfig(train="synthetic", synthetic_num_samples=4096, batch_size=64, val="synthetic", val_num_samples=256,
                     zeroshot="shapes", zeroshot_num_samples=250),

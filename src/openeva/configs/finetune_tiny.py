@@ -15,7 +15,7 @@ config = TrainConfig(
     task="finetune",
     name="finetune_tiny",
     seed=0,
-    precision="fp32",
+    precision="auto",
     model=ModelConfig(name="eva02_test_patch8_32", drop_path_rate=0.0),  # 32 px, patch 8, 2 blocks, width 64
     data=DataConfig(train="synthetic", synthetic_num_samples=4096, batch_size=64, val="synthetic", val_num_samples=256,
                     zeroshot=None, scale=(0.6, 1.0)),

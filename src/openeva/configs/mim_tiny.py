@@ -17,7 +17,7 @@ config = TrainConfig(
     task="mim",
     name="mim_tiny",
     seed=0,
-    precision="fp32",
+    precision="auto",
     model=ModelConfig(name="eva02_test_patch8_32", drop_path_rate=0.0),
     data=DataConfig(train="synthetic", synthetic_num_samples=2048, batch_size=32, scale=(0.2, 1.0),
                     val="synthetic", val_num_samples=128, zeroshot=None),
@@ -26,7 +26,7 @@ config = TrainConfig(
     task_options=dict(
         teacher="EVA02-test",
         teacher_pretrained="random",
-        teacher_precision="fp32",
+        teacher_precision="auto",
         target="clip",
         num_masking_patches=6,
         min_num_patches=2,

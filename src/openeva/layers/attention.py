@@ -82,6 +82,12 @@ class Attention(nn.Module):
             return None
         return torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))  # (3D,)
 
+    def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, N, 3D); through the module itself once the q/v biases are folded into it (int8)."""
+        if self.q_bias is None:
+            return self.qkv(x)
+        return F.linear(x, self.qkv.weight, self.qkv_bias())
+
     def forward(
         self,
         x: torch.Tensor,
@@ -89,7 +95,7 @@ class Attention(nn.Module):
         attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, N, D = x.shape
-        qkv = F.linear(x, self.qkv.weight, self.qkv_bias())  # (B, N, 3D)
+        qkv = self.project_qkv(x)  # (B, N, 3D)
         qkv = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
         if rope is not None:
             qk = apply_rope(qkv[:2], *rope)  # (2, B, H, N, hd): q and k rotated in one op

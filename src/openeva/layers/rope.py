@@ -74,6 +74,11 @@ def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.T
     x: (..., N, D); sin/cos: (N, D/2) or (B, 1, N, D/2) for per-sample token subsets. Math in fp32, result in
     x's dtype (as the EVA reference does with fp32 tables).
     """
+    if torch.onnx.is_in_onnx_export():  # ONNX has no complex type: the same rotation in real arithmetic
+        pairs = x.float().unflatten(-1, (-1, 2))  # (..., N, D/2, 2)
+        x0, x1 = pairs[..., 0], pairs[..., 1]
+        c, s = cos.float(), sin.float()
+        return torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2).to(x.dtype)
     # A pair (x0, x1) is the complex number x0 + i x1 and the rotation one complex multiply by cos + i sin:
     # one fused kernel instead of four multiplies, two adds and a stack (~10x faster on CPU, same fp32 math).
     pairs = x.float().unflatten(-1, (-1, 2))  # (..., N, D/2, 2)

@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 
 import openeva
+from openeva.hardware import cpu_capability, resolve_precision
 from openeva.factory import create_model, get_model_spec, get_tokenizer
 from openeva.quickstart import evaluation, report as report_mod
 from openeva.train.config import DataConfig, LossConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
@@ -70,7 +71,7 @@ class QuickstartConfig:
     mim_lr: float = 3e-3
     clip_lr: float = 2e-3
     warmup_fraction: float = 0.1
-    precision: str = "bf16"
+    precision: str = "auto"  # auto: bf16 only on CPUs with native bf16 (openeva.hardware)
     text_init: str = "teacher"  # EVA-CLIP's text tower: the teacher's ("teacher") or random
     mim_mask_ratio: float = 0.4  # EVA-02: 105 of 256 patches
     mim_min_block: int = 4  # smallest masking block in patches (EVA-02: 16 of 256)
@@ -100,8 +101,8 @@ class QuickstartConfig:
             raise ValueError(f"QuickstartConfig.mim_mask_ratio must be in (0, 1), got {self.mim_mask_ratio!r}")
         if self.text_init not in TEXT_INITS:
             raise ValueError(f"QuickstartConfig.text_init must be one of {TEXT_INITS}, got {self.text_init!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"QuickstartConfig.precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"QuickstartConfig.precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"QuickstartConfig.seed must be an int >= 0, got {self.seed!r}")
 
@@ -227,7 +228,8 @@ def _new_report(qc: QuickstartConfig) -> dict:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"openeva": openeva.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
-        "machine": {"cpu_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()},
+        "machine": {"cpu_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
+                    **cpu_capability()},
         "seed": qc.seed, "config": qc.to_dict(), "stages": [], "notes": _notes(qc),
     }
 
@@ -272,6 +274,9 @@ def run_quickstart(out_dir="quickstart_out", config: QuickstartConfig | None = N
     Raises :class:`QuickstartStageError` naming the stage that failed (the partial report is written first).
     """
     qc = config or QuickstartConfig()
+    precision, reason = resolve_precision(qc.precision, "cpu")
+    log(f"[quickstart] precision {qc.precision} -> {precision}: {reason}")
+    qc = dataclasses.replace(qc, precision=precision)
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ EVA_CLIP_SKIP_LIST = ("head.weight", "head.bias", "lm_head.weight", "lm_head.bia
                       "text_projection", "logit_scale")
 OPTIMIZERS = ("adamw", "lamb")
 SCHEDULERS = ("cosine", "const", "const-cooldown")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: openeva.hardware.resolve_precision
 STRATEGIES = ("ddp", "fsdp")
 BACKENDS = ("auto", "gloo", "nccl")
 DEVICES = ("auto", "cpu", "cuda")
@@ -225,7 +225,7 @@ class TrainConfig:
     name: str | None = None  # run directory = output_dir/name (the CLI defaults it to the config file's stem)
     seed: int = 0
     resume: str | None = None  # "latest" or a checkpoint directory
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + grad scaler)
+    precision: str = "auto"  # auto (bf16 where native, else fp32) | fp32 | bf16 (autocast) | fp16 (+ grad scaler)
     device: str = "auto"  # auto: cuda when available, else cpu
     max_steps_this_run: int | None = None  # stop (after checkpointing) once this many steps ran in this process
     save_every: int = 1000  # optimizer steps between checkpoints (one is always written at the end)

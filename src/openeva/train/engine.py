@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from openeva.factory import model_config_dict
+from openeva.hardware import cpu_capability, resolve_precision
 from openeva.train.config import TrainConfig
 from openeva.train.data import batch_size_of, derive_seed, to_device, trim_batch
 from openeva.train.logging import RunLogger, plot_run
@@ -76,7 +77,12 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(f"an epoch has {len(data)} batches, fewer than optim.accum_steps={self.accum}")
         self.total_steps = cfg.schedule.total_steps or cfg.schedule.epochs * self.steps_per_epoch
-        self.precision = Precision(cfg.precision, self.world.device)
+        precision, reason = resolve_precision(cfg.precision, self.world.device)  # "auto" -> what is fast here
+        self.precision = Precision(precision, self.world.device)
+        self.precision_info = {"requested": cfg.precision, "precision": precision, "reason": reason,
+                               "device": str(self.world.device), **cpu_capability()}
+        if self.world.is_main:
+            print(f"precision {cfg.precision} -> {precision}: {reason}", flush=True)
 
         task.to(self.world.device)
         task.set_world(self.world.rank, self.world.world_size)
@@ -106,6 +112,7 @@ class Trainer:
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(cfg.to_json())
+            (self.run_dir / "precision.json").write_text(json.dumps(self.precision_info, indent=1))
             (self.run_dir / "param_groups.json").write_text(
                 json.dumps(describe_groups(self.groups), indent=1))
 

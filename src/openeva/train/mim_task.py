@@ -26,6 +26,7 @@ from openeva.checkpoints import load_checkpoint
 from openeva.data.loader import collate_skip_none
 from openeva.data.transforms import PreprocessConfig, image_transform
 from openeva.factory import build_config, resolve_spec
+from openeva.hardware import resolve_precision
 from openeva.losses.mim import mim_cosine_loss, patchify, pixel_regression_loss
 from openeva.models.mim import ClipTeacher, MIMStudent, build_student, build_teacher
 from openeva.train.data import ResumableLoader, build_image_text_dataset, build_val_pairs, check_sources, derive_seed
@@ -303,7 +304,7 @@ def preflight_mim(cfg) -> MIMOptions:
     return opts
 
 
-def build_mim_task(cfg, opts: MIMOptions | None = None) -> MIMTask:
+def build_mim_task(cfg, opts: MIMOptions | None = None, device="cpu") -> MIMTask:
     """The MIMTask of a TrainConfig (models only; no data): teacher, student sized to its targets."""
     opts = opts or MIMOptions.from_dict(cfg.task_options)
     student_spec, _ = resolve_spec(cfg.model.name)
@@ -314,7 +315,8 @@ def build_mim_task(cfg, opts: MIMOptions | None = None) -> MIMTask:
             logger.warning("MIM teacher %s is untrained (teacher_pretrained=random): a smoke test, not pretraining",
                            opts.teacher)
             weights = None
-        teacher = build_teacher(opts.teacher, pretrained=weights, precision=opts.teacher_precision,
+        teacher_precision, _ = resolve_precision(opts.teacher_precision, device)  # fp16 is not a teacher choice
+        teacher = build_teacher(opts.teacher, pretrained=weights, precision=teacher_precision,
                                 input_mean=student_spec.mean, input_std=student_spec.std)
         target_dim = teacher.target_dim
     else:
@@ -334,7 +336,7 @@ def build_mim_task(cfg, opts: MIMOptions | None = None) -> MIMTask:
 def build_mim(cfg, world):
     """(MIMTask, ResumableLoader) for a TrainConfig on this process: the engine's ``build(cfg, world)``."""
     opts = MIMOptions.from_dict(cfg.task_options)
-    task = build_mim_task(cfg, opts)
+    task = build_mim_task(cfg, opts, world.device)
     student = task.student
     pre = PreprocessConfig.from_dict(student.spec.preprocess_cfg(student.cfg.img_size))
     # student and teacher see this one crop: the teacher gets the same tensor (resized when its size differs)

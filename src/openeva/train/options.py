@@ -29,7 +29,7 @@ class MIMOptions:
 
     teacher: str = "EVA02-B-16"  # a registered CLIP name or an openeva CLIP checkpoint directory
     teacher_pretrained: str | None = None  # checkpoint (any format) or tag; "random": untrained (smoke tests)
-    teacher_precision: str = "bf16"  # teacher weights and forward; targets are fp32 either way
+    teacher_precision: str = "auto"  # auto | fp32 | bf16: teacher weights and forward; targets are fp32 either way
     target: str = "clip"  # "clip" (EVA-02) | "pixel" (MAE normalised-pixel baseline)
     num_masking_patches: int | None = None  # default: 105/256 of the grid, i.e. EVA-02's 105 on 16x16
     min_num_patches: int = 16  # smallest masking block
@@ -51,8 +51,8 @@ class MIMOptions:
             raise bad("teacher", "a CLIP model name or checkpoint directory")
         if self.teacher_pretrained is not None and not isinstance(self.teacher_pretrained, str):
             raise bad("teacher_pretrained", "a checkpoint path, a tag or 'random'")
-        if self.teacher_precision not in TEACHER_PRECISIONS:
-            raise bad("teacher_precision", f"one of {', '.join(TEACHER_PRECISIONS)}")
+        if self.teacher_precision not in ("auto", *TEACHER_PRECISIONS):
+            raise bad("teacher_precision", f"one of auto, {', '.join(TEACHER_PRECISIONS)}")
         if self.target not in TARGETS:
             raise bad("target", f"one of {', '.join(TARGETS)}")
         for key in ("num_masking_patches", "max_num_patches", "min_num_patches"):

@@ -1,0 +1,134 @@
+"""ONNX export of EVA-CLIP / EVA-02 models: image and text towers as separate graphs, checked against PyTorch.
+
+Each tower is its own graph so a service can load only what it needs: ``image.onnx`` takes ``pixel_values``
+(B, 3, H, W) float32 and returns ``image_embeds`` (B, E), unnormalised; ``text.onnx`` takes ``input_ids``
+(B, L) **int32** (token ids fit easily, and int32 keeps ArgMax and Gather on kernels every runtime has) and
+returns ``text_embeds`` (B, E). The batch dimension is dynamic; opset 17 by default. ``manifest.json`` records
+the model, its preprocessing, the tokenizer's context length and the parity check against PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_OPSET = 17
+REL_TOLERANCE = 1e-4  # max |onnx - torch| / max |torch| in fp32
+
+
+class ImageTower(nn.Module):
+    """images (B, 3, H, W) -> embeddings (B, E): a CLIP's ``encode_image`` or a backbone's forward."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.model, "encode_image"):
+            return self.model.encode_image(pixel_values)
+        return self.model(pixel_values)
+
+
+class TextTower(nn.Module):
+    """int32 token ids (B, L) -> embeddings (B, E); the EOT token (largest id) is found on int32."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.text = model.text
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        t = self.text
+        L = input_ids.shape[1]
+        x = t.token_embedding(input_ids.long()) + t.positional_embedding[:L]  # (B, L, W)
+        for blk in t.transformer.resblocks:
+            x = blk(x)
+        x = t.ln_final(x)
+        eot = input_ids.argmax(dim=-1)  # (B,): int32 ArgMax
+        x = x[torch.arange(x.shape[0]), eot]  # (B, W)
+        return x @ t.text_projection  # (B, E)
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
+            opset: int) -> None:
+    import warnings
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
+        torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=[output_name],
+                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                          opset_version=opset, dynamo=False)
+
+
+def _check(path: Path, module: nn.Module, inputs: torch.Tensor, input_name: str) -> dict:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = module(inputs).float()
+    got = torch.from_numpy(sess.run(None, {input_name: inputs.numpy()})[0])
+    diff = (got - ref).abs().max().item()
+    scale = ref.abs().max().item()
+    return {"batch": int(inputs.shape[0]), "max_abs_diff": diff, "max_rel_diff": diff / max(scale, 1e-12),
+            "ok": diff <= REL_TOLERANCE * max(scale, 1e-12)}
+
+
+def export_onnx(model: nn.Module, out_dir: str | Path, opset: int = DEFAULT_OPSET, check: bool = True,
+                model_name: str | None = None, pretrained: str | None = None) -> dict:
+    """Writes ``image.onnx`` (+ ``text.onnx`` for CLIP models) and ``manifest.json`` into ``out_dir``.
+
+    The model must be fp32 on the CPU, without token merging or int8 (export the plain model; ORT optimises
+    it). With ``check``, both graphs run in onnxruntime at two batch sizes and must match PyTorch within
+    ``REL_TOLERANCE``; a mismatch raises ``ValueError`` after the manifest is written.
+    """
+    from openeva.factory import preprocess_cfg
+    from openeva.models.tome import ToMeEVAViT
+
+    if opset < 17:
+        raise ValueError(f"opset must be >= 17, got {opset}")
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+        raise ValueError("export an fp32 model on the CPU (create_model(..., precision='fp32', device='cpu'))")
+    if any(isinstance(m, ToMeEVAViT) for m in model.modules()):
+        raise ValueError("export the model without token merging")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    vision = model.visual if hasattr(model, "visual") else model
+    H, W = vision.cfg.img_size
+    manifest = {"model": model_name or getattr(getattr(model, "spec", None), "name", None), "pretrained": pretrained,
+                "opset": opset, "image_size": [H, W], "preprocess": preprocess_cfg(model), "graphs": {}}
+    g = torch.Generator().manual_seed(0)
+    image_tower = ImageTower(model).eval()
+    start = time.perf_counter()
+    _export(image_tower, torch.randn(2, 3, H, W, generator=g), out / "image.onnx", "pixel_values", "image_embeds",
+            opset)
+    manifest["graphs"]["image"] = {"file": "image.onnx", "input": "pixel_values", "input_dtype": "float32",
+                                   "output": "image_embeds", "export_s": time.perf_counter() - start}
+    if hasattr(model, "encode_text"):
+        L = model.context_length
+        text_tower = TextTower(model).eval()
+        example = torch.randint(1, 400, (2, L), generator=g, dtype=torch.int32)
+        start = time.perf_counter()
+        _export(text_tower, example, out / "text.onnx", "input_ids", "text_embeds", opset)
+        manifest["graphs"]["text"] = {"file": "text.onnx", "input": "input_ids", "input_dtype": "int32",
+                                      "output": "text_embeds", "context_length": L,
+                                      "export_s": time.perf_counter() - start}
+    if check:
+        checks = {"image": [_check(out / "image.onnx", image_tower, torch.randn(b, 3, H, W, generator=g),
+                                   "pixel_values") for b in (1, 3)]}
+        if "text" in manifest["graphs"]:
+            vocab = model.text.vocab_size
+            ids = [torch.randint(1, vocab - 1, (b, L), generator=g, dtype=torch.int32) for b in (1, 3)]
+            for t in ids:
+                t[:, -1] = vocab - 1  # an EOT token (the largest id), as the tokenizer ends a text
+            checks["text"] = [_check(out / "text.onnx", TextTower(model).eval(), t, "input_ids") for t in ids]
+        manifest["parity"] = checks
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    bad = [f"{k} (batch {c['batch']}: rel {c['max_rel_diff']:.2e})" for k, cs in manifest.get("parity", {}).items()
+           for c in cs if not c["ok"]]
+    if bad:
+        raise ValueError(f"onnxruntime disagrees with PyTorch beyond {REL_TOLERANCE:g} relative: {', '.join(bad)}")
+    return manifest
