@@ -25,6 +25,7 @@ from torch import nn
 from openeva.train.classifier import (  # noqa: F401  (layer_lr_scales: re-exported beside FinetuneTask)
     EVA02_HEAD_INIT_SCALE, build_classifier, layer_lr_scales,
 )
+from openeva.train.augment_bounds import bound_posterize
 from openeva.train.task import ParamGroupSpec, Task
 
 EVA02_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"  # RandAugment: 2 ops, magnitude 9 (std 0.5), increasing severity
@@ -72,6 +73,7 @@ def finetune_transforms(
     except (AssertionError, KeyError, ValueError) as e:  # timm asserts on a malformed policy string
         raise ValueError(f"auto_augment {auto_augment!r} is not a timm policy string such as "
                          f"{EVA02_AUTO_AUGMENT!r} ({type(e).__name__}: {e})") from e
+    train = bound_posterize(train)  # posterize at magnitude 10 would ask Pillow for 0 bits
     return T.Compose([_rgb, *train.transforms]), image_transform(cfg, is_train=False)
 
 
