@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from openeva.eval import finetune as finetune_mod
+from openeva.eval.finetune_recipe import auto_finetune_recipe
 from openeva.eval import knn as knn_mod
 from openeva.eval import linear_probe as probe_mod
 from openeva.eval import plots, retrieval
@@ -229,7 +230,8 @@ def evaluate(
     data_label = (cls_data or ret_data).name
     if "finetune" in wants:
         finetune_mod.check_finetune_model(model)
-        finetune_cfg = finetune_mod.load_finetune_config(finetune_config, finetune_overrides)
+        recipe = finetune_config if finetune_config is not None else auto_finetune_recipe(model, pretrained)
+        finetune_cfg = finetune_mod.load_finetune_config(recipe, finetune_overrides)
         finetune_mod.check_finetune_inputs(finetune_cfg, train_data, cls_data)
 
     # ---- 2. model, transform, tokenizer (fine-tuning builds its own classifier in step 3)

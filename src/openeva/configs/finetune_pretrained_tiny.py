@@ -1,0 +1,39 @@
+"""Small-scale fine-tuning from a PRETRAINED backbone (a MIM student, an EVA-CLIP vision tower): the EVA-02
+fine-tune ingredients sized for small images and short CPU runs, chosen automatically by ``openeva eval
+--task finetune`` and ``openeva quickstart --data`` when the backbone carries pretrained weights.
+
+    openeva eval --model run/mim/final --task finetune --finetune-config finetune_pretrained_tiny \
+        --train-dataset data/train --dataset data/val
+
+Why each value (measured on Fashion-MNIST, ``benchmarks/finetune_recipes.md``): a lower peak lr than from
+scratch and layer-wise lr decay keep the pretrained lower blocks close to where MIM put them; a warmup (10% of
+the run, set by the caller) lets the new head settle before the backbone moves; a small drop path regularises
+without slowing a short run; crops of 50-100% of the image (not EVA-02's 8-100%, sized for 224 px photos) and
+no RandAugment because the images are small (28-64 px) and a one-epoch run cannot absorb strong augmentation;
+the patch embedding learns at a tenth of the lr (EVA-02 freezes it; a short run on a new domain needs some
+of it). From random weights use ``finetune_scratch_tiny``.
+"""
+
+from openeva.train.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+
+config = TrainConfig(
+    task="openeva.train.finetune_task:build_finetune",
+    name="finetune_pretrained_tiny",
+    seed=0,
+    precision="fp32",
+    model=ModelConfig(name="eva02_quickstart_patch8_64", drop_path_rate=0.05),
+    data=DataConfig(train="synthetic", batch_size=64, val=None, zeroshot=None, scale=(0.5, 1.0)),
+    optim=OptimConfig(optimizer="adamw", lr=1e-3, layer_decay=0.75, weight_decay=0.05, betas=(0.9, 0.999),
+                      eps=1e-8, grad_clip=None),
+    schedule=ScheduleConfig(scheduler="cosine", warmup_steps=0, epochs=1),
+    task_options={
+        "label_smoothing": 0.1,
+        "auto_augment": None,
+        "patch_embed_grad_scale": 0.1,
+        "ema_decay": 0.0,
+    },
+    save_every=10**9,
+    log_every=20,
+    eval_every=0,
+    tensorboard=False,
+)
