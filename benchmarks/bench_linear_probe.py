@@ -71,6 +71,23 @@ def synthetic_features(dim: int, seed: int = 0, n_train: int = 60_000, n_test: i
     return out
 
 
+def render(report: dict) -> str:
+    """Markdown table of a result JSON (written next to it as ``.md``)."""
+    env = report["environment"]
+    lines = [f"Linear probe on {report['num_train']:,} x {report['dim']} train / {report['num_test']:,} test "
+             f"features ({report['source']}), 6 weight decays; kNN k=20 for scale.", "",
+             "| variant | seconds | test top-1 | chosen weight decay |", "|---|---|---|---|"]
+    for row in report["linear_probe"]:
+        lines.append(f"| {row['variant']} | {row['seconds']:.0f} | {100 * row['acc1']:.2f}% | {row['weight_decay']:g} |")
+    lines.append(f"| kNN (k=20), for scale | {report['knn_k20']['seconds']:.0f} | {100 * report['knn_k20']['acc1']:.2f}% | - |")
+    if "speedup" in report:
+        lines += ["", f"Speed-up, same run: **{report['speedup']:.1f}x**."]
+    lines += ["", f"_Machine: {env['device']}, {env['threads']} thread(s), torch {env['torch']}, capability "
+                  f"{env['torch_cpu_capability']}, mkldnn bf16 {report['mkldnn_bf16_supported']}, 1-min load average "
+                  f"{env['load_average_1m']} at start; {report['note']}._"]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dim", type=int, default=384)
@@ -79,7 +96,13 @@ def main() -> None:
     p.add_argument("--search-samples", type=int, default=DEFAULT_SEARCH_SAMPLES)
     p.add_argument("--skip-before", action="store_true", help="only time the current defaults")
     p.add_argument("--out", default=str(RESULTS_DIR / "linear_probe.json"))
+    p.add_argument("--render-only", action="store_true", help="rewrite the .md table from --out and exit")
     args = p.parse_args()
+    if args.render_only:
+        import json
+
+        Path(args.out).with_suffix(".md").write_text(render(json.loads(Path(args.out).read_text())))
+        return
     torch.set_num_threads(args.threads)
 
     if args.synthetic:
@@ -118,6 +141,7 @@ def main() -> None:
     if len(rows) == 2:
         report["speedup"] = round(rows[1]["seconds"] / rows[0]["seconds"], 2)
     print("wrote", write_json(args.out, report))
+    Path(args.out).with_suffix(".md").write_text(render(report))
 
 
 if __name__ == "__main__":

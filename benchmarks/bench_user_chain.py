@@ -32,6 +32,35 @@ CLASSNAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "
               "Ankle boot"]
 
 
+def render(result: dict) -> str:
+    """Markdown table of a result JSON (written next to it as ``.md``)."""
+    s, c, env = result["summary"], result["config"], result["environment"]
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    lines = [f"Fashion-MNIST, {result['counts']['train']} training / {result['counts']['val']} validation images "
+             f"(stratified subsample), batch {c['batch_size']}, {c['clip_model']} / {c['student_model']}, fp32.", "",
+             "| stage | steps | CPU wall (s) | validation top-1 |", "|---|---|---|---|",
+             f"| CLIP teacher zero-shot | {c['teacher_steps']} | - | {pct(s['teacher_zeroshot_acc1'])} |"]
+    for who in ("student", "random"):
+        p = s[f"{who}_probe"]
+        lines.append(f"| frozen {who}: linear probe / kNN-10 / kNN-20 | - | - | {pct(p['linear_probe_acc1'])} / "
+                     f"{pct(p['knn10_acc1'])} / {pct(p['knn20_acc1'])} |")
+    titles = {"finetune_student": "(a) fine-tune from the MIM student", "finetune_random_equal_steps":
+              "(b) from random, same steps", "finetune_random_equal_time": "(c) from random, same CPU time as the chain",
+              "student_scratch_recipe": "student with the from-scratch recipe",
+              "random_pretrained_recipe": "random with the pretrained recipe"}
+    for key, arm in {**s["finetune"], **s["cross_arms"]}.items():
+        lines.append(f"| {titles[key]} (`{arm['recipe']}`) | {arm['steps']} | {arm['wall_s']:.0f} | {pct(arm['acc1'])} |")
+    t = s["targets"]
+    lines += ["", f"Verdict (computed): {s['verdict']['sentence']}", "",
+              f"Targets: fine-tune (a) vs its own frozen probe {100 * t['finetune_beats_own_probe']['diff']:+.1f} "
+              f"points; (a) vs (b) {t['equal_steps_margin_points']:+.1f} points (target >= +5: "
+              f"{'met' if t['equal_steps_target_met'] else 'NOT met'}).", "",
+              f"_Machine: {env['device']}, {env['threads']} thread(s), torch {env['torch']}, capability "
+              f"{env['torch_cpu_capability']}, mkldnn bf16 {result['mkldnn_bf16_supported']}; {result['note']}; "
+              f"whole run {result['wall_s'] / 60:.0f} min._"]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(FASHION_MNIST))
@@ -46,7 +75,14 @@ def main() -> None:
     p.add_argument("--no-cross-arms", action="store_true", help="skip the student/scratch-recipe and "
                                                                    "random/pretrained-recipe arms")
     p.add_argument("--out", default=str(RESULTS_DIR / "user_chain.json"))
+    p.add_argument("--render-only", action="store_true", help="rewrite the .md table from --out and exit")
+    p.add_argument("--from-report", action="store_true", help="summarise the chain already in --out-dir")
     args = p.parse_args()
+    if args.render_only:
+        import json
+
+        Path(args.out).with_suffix(".md").write_text(render(json.loads(Path(args.out).read_text())))
+        return
     if not Path(args.data).exists():
         raise SystemExit(f"{args.data} not found: `apt-get install dataset-fashion-mnist`")
     torch.set_num_threads(args.threads)
@@ -54,9 +90,16 @@ def main() -> None:
                           teacher_steps=args.teacher_steps, mim_steps=args.mim_steps,
                           finetune_steps=args.finetune_steps, precision="fp32")
     out = Path(args.out_dir)
-    report = run_user_quickstart(args.data, out, cfg, val=args.data, classnames=CLASSNAMES, progress=False)
+    if args.from_report:  # a finished (or cut-short) chain: summarise its report.json without rerunning
+        import json
+
+        report = json.loads((out / "report.json").read_text())
+        if "verdict" not in report:
+            raise SystemExit(f"{out}/report.json has no verdict: the chain did not finish")
+    else:
+        report = run_user_quickstart(args.data, out, cfg, val=args.data, classnames=CLASSNAMES, progress=False)
     cross = {}
-    if not args.no_cross_arms:
+    if not args.no_cross_arms and not args.from_report:
         from openeva.quickstart.user_data import PreparedData
 
         prepared = PreparedData(out / "data" / "train", out / "data" / "val", out / "data" / "train_captions.csv",
@@ -90,11 +133,13 @@ def main() -> None:
               "mkldnn_bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
               "note": "2-core machine shared with 4 other engineers' jobs (load average 6-9); fp32; 1 torch thread",
               "environment": environment()}
-    print(format_table(report))
+    if not args.from_report:
+        print(format_table(report))
     for k, v in cross.items():
         print(f"{k}: {100 * v['acc1']:.1f}% ({v['steps']} steps)")
     print(report["verdict"]["sentence"])
     print("wrote", write_json(args.out, result))
+    Path(args.out).with_suffix(".md").write_text(render(result))
 
 
 if __name__ == "__main__":
