@@ -38,6 +38,7 @@ def render(result: dict) -> str:
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
     lines = [f"Fashion-MNIST, {result['counts']['train']} training / {result['counts']['val']} validation images "
              f"(stratified subsample), batch {c['batch_size']}, {c['clip_model']} / {c['student_model']}, fp32.", "",
+             f"Fine-tunes (a)-(c): {'heads from a probe of the initial features (LP-FT)' if c.get('probe_head') else 'fresh heads (no LP-FT; this run predates it)'}.", "",
              "| stage | steps | CPU wall (s) | validation top-1 |", "|---|---|---|---|",
              f"| CLIP teacher zero-shot | {c['teacher_steps']} | - | {pct(s['teacher_zeroshot_acc1'])} |"]
     for who in ("student", "random"):
@@ -47,6 +48,8 @@ def render(result: dict) -> str:
     titles = {"finetune_student": "(a) fine-tune from the MIM student", "finetune_random_equal_steps":
               "(b) from random, same steps", "finetune_random_equal_time": "(c) from random, same CPU time as the chain",
               "student_scratch_recipe": "student with the from-scratch recipe",
+              "lpft_student": "LP-FT: student, head from its probe, pretrained recipe",
+              "lpft_random": "LP-FT: random, head from its probe, from-scratch recipe",
               "random_pretrained_recipe": "random with the pretrained recipe"}
     for key, arm in {**s["finetune"], **s["cross_arms"]}.items():
         lines.append(f"| {titles[key]} (`{arm['recipe']}`) | {arm['steps']} | {arm['wall_s']:.0f} | {pct(arm['acc1'])} |")
@@ -76,7 +79,12 @@ def main() -> None:
                                                                    "random/pretrained-recipe arms")
     p.add_argument("--out", default=str(RESULTS_DIR / "user_chain.json"))
     p.add_argument("--render-only", action="store_true", help="rewrite the .md table from --out and exit")
-    p.add_argument("--from-report", action="store_true", help="summarise the chain already in --out-dir")
+    p.add_argument("--from-report", action="store_true", help="summarise the chain already in --out-dir (with any "
+                                                                 "lpft_*.json arms found there)")
+    p.add_argument("--lpft-arm", choices=("student", "random"), default=None,
+                   help="only run one linear-probe-then-fine-tune arm on the chain in --out-dir (student: "
+                        "pretrained recipe, random: scratch recipe; head from a probe of the initial features) and "
+                        "write --out-dir/lpft_<arm>.json")
     args = p.parse_args()
     if args.render_only:
         import json
@@ -90,7 +98,7 @@ def main() -> None:
                           teacher_steps=args.teacher_steps, mim_steps=args.mim_steps,
                           finetune_steps=args.finetune_steps, precision="fp32")
     out = Path(args.out_dir)
-    if args.from_report:  # a finished (or cut-short) chain: summarise its report.json without rerunning
+    if args.from_report or args.lpft_arm:  # a finished chain: summarise or extend its report.json, no rerun
         import json
 
         report = json.loads((out / "report.json").read_text())
@@ -99,6 +107,25 @@ def main() -> None:
     else:
         report = run_user_quickstart(args.data, out, cfg, val=args.data, classnames=CLASSNAMES, progress=False)
     cross = {}
+    if args.lpft_arm:
+        import json
+        from openeva.quickstart.user_data import PreparedData
+
+        prepared = PreparedData(out / "data" / "train", out / "data" / "val", out / "data" / "train_captions.csv",
+                                CLASSNAMES, report["data_counts"]["train"], report["data_counts"]["val"], 0)
+        model, recipe = ((str(out / "mim" / "final"), PRETRAINED_RECIPE) if args.lpft_arm == "student"
+                         else (cfg.student_model, SCRATCH_RECIPE))
+        arm = run_finetune_arm(model, recipe, cfg.finetune_steps, prepared, out / f"lpft_{args.lpft_arm}", cfg,
+                               progress=False, probe_head=True)
+        arm.pop("recipe_values", None)
+        (out / f"lpft_{args.lpft_arm}.json").write_text(json.dumps(arm, indent=2))
+        print(arm)
+        return
+    if args.from_report:
+        import json
+
+        for path in sorted(out.glob("lpft_*.json")):
+            cross[path.stem] = json.loads(path.read_text())
     if not args.no_cross_arms and not args.from_report:
         from openeva.quickstart.user_data import PreparedData
 

@@ -17,7 +17,7 @@ config = TrainConfig(
     data=DataConfig(train="synthetic", batch_size=64, val=None, zeroshot=None, scale=(0.5, 1.0)),
     optim=OptimConfig(optimizer="adamw", lr=2e-3, layer_decay=0.9, weight_decay=0.05, betas=(0.9, 0.999), eps=1e-8,
                       grad_clip=None),
-    schedule=ScheduleConfig(scheduler="cosine", warmup_steps=0, epochs=1),
+    schedule=ScheduleConfig(scheduler="cosine", warmup_steps=0, epochs=10),  # warmup: 10% of the run (caller)
     task_options={
         "label_smoothing": 0.1,
         "auto_augment": None,

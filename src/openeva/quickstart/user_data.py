@@ -7,7 +7,8 @@
    images is reported.
 3. ``mim``: an EVA-02 student MIM-pretrained against the frozen teacher (EVA-02, Fang et al. 2023).
 4. Frozen features of the student and of the same backbone with random weights: linear probe and kNN.
-5. Fine-tunes of the backbone: (a) from the student with the pretrained recipe, (b) from random weights with
+5. Fine-tunes of the backbone, each head started from a linear probe of its own initial features (LP-FT;
+   ``probe_head=False`` starts from a fresh head): (a) from the student with the pretrained recipe, (b) from random weights with
    the from-scratch recipe and the same steps, (c) from random weights with as many steps as fit in the CPU
    time of the whole chain (teacher + MIM + fine-tune a).
 
@@ -52,6 +53,7 @@ class UserChainConfig:
     teacher_lr: float = 2e-3
     mim_lr: float = 3e-3
     max_equal_time_steps: int = 5000  # cap on fine-tune (c)
+    probe_head: bool = True  # every fine-tune starts its head from a probe of its initial features (LP-FT)
     precision: str = "fp32"
     log_every: int = 20
 
@@ -311,21 +313,48 @@ def teacher_zeroshot(teacher_dir: Path, prepared: PreparedData, templates, cfg: 
     return {"zeroshot_acc1": m["acc1"], "zeroshot_acc5": m["acc5"]}
 
 
+def head_from_probe(model_name: str, prepared: PreparedData, cfg: UserChainConfig, weight_decay: float = 1e-3):
+    """The backbone with its classification head set to a logistic regression on its own frozen features.
+
+    Linear probing then fine-tuning (LP-FT, Kumar et al. 2022): a random head's first gradients distort the
+    pretrained features before the head is any good; starting from the probe, fine-tuning starts where the
+    frozen probe ends. The probe is fitted on the head's own input (the pooled, ``fc_norm``-ed features).
+    """
+    from openeva.eval.linear_probe import fit_logistic_regression
+    from openeva.factory import create_model
+
+    torch.manual_seed(cfg.seed)
+    backbone = create_model(model_name)
+    x, y = _features(backbone, prepared.train_dir, cfg.precision)  # (N, D) head inputs, (N,)
+    c = len(prepared.classnames)
+    w, b = fit_logistic_regression(x, y, c, weight_decay, max_iter=300)  # (D, C), (C,)
+    backbone.reset_classifier(c)
+    with torch.no_grad():
+        backbone.head.weight.copy_(w.t())
+        backbone.head.bias.copy_(b)
+    return backbone
+
+
 def run_finetune_arm(model: str, recipe: str, steps: int, prepared: PreparedData, out: Path, cfg: UserChainConfig,
-                     progress: bool) -> dict:
-    """One fine-tune (a, b or c): ``steps`` steps of ``recipe`` from ``model``, scored on the validation images."""
+                     progress: bool, probe_head: bool = False) -> dict:
+    """One fine-tune (a, b or c): ``steps`` steps of ``recipe`` from ``model``, scored on the validation images.
+
+    ``probe_head``: start the head from a linear probe of the initial features (:func:`head_from_probe`).
+    """
     from openeva.eval.finetune import run_finetune
 
     train = load_classification_dataset(prepared.train_dir)
     val = load_classification_dataset(prepared.val_dir)
     rc = finetune_recipe(recipe, steps, cfg)
-    torch.manual_seed(cfg.seed)
     start = time.perf_counter()
+    if probe_head:
+        model = head_from_probe(model, prepared, cfg)
+    torch.manual_seed(cfg.seed)
     metrics, _, _, extra = run_finetune(model, train, val, cfg=rc, seed=cfg.seed, output_dir=out,
                                         progress=progress, warmup_fraction=0.1, precision=cfg.precision)
     wall = time.perf_counter() - start
     return {"acc1": metrics["acc1"], "acc5": metrics.get("acc5"), "steps": extra["steps"], "recipe": recipe,
-            "wall_s": wall, "run_dir": extra["run_dir"], "recipe_values": extra["recipe"]}
+            "wall_s": wall, "probe_head": probe_head, "run_dir": extra["run_dir"], "recipe_values": extra["recipe"]}
 
 
 def run_user_quickstart(data, out_dir, config: UserChainConfig | None = None, *, val=None, templates=None,
@@ -407,16 +436,19 @@ def run_user_quickstart(data, out_dir, config: UserChainConfig | None = None, *,
     stage("probes", probes)
     ft = out / "finetune"
     stage("finetune_student", lambda: run_finetune_arm(str(out / "mim" / "final"), PRETRAINED_RECIPE,
-                                                       cfg.finetune_steps, prepared, ft, cfg, progress))
+                                                       cfg.finetune_steps, prepared, ft, cfg, progress,
+                                                       cfg.probe_head))
     stage("finetune_random_equal_steps", lambda: run_finetune_arm(cfg.student_model, SCRATCH_RECIPE,
-                                                                  cfg.finetune_steps, prepared, ft, cfg, progress))
+                                                                  cfg.finetune_steps, prepared, ft, cfg, progress,
+                                                                  cfg.probe_head))
     chain_s = sum(report["stages"][k]["total_s"] for k in ("teacher", "mim", "finetune_student"))
     per_step = report["stages"]["finetune_random_equal_steps"]["wall_s"] / cfg.finetune_steps
     equal_time_steps = max(1, min(cfg.max_equal_time_steps, int(chain_s / per_step)))
     report["equal_time"] = {"chain_s": chain_s, "scratch_s_per_step": per_step, "steps": equal_time_steps,
                             "capped": equal_time_steps == cfg.max_equal_time_steps}
     stage("finetune_random_equal_time", lambda: run_finetune_arm(cfg.student_model, SCRATCH_RECIPE,
-                                                                 equal_time_steps, prepared, ft, cfg, progress))
+                                                                 equal_time_steps, prepared, ft, cfg, progress,
+                                                                 cfg.probe_head))
     report["wall_s"] = time.perf_counter() - t0
     report["verdict"] = user_report.verdict(report)
     report["paths"] = user_report.write_report(report, out)
