@@ -124,6 +124,8 @@ def main() -> None:
     if args.from_report:
         import json
 
+        if Path(args.out).exists():  # keep the cross arms of the run that wrote --out
+            cross.update(json.loads(Path(args.out).read_text())["summary"].get("cross_arms", {}))
         for path in sorted(out.glob("lpft_*.json")):
             cross[path.stem] = json.loads(path.read_text())
     if not args.no_cross_arms and not args.from_report:
@@ -158,7 +160,7 @@ def main() -> None:
     result = {"benchmark": "user_chain", "data": args.data, "config": report["config"], "args": vars(args),
               "counts": report["data_counts"], "summary": summary, "wall_s": report["wall_s"],
               "mkldnn_bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-              "note": "2-core machine shared with 4 other engineers' jobs (load average 6-9); fp32; 1 torch thread",
+              "note": "2-core machine shared with 4 other engineers' jobs (1-min load average 9-13 during the run, so CPU wall times of equal-step arms differ up to 7x and the equal-time step count is approximate); fp32; 1 torch thread",
               "environment": environment()}
     if not args.from_report:
         print(format_table(report))
