@@ -51,7 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--language", default="en")
     p.add_argument("--finetune-config", default=None, metavar="FILE",
-                   help="finetune recipe: a training config (finetune_* recipes in openeva.configs); default: a short generic one")
+                   help="finetune recipe: a training config (finetune_* recipes in openeva.configs); default: "
+                        "finetune_pretrained_tiny for pretrained weights, finetune_scratch_tiny for random ones")
     p.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a finetune config field, e.g. schedule.epochs=3 optim.lr=1e-4 "
                         "task_options.ema_decay=0.999 (repeatable)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from openeva.cli import quickstart_data_cmd
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("quickstart", help="run the whole EVA chain on built-in data and write a report",
@@ -22,10 +24,13 @@ def register(subparsers) -> None:
                    help="EVA-CLIP text tower: the teacher's (EVA-CLIP's recipe) or random (default: teacher)")
     p.add_argument("--overwrite", action="store_true", help="replace a quickstart already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    quickstart_data_cmd.add_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.data is not None:
+        return quickstart_data_cmd.run(args)
     from openeva.quickstart import QuickstartConfig, QuickstartStageError, format_table, run_quickstart
 
     config = QuickstartConfig.preset("fast" if args.fast else "full", seed=args.seed, text_init=args.text_init)

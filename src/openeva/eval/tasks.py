@@ -25,6 +25,7 @@ from openeva.eval import knn as knn_mod
 from openeva.eval import linear_probe as probe_mod
 from openeva.eval import plots
 from openeva.eval.features import EncodedImages, encode_texts
+from openeva.eval.finetune_recipe import auto_finetune_recipe
 from openeva.eval.results import TASK_NAMES, make_result, result_filename
 from openeva.eval.retrieval import evaluate_retrieval
 from openeva.eval.zeroshot import (
@@ -215,7 +216,10 @@ def _check_knn(run: EvalRun) -> None:
 def _check_finetune(run: EvalRun) -> None:
     o = run.options
     finetune_mod.check_finetune_model(run.model)
-    cfg = finetune_mod.load_finetune_config(o["finetune_config"], o["finetune_overrides"])
+    recipe = o["finetune_config"]
+    if recipe is None:  # chosen by the backbone's weights, and said
+        recipe = auto_finetune_recipe(run.model, run.pretrained)
+    cfg = finetune_mod.load_finetune_config(recipe, o["finetune_overrides"])
     finetune_mod.check_finetune_inputs(cfg, run.train_data, run.cls_data)
     run.extras["finetune_config"] = cfg
 

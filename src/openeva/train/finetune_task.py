@@ -34,6 +34,7 @@ from openeva.factory import preprocess_cfg
 from openeva.train.classifier import (  # noqa: F401  (layer_lr_scales: re-exported beside FinetuneTask)
     EVA02_HEAD_INIT_SCALE, build_classifier, layer_lr_scales,
 )
+from openeva.train.augment_bounds import bound_posterize
 from openeva.train.data import ResumableLoader
 from openeva.train.options import (
     EVA02_AUTO_AUGMENT, EVA02_EMA_DECAY, EVA02_TRAIN_SCALE, FinetuneOptions, check_loss_options,
@@ -78,6 +79,7 @@ def finetune_transforms(
     except (AssertionError, KeyError, ValueError) as e:  # timm asserts on a malformed policy string
         raise ValueError(f"auto_augment {auto_augment!r} is not a timm policy string such as "
                          f"{EVA02_AUTO_AUGMENT!r} ({type(e).__name__}: {e})") from e
+    train = bound_posterize(train)  # posterize at magnitude 10 would ask Pillow for 0 bits
     return T.Compose([_rgb, *train.transforms]), image_transform(cfg, is_train=False)
 
 

@@ -1,0 +1,99 @@
+"""``openeva quickstart --data``: the chain on small generated class folders computes every number the report
+compares (teacher zero-shot, frozen probes, three fine-tunes) and a verdict that agrees with them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from openeva.cli import quickstart_cmd
+from openeva.quickstart.user_data import UserChainConfig, load_templates_file, run_user_quickstart
+from openeva.quickstart.user_report import NOISE_SIGMAS, difference
+
+COLORS = {"red": (210, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 210)}
+
+
+def _folders(root: Path, per_class: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for name, color in COLORS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(color) + rng.integers(-50, 51, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def _cli(argv) -> int:
+    parser = argparse.ArgumentParser(prog="openeva")
+    quickstart_cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user_data")
+    train, val = _folders(root / "train", 12, 0), _folders(root / "val", 6, 1)
+    templates = root / "templates.txt"
+    templates.write_text("a photo of a {} square.\nsomething {c}.\n")
+    out = root / "out"
+    code = _cli(["quickstart", "--data", str(train), "--val", str(val), "--templates", str(templates), "--fast",
+                 "--out", str(out), "--no-progress"])
+    return code, out
+
+
+def test_every_number_is_computed_and_compared(run):
+    code, out = run
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    st = report["stages"]
+    n = report["data_counts"]["val"]
+    assert report["data_counts"] == {"train": 36, "val": 18, "skipped": 0, "classes": 3}
+    values = [st["teacher"]["metrics"]["zeroshot_acc1"]]
+    for who in ("student", "random"):
+        values += [st["probes"][who][k] for k in ("linear_probe_acc1", "knn10_acc1", "knn20_acc1")]
+    values += [st[k]["acc1"] for k in ("finetune_student", "finetune_random_equal_steps",
+                                       "finetune_random_equal_time")]
+    assert all(0.0 <= v <= 1.0 for v in values)
+    # (a) and (b) ran the same steps; (c) the steps that fit in the chain's time (capped by the preset)
+    assert st["finetune_student"]["steps"] == st["finetune_random_equal_steps"]["steps"] == 4
+    assert st["finetune_random_equal_time"]["steps"] == report["equal_time"]["steps"] >= 1
+    assert st["finetune_student"]["recipe"] == "finetune_pretrained_tiny"
+    assert st["finetune_random_equal_steps"]["recipe"] == "finetune_scratch_tiny"
+    assert all(st[k]["probe_head"] for k in ("finetune_student", "finetune_random_equal_steps"))  # LP-FT, both
+    v = report["verdict"]
+    expected = difference(st["finetune_student"]["acc1"], st["finetune_random_equal_steps"]["acc1"], n)
+    assert v["equal_steps"] == pytest.approx(expected)
+    assert v["equal_steps"]["beyond_noise"] == (abs(expected["diff"]) > NOISE_SIGMAS * expected["se"])
+    assert "At equal steps" in v["sentence"] and "at equal CPU time" in v["sentence"]
+    assert report["templates"] == ["a photo of a {} square.", "something {}."]
+    captions = (out / "data" / "train_captions.csv").read_text()
+    assert "a photo of a red square." in captions or "something red." in captions
+    html = (out / "report.html").read_text()
+    assert v["sentence"].split(",")[0] in html and (out / "plots" / "accuracies.png").is_file()
+
+
+def test_verdict_noise_rule():
+    assert difference(0.9, 0.5, 1000)["beyond_noise"] and not difference(0.52, 0.5, 100)["beyond_noise"]
+
+
+def test_bad_input_gets_a_clear_message(tmp_path, capsys):
+    assert _cli(["quickstart", "--data", str(tmp_path / "nope"), "--fast", "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "t.txt"
+    bad.write_text("no placeholder here\n")
+    with pytest.raises(ValueError, match="class name"):
+        load_templates_file(bad)
+    with pytest.raises(ValueError, match="int >= 1"):
+        UserChainConfig(finetune_steps=0)
+
+
+def test_a_used_output_folder_is_not_overwritten(run):
+    _, out = run
+    with pytest.raises(ValueError, match="overwrite"):
+        run_user_quickstart(out / "data" / "train", out, UserChainConfig.preset("fast"), progress=False)
