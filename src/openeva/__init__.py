@@ -12,7 +12,17 @@ from openeva.models.registry import get_model_spec, list_models, list_pretrained
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``openeva.embed``, ``openeva.Index``, ``openeva.classify``: imported on first use (faiss is optional)."""
+    if name in ("embed", "classify", "Index"):
+        from openeva import serve
+
+        return getattr(serve, name)
+    raise AttributeError(f"module 'openeva' has no attribute {name!r}")
+
+
 __all__ = [
     "create_model", "create_model_and_transforms", "create_model_from_pretrained", "get_model_spec",
-    "get_tokenizer", "list_models", "list_pretrained", "load_checkpoint", "save_checkpoint", "save_model",
+    "get_tokenizer", "Index", "classify", "embed", "list_models", "list_pretrained", "load_checkpoint", "save_checkpoint", "save_model",
 ]

@@ -14,6 +14,11 @@ COMMAND_MODULES = [
     "openeva.cli.train_cmd",
     "openeva.cli.pretrain_cmd",
     "openeva.cli.eval_cmd",
+    "openeva.cli.embed_cmd",
+    "openeva.cli.index_cmd",
+    "openeva.cli.search_cmd",
+    "openeva.cli.classify_cmd",
+    "openeva.cli.serve_cmd",
 ]
 
 
