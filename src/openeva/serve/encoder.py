@@ -67,11 +67,11 @@ class TorchClipEncoder:
         _, self._transform = image_transforms(self.model)
         saved = model_config_dict(self.model)
         self.dim = int(self.model.cfg.embed_dim)
-        self.info = {
+        self.info = json.loads(json.dumps({
             "model": model_name, "pretrained": pretrained, "config_hash": _hash_json(saved["model_config"]),
             "weights_hash": _weights_hash(self.model), "preprocess": saved["preprocess"], "dim": self.dim,
             "normalized": True, "precision": str(self.dtype).replace("torch.", ""),
-        }
+        }))  # JSON-normal form (lists, not tuples), as manifests store it
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self._transform(image)  # (3, H, W)
