@@ -206,9 +206,9 @@ class Index:
         faiss = _faiss()
         root = Path(path)
         root.mkdir(parents=True, exist_ok=True)
-        current = _current_version(root)
-        number = int(current[1:]) + 1 if current else 1
-        name = f"v{number:06d}"
+        # a version folder left by a crashed save (never made live) is not reused: it may be half-removed
+        taken = [int(p.name[1:]) for p in root.iterdir() if p.name[:1] == "v" and p.name[1:].isdigit()]
+        name = f"v{max(taken, default=0) + 1:06d}"
         tmp = root / f".tmp-{name}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
