@@ -74,15 +74,22 @@ def main() -> None:
                          "batch_queries_per_s": round(len(queries) / batch_s, 1), "recall@10": round(recall, 4),
                          "recall@10_at_build": index.manifest["recall@10"]})
             print(json.dumps(rows[-1]), flush=True)
+            write(args.out, rows, args.queries)  # after every row: a run cut short keeps what it measured
             del index
         del vectors
-    result = {"benchmark": "search", "rows": rows, "queries": args.queries,
+    write(args.out, rows, args.queries)
+
+
+def write(out: str, rows: list[dict], queries: int) -> None:
+    import faiss
+
+    result = {"benchmark": "search", "rows": rows, "queries": queries,
               "mkldnn_bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
               "faiss": faiss.__version__,
               "note": "random unit vectors (worst case for approximate search); shared machine, other jobs running",
               "environment": _common.environment()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
