@@ -12,14 +12,12 @@ import argparse
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
+import _common
 import numpy as np
 import torch
 from PIL import Image
-
-import _common
 
 
 def make_jpegs(folder: Path, n: int, size: int = 384) -> list[Path]:

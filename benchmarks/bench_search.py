@@ -14,10 +14,9 @@ import json
 import time
 from pathlib import Path
 
+import _common
 import numpy as np
 import torch
-
-import _common
 
 
 def unit(n: int, d: int, seed: int) -> np.ndarray:

@@ -20,11 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+import _common
 import numpy as np
 import torch
 from PIL import Image
-
-import _common
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -99,7 +99,7 @@ def _embed_cmd(src, model, out) -> list[str]:
 
 
 def test_resume_after_kill_9_gives_the_same_vectors(clip_dir, make_folder, tmp_path):
-    src = make_folder(tmp_path / "many", 200, size=128, bad=False)
+    src = make_folder(tmp_path / "many", 150, size=96, bad=False)
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = tmp_path / "killed"
     proc = subprocess.Popen(_embed_cmd(src, clip_dir, out), env=env, stdout=subprocess.DEVNULL,
@@ -111,12 +111,12 @@ def test_resume_after_kill_9_gives_the_same_vectors(clip_dir, make_folder, tmp_p
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     finished = len(list((out / "shards").glob("*.done.json")))
-    assert 2 <= finished < 20, "the run must be killed part-way for this test to mean anything"
+    assert 2 <= finished < 15, "the run must be killed part-way for this test to mean anything"
     subprocess.run(_embed_cmd(src, clip_dir, out), env=env, check=True, timeout=300, capture_output=True)
     clean = embed(src, clip_dir, tmp_path / "clean", shard_size=10, batch_size=5, dtype="float32", progress=False)
     resumed, meta_r, manifest = load_embeddings(out)
     expected, meta_c, _ = load_embeddings(tmp_path / "clean")
     ids = [m["id"] for m in meta_r]
-    assert manifest["count"] == clean["count"] == 200 and len(set(ids)) == len(ids) == 200
+    assert manifest["count"] == clean["count"] == 150 and len(set(ids)) == len(ids) == 150
     assert ids == [m["id"] for m in meta_c]
     assert np.array_equal(resumed, expected)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,9 @@ def test_page_searches_and_shows_a_grid(encoder_and_index, tmp_path):
     from openeva.serve.app import create_app
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_service import RunningServer  # the same real-uvicorn helper as the service tests
+    from test_service import (
+        RunningServer,  # the same real-uvicorn helper as the service tests
+    )
 
     encoder, index_path, query_image = encoder_and_index
     server = RunningServer(create_app(encoder=encoder, index_path=index_path))

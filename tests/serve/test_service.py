@@ -21,12 +21,12 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-import uvicorn  # noqa: E402
+import uvicorn
 
-from openeva.serve import Index, embed  # noqa: E402
-from openeva.serve.app import create_app  # noqa: E402
-from openeva.serve.encoder import TorchClipEncoder  # noqa: E402
-from openeva.serve.limits import Limits  # noqa: E402
+from openeva.serve import Index, embed
+from openeva.serve.app import create_app
+from openeva.serve.encoder import TorchClipEncoder
+from openeva.serve.limits import Limits
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 def launch_rank() -> tuple[int, int]:
     """(rank, world_size) under torchrun (its RANK / WORLD_SIZE variables), else (0, 1)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def run(args) -> int:

@@ -39,10 +39,22 @@ from pydantic import BaseModel, Field
 
 from openeva.data.collection import DECODE_ERRORS, load_source
 from openeva.serve.batching import MicroBatcher
-from openeva.serve.classify import label_probs, parse_labels, text_classifier, top_labels
+from openeva.serve.classify import (
+    label_probs,
+    parse_labels,
+    text_classifier,
+    top_labels,
+)
 from openeva.serve.encoder import Encoder, load_encoder
 from openeva.serve.index import Index
-from openeva.serve.limits import ApiError, Limits, LimitsMiddleware, check_image_count, check_texts, decode_image
+from openeva.serve.limits import (
+    ApiError,
+    Limits,
+    LimitsMiddleware,
+    check_image_count,
+    check_texts,
+    decode_image,
+)
 from openeva.serve.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 
 STATIC_DIR = Path(__file__).parent / "static"

@@ -51,7 +51,12 @@ class TorchClipEncoder:
 
     def __init__(self, model_name: str, pretrained: str | None = None, precision: str = DEFAULT_PRECISION,
                  device: str = "cpu", model: torch.nn.Module | None = None):
-        from openeva.factory import create_model, get_tokenizer, image_transforms, model_config_dict
+        from openeva.factory import (
+            create_model,
+            get_tokenizer,
+            image_transforms,
+            model_config_dict,
+        )
         from openeva.models.clip import CLIP
 
         self.model = model if model is not None else create_model(model_name, pretrained, precision=precision,

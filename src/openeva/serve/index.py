@@ -113,7 +113,7 @@ class Index:
     # ------------------------------------------------------------------------------------------ build / add
     @classmethod
     def build(cls, vectors: np.ndarray, meta: list[dict], model_info: dict | None = None, kind: str = "auto",
-              params: dict | None = None, seed: int = 0) -> "Index":
+              params: dict | None = None, seed: int = 0) -> Index:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # (N, D)
         if vectors.ndim != 2 or len(vectors) != len(meta):
             raise ValueError(f"vectors {vectors.shape} and {len(meta)} metadata rows do not match")
@@ -137,7 +137,7 @@ class Index:
         return out
 
     @classmethod
-    def from_embeddings(cls, embeddings_dir, kind: str = "auto", params: dict | None = None) -> "Index":
+    def from_embeddings(cls, embeddings_dir, kind: str = "auto", params: dict | None = None) -> Index:
         vectors, meta, manifest = load_embeddings(embeddings_dir)
         return cls.build(vectors, meta, manifest, kind=kind, params=params)
 
@@ -228,7 +228,7 @@ class Index:
         return root / name
 
     @classmethod
-    def load(cls, path) -> "Index":
+    def load(cls, path) -> Index:
         faiss = _faiss()
         root = Path(path)
         current = _current_version(root)

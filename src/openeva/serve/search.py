@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from openeva.data.collection import DECODE_ERRORS, load_source
 from openeva.data.captions import open_rgb
+from openeva.data.collection import DECODE_ERRORS, load_source
 from openeva.serve.encoder import Encoder
 from openeva.serve.index import Index
 
