@@ -145,8 +145,62 @@ def mim_step(r: dict) -> str:
     return "\n".join(lines + ["", _machine_line(r)])
 
 
+def _env_line(r: dict) -> str:
+    env = r.get("environment") or {}
+    line = _machine_line({"machine": env})
+    return line[:-2] + f"; torch CPU capability {env.get('torch_cpu_capability')}, mkldnn bf16 " \
+        f"{r.get('mkldnn_bf16_supported')}; shared machine, other jobs running._"
+
+
+def embed_throughput(r: dict) -> str:
+    ips = r["images_per_s"]
+    lines = [
+        f"`openeva embed` on {r['images']} JPEGs ({r['image_size']} px) with {r['model']} ({r['precision']}, batch "
+        f"{r['batch_size']}, {r['workers']} decode workers), same weights in all three.",
+        "",
+        "| bare forward (img/s) | openeva embed (img/s) | open_clip loop (img/s) | embed / bare | embed / open_clip |",
+        "|---|---|---|---|---|",
+        f"| {ips['bare_forward']:.2f} | {ips['openeva_embed']:.2f} | {ips['open_clip_loop']:.2f} "
+        f"| {r['embed_vs_bare_forward']:.2f} | {r['embed_vs_open_clip_loop']:.2f} |",
+    ]
+    return "\n".join(lines + ["", _env_line(r)])
+
+
+def search(r: dict) -> str:
+    lines = [f"Random unit vectors, {r['queries']} held-out queries, k=10, faiss {r['faiss']}.", "",
+             "| vectors | dim | kind | params | build (s) | 1-query p50 (ms) | p99 (ms) | batch q/s | recall@10 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        if "skipped" in row:
+            lines.append(f"| {row['n']:,} | | {row['kind']} | skipped: {row['skipped']} | | | | | |")
+            continue
+        params = ", ".join(f"{k}={v}" for k, v in row["params"].items()) or "exact"
+        lines.append(f"| {row['n']:,} | {row['dim']} | {row['kind']} | {params} | {row['build_s']} "
+                     f"| {row['latency_ms_p50']} | {row['latency_ms_p99']} | {row['batch_queries_per_s']} "
+                     f"| {row['recall@10']:.3f} |")
+    return "\n".join(lines + ["", _env_line(r)])
+
+
+def service_load(r: dict) -> str:
+    lines = [f"`openeva serve --model {r['model']}` ({r['weights']} weights, {r['precision']}) on 127.0.0.1, one "
+             "item per request.", "",
+             "| micro-batching | kind | requests | clients | errors | req/s | p50 (ms) | p99 (ms) | mean batch "
+             "| server peak RSS (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for mode in r["modes"]:
+        for kind in ("text", "image"):
+            if kind not in mode:
+                continue
+            m = mode[kind]
+            lines.append(f"| {'on' if mode['batching'] else 'off'} | {kind} | {m['requests']} | {m['clients']} "
+                         f"| {m['errors']} | {m['throughput_rps']} | {m['latency_ms_p50']} | {m['latency_ms_p99']} "
+                         f"| {mode['batch_size_mean'].get(kind)} | {mode['server_peak_rss_mb']} |")
+    return "\n".join(lines + ["", _env_line(r)])
+
+
 RENDERERS = {"image_encoder": image_encoder, "train_step": train_step, "loss_memory": loss_memory,
-             "mim_step": mim_step}
+             "mim_step": mim_step, "embed_throughput": embed_throughput, "search": search,
+             "service_load": service_load}
 
 
 def render(readme: str, results_dir: Path) -> str:

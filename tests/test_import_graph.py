@@ -1,4 +1,5 @@
-"""The import graph flows one way: data <- (models, checkpoints, metrics) <- train <- eval <- quickstart / cli.
+"""The import graph flows one way: data <- (models, checkpoints, metrics) <- train <- eval <- quickstart / cli,
+and data <- (models, export) <- serve <- cli.
 
 Each top-level package is imported in a fresh interpreter and the other openeva packages it pulled in are
 checked; a static pass over every module (function-level imports included) checks the same rules, so a cycle
@@ -27,7 +28,9 @@ FORBIDDEN = {
     "checkpoints": {"train", "eval", "quickstart", "cli", "data"},
     "metrics": {"train", "eval", "quickstart", "cli", "data"},
     "train": {"eval", "quickstart", "cli"},
-    "eval": {"quickstart", "cli"},
+    "eval": {"quickstart", "cli", "serve"},
+    "export": {"train", "eval", "quickstart", "cli", "serve"},
+    "serve": {"train", "eval", "quickstart", "cli"},
 }
 
 

@@ -15,7 +15,18 @@ from openeva.models.tome import apply_tome
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``openeva.embed``, ``openeva.Index``, ``openeva.classify``: imported on first use (faiss is optional)."""
+    if name in ("embed", "classify", "Index"):
+        from openeva import serve
+
+        return getattr(serve, name)
+    raise AttributeError(f"module 'openeva' has no attribute {name!r}")
+
+
 __all__ = [
-    "apply_tome", "create_model", "create_model_and_transforms", "quantize_int8", "create_model_from_pretrained", "get_model_spec",
-    "get_tokenizer", "list_models", "list_pretrained", "load_checkpoint", "save_checkpoint", "save_model",
+    "Index", "apply_tome", "classify", "create_model", "create_model_and_transforms", "create_model_from_pretrained",
+    "embed", "get_model_spec", "get_tokenizer", "list_models", "list_pretrained", "load_checkpoint", "quantize_int8",
+    "save_checkpoint", "save_model",
 ]

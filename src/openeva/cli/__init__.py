@@ -15,6 +15,11 @@ COMMAND_MODULES = [
     "openeva.cli.pretrain_cmd",
     "openeva.cli.eval_cmd",
     "openeva.cli.export_cmd",
+    "openeva.cli.embed_cmd",
+    "openeva.cli.index_cmd",
+    "openeva.cli.search_cmd",
+    "openeva.cli.classify_cmd",
+    "openeva.cli.serve_cmd",
 ]
 
 

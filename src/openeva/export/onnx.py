@@ -9,6 +9,7 @@ the model, its preprocessing, the tokenizer's context length and the parity chec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -18,6 +19,23 @@ from torch import nn
 
 DEFAULT_OPSET = 17
 REL_TOLERANCE = 1e-4  # max |onnx - torch| / max |torch| in fp32
+
+
+def weights_hash(model: nn.Module) -> str:
+    """Short hash of a model's weights as fp32 (names and values): the identity of the vectors it makes.
+
+    Taken before any cast, token merging or quantization, and written into an export's manifest, so vectors
+    from the PyTorch model and from its ONNX export are known to come from the same weights."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def config_hash(model_config: dict) -> str:
+    """Short hash of a model's saved config (``model_config_dict(model)["model_config"]``)."""
+    return hashlib.sha256(json.dumps(model_config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class ImageTower(nn.Module):
@@ -84,7 +102,7 @@ def export_onnx(model: nn.Module, out_dir: str | Path, opset: int = DEFAULT_OPSE
     it). With ``check``, both graphs run in onnxruntime at two batch sizes and must match PyTorch within
     ``REL_TOLERANCE``; a mismatch raises ``ValueError`` after the manifest is written.
     """
-    from openeva.factory import preprocess_cfg
+    from openeva.factory import model_config_dict, preprocess_cfg
     from openeva.models.tome import ToMeEVAViT
 
     if opset < 17:
@@ -99,7 +117,9 @@ def export_onnx(model: nn.Module, out_dir: str | Path, opset: int = DEFAULT_OPSE
     vision = model.visual if hasattr(model, "visual") else model
     H, W = vision.cfg.img_size
     manifest = {"model": model_name or getattr(getattr(model, "spec", None), "name", None), "pretrained": pretrained,
-                "opset": opset, "image_size": [H, W], "preprocess": preprocess_cfg(model), "graphs": {}}
+                "opset": opset, "image_size": [H, W], "preprocess": preprocess_cfg(model), "graphs": {},
+                "config_hash": config_hash(model_config_dict(model)["model_config"]),
+                "weights_hash": weights_hash(model)}
     g = torch.Generator().manual_seed(0)
     image_tower = ImageTower(model).eval()
     start = time.perf_counter()

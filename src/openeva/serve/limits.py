@@ -1,0 +1,150 @@
+"""Request limits of the HTTP service, each answered with a clear JSON 4xx (or 503 when saturated).
+
+Body size and concurrency are enforced by an ASGI middleware before any handler runs (the body is counted
+as it streams, so a missing or lying Content-Length does not get around it); image format, pixel count
+(decompression bombs: checked from the header, before decoding), and the number and length of texts are
+checked by :func:`decode_image` / :func:`check_texts` in the handlers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+from PIL import Image
+
+from openeva.data.collection import DECODE_ERRORS
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 20 * 2**20
+    max_pixels: int = 40_000_000
+    max_images: int = 16
+    max_texts: int = 64
+    max_text_chars: int = 1000
+    max_concurrent: int = 64
+    timeout_s: float = 30.0
+    max_k: int = 1000
+
+    def __post_init__(self):
+        for name, value in self.__dict__.items():
+            if value <= 0:
+                raise ValueError(f"limit {name} must be > 0, got {value}")
+
+
+class ApiError(Exception):
+    """An error the client caused (or a saturated server): status code, machine-readable code, message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+def decode_image(data: bytes, limits: Limits, name: str = "image") -> Image.Image:
+    """Bytes -> RGB image, refusing unknown formats, too many pixels and corrupt data with an ApiError."""
+    if not data:
+        raise ApiError(400, "empty_image", f"{name} is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            fmt, (w, h) = probe.format, probe.size
+    except DECODE_ERRORS:
+        raise ApiError(415, "unsupported_image", f"{name} is not an image in a supported format "
+                       f"({', '.join(ALLOWED_FORMATS)})") from None
+    if fmt not in ALLOWED_FORMATS:
+        raise ApiError(415, "unsupported_image", f"{name} is {fmt}; supported: {', '.join(ALLOWED_FORMATS)}")
+    if w * h > limits.max_pixels:
+        raise ApiError(413, "too_many_pixels", f"{name} has {w}x{h} = {w * h} pixels; the limit is "
+                       f"{limits.max_pixels}")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.convert("RGB")
+    except DECODE_ERRORS as err:
+        raise ApiError(400, "corrupt_image", f"{name} cannot be decoded: {err}") from None
+
+
+def check_texts(texts: list[str], limits: Limits) -> list[str]:
+    if not texts:
+        raise ApiError(422, "no_texts", "give at least one text")
+    if len(texts) > limits.max_texts:
+        raise ApiError(413, "too_many_texts", f"{len(texts)} texts; the limit is {limits.max_texts} per request")
+    for i, t in enumerate(texts):
+        if len(t) > limits.max_text_chars:
+            raise ApiError(413, "text_too_long", f"text {i} has {len(t)} characters; the limit is "
+                           f"{limits.max_text_chars}")
+        if not t.strip():
+            raise ApiError(422, "empty_text", f"text {i} is empty")
+    return texts
+
+
+def check_image_count(n: int, limits: Limits) -> None:
+    if n == 0:
+        raise ApiError(422, "no_images", "give at least one image")
+    if n > limits.max_images:
+        raise ApiError(413, "too_many_images", f"{n} images; the limit is {limits.max_images} per request")
+
+
+async def _send_json(send, status: int, body: dict, headers: list | None = None) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class LimitsMiddleware:
+    """ASGI middleware: a cap on requests in flight (503 + Retry-After) and on the body size (413).
+
+    The body is read here, counted as it streams (a missing or lying Content-Length does not get around the
+    cap), and replayed to the app, so handlers never see more than the limit.
+    """
+
+    def __init__(self, app, limits: Limits, state):
+        self.app, self.limits, self.state = app, limits, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
+            return await _send_json(send, 413, ApiError(413, "body_too_large", self._body_message()).body())
+        if self.state.in_flight >= self.limits.max_concurrent:
+            return await _send_json(send, 503, ApiError(503, "saturated", "too many requests in flight; retry "
+                                                        "shortly").body(), [(b"retry-after", b"1")])
+        self.state.in_flight += 1
+        try:
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":  # client went away
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.limits.max_body_bytes:
+                    return await _send_json(send, 413, ApiError(413, "body_too_large", self._body_message()).body())
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+            replayed = False
+
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send)
+        finally:
+            self.state.in_flight -= 1
+
+    def _body_message(self) -> str:
+        return f"request body larger than the limit of {self.limits.max_body_bytes} bytes"

@@ -1,0 +1,122 @@
+"""`openeva embed` / `openeva.embed`: outputs, skipping of bad files, refusals, exact resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from openeva.cli import main
+from openeva.serve.embed import embed, load_embeddings
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def test_cli_embeds_a_folder_skipping_bad_files(clip_dir, shapes_dir, tmp_path, capsys):
+    out = tmp_path / "emb"
+    assert main(["embed", str(shapes_dir), "--model", clip_dir, "--out", str(out), "--text", "--shard-size", "10",
+                 "--batch-size", "4", "--workers", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "corrupt.jpg" in printed and "truncated.png" in printed
+    vectors, meta, manifest = load_embeddings(out)
+    assert manifest["status"] == "complete" and manifest["count"] == 24 and vectors.shape == (24, 32)
+    assert manifest["dtype"] == "float16" and np.load(out / "shards" / "00000.npy").dtype == np.float16
+    assert {s["path"].rsplit("/", 1)[-1] for s in manifest["skipped"]} == {"corrupt.jpg", "truncated.png"}
+    assert any("notes.md" in s for s in manifest["source_skipped"])
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-2)
+    assert len({m["id"] for m in meta}) == 24
+    assert all(m["width"] == 40 and m["height"] == 40 and m["caption"] for m in meta)
+    text_vectors, _, _ = load_embeddings(out, text=True)
+    assert text_vectors.shape == (24, 32) and np.allclose(np.linalg.norm(text_vectors, axis=1), 1, atol=1e-2)
+    for key in ("model", "config_hash", "weights_hash", "preprocess", "dim", "normalized"):
+        assert key in manifest
+
+
+def test_rerun_is_a_no_op_and_other_models_are_refused(clip_dir, other_clip_dir, shapes_dir, tmp_path):
+    out = tmp_path / "emb"
+    first = embed(shapes_dir, clip_dir, out, shard_size=8, progress=False)
+    mtime = (out / "shards" / "00000.npy").stat().st_mtime_ns
+    again = embed(shapes_dir, clip_dir, out, shard_size=8, progress=False)
+    assert again["count"] == first["count"] and (out / "shards" / "00000.npy").stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match="other settings"):
+        embed(shapes_dir, other_clip_dir, out, shard_size=8, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        embed(shapes_dir, clip_dir, out, shard_size=8, dtype="float32", progress=False)
+    assert main(["embed", str(shapes_dir), "--model", other_clip_dir, "--out", str(out), "--shard-size", "8",
+                 "--no-progress"]) == 2
+
+
+def test_bad_sources_give_clear_errors(clip_dir, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["embed", str(empty), "--model", clip_dir, "--out", str(tmp_path / "o1"), "--no-progress"]) == 2
+    assert "no images found" in capsys.readouterr().err
+    assert main(["embed", str(tmp_path / "missing"), "--model", clip_dir, "--out", str(tmp_path / "o2")]) == 2
+    assert "not found" in capsys.readouterr().err
+    csv_file = tmp_path / "list.csv"
+    csv_file.write_text("picture,caption\na.png,hello\n")
+    assert main(["embed", str(csv_file), "--model", clip_dir, "--out", str(tmp_path / "o3"), "--image-key",
+                 "filepath"]) == 2
+    assert "'filepath' not found" in capsys.readouterr().err
+
+
+def test_csv_and_webdataset_sources(clip_dir, make_folder, make_shards, tmp_path):
+    folder = make_folder(tmp_path / "imgs", 6, bad=False)
+    rows = [{"image": str(p.relative_to(folder)), "text": f"caption {i}"} for i, p in
+            enumerate(sorted(folder.rglob("*.png")))]
+    index = folder / "list.jsonl"
+    index.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, meta, manifest = load_embeddings(tmp_path / "e1") if embed(index, clip_dir, tmp_path / "e1", progress=False) \
+        else (None, None, None)
+    assert manifest["count"] == 6 and meta[0]["caption"] == "caption 0"
+    shards = make_shards(tmp_path / "wds", 10, per_shard=4)
+    result = embed(str(shards / "shard-{000..002}.tar"), clip_dir, tmp_path / "e2", progress=False, workers=1)
+    _, meta, _ = load_embeddings(tmp_path / "e2")
+    assert result["count"] == 10 and meta[0]["path"].endswith("shard-000.tar/00000") and meta[0]["caption"]
+
+
+def test_ranks_split_the_work_without_overlap(clip_dir, shapes_dir, tmp_path):
+    single = embed(shapes_dir, clip_dir, tmp_path / "one", shard_size=5, progress=False)
+    assert embed(shapes_dir, clip_dir, tmp_path / "two", shard_size=5, rank=1, world_size=2,
+                 progress=False)["status"] == "partial"
+    done = embed(shapes_dir, clip_dir, tmp_path / "two", shard_size=5, rank=0, world_size=2, progress=False)
+    assert done["status"] == "complete" and done["count"] == single["count"]
+    a, meta_a, _ = load_embeddings(tmp_path / "one")
+    b, meta_b, _ = load_embeddings(tmp_path / "two")
+    assert [m["id"] for m in meta_a] == [m["id"] for m in meta_b] and np.array_equal(a, b)
+
+
+def _embed_cmd(src, model, out) -> list[str]:
+    return [sys.executable, "-m", "openeva", "embed", str(src), "--model", model, "--out", str(out),
+            "--shard-size", "10", "--batch-size", "5", "--workers", "0", "--no-progress", "--dtype", "float32"]
+
+
+def test_resume_after_kill_9_gives_the_same_vectors(clip_dir, make_folder, tmp_path):
+    src = make_folder(tmp_path / "many", 150, size=96, bad=False)
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_embed_cmd(src, clip_dir, out), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while len(list((out / "shards").glob("*.done.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    finished = len(list((out / "shards").glob("*.done.json")))
+    assert 2 <= finished < 15, "the run must be killed part-way for this test to mean anything"
+    subprocess.run(_embed_cmd(src, clip_dir, out), env=env, check=True, timeout=300, capture_output=True)
+    clean = embed(src, clip_dir, tmp_path / "clean", shard_size=10, batch_size=5, dtype="float32", progress=False)
+    resumed, meta_r, manifest = load_embeddings(out)
+    expected, meta_c, _ = load_embeddings(tmp_path / "clean")
+    ids = [m["id"] for m in meta_r]
+    assert manifest["count"] == clean["count"] == 150 and len(set(ids)) == len(ids) == 150
+    assert ids == [m["id"] for m in meta_c]
+    assert np.array_equal(resumed, expected)
