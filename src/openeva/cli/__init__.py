@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "openeva.cli.train_cmd",
     "openeva.cli.pretrain_cmd",
     "openeva.cli.eval_cmd",
+    "openeva.cli.segment_cmd",
 ]
 
 

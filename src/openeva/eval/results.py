@@ -27,6 +27,8 @@ TASK_NAMES = {
     "linear_probe": "linear_probe",
     "knn": "knn",
     "finetune": "finetune",
+    "segmentation": "segmentation",
+    "zeroshot_video": "zeroshot_video_classification",
 }
 KNOWN_TASKS = frozenset(TASK_NAMES.values())
 REQUIRED_FIELDS = {"dataset": str, "model": str, "pretrained": str, "task": str, "metrics": dict, "language": str}

@@ -25,6 +25,7 @@ from openeva.eval.datasets import (
     load_classification_dataset,
     load_retrieval_dataset,
 )
+from openeva.eval.dense_runner import DENSE_TASKS, evaluate_dense
 from openeva.eval.features import (
     EncodedImages,
     FeatureCache,
@@ -49,7 +50,7 @@ from openeva.eval.zeroshot import (
     zeroshot_logits,
 )
 
-TASKS = ("zeroshot", "retrieval", "linear_probe", "knn", "finetune")
+TASKS = ("zeroshot", "retrieval", "linear_probe", "knn", "finetune", "segmentation", "zeroshot_video")
 CLASSIFICATION_TASKS = frozenset({"zeroshot", "linear_probe", "knn", "finetune"})
 TRAIN_TASKS = frozenset({"linear_probe", "knn", "finetune"})
 FROZEN_TASKS = frozenset({"zeroshot", "retrieval", "linear_probe", "knn"})  # tasks on the frozen model's features
@@ -166,6 +167,7 @@ def evaluate(
     make_plots: bool = True,
     progress: bool = True,
     verbose: bool = False,
+    dense: dict | None = None,
 ) -> list[dict]:
     """Run ``tasks`` on ``dataset`` and return one result record per task (CLIP_benchmark shape).
 
@@ -181,6 +183,11 @@ def evaluate(
     # ---- 1. check every input before any compute
     task_list = parse_tasks(tasks)
     check_precision(precision)
+    if DENSE_TASKS & set(task_list):  # segmentation / zeroshot_video read their own sources (eval/dense_runner.py)
+        return evaluate_dense(model, task_list, dataset, pretrained=pretrained, classnames=classnames,
+                              templates=templates, tokenizer=tokenizer, preprocess=preprocess, precision=precision,
+                              device=device, output_dir=output_dir, dataset_name=dataset_name, model_name=model_name,
+                              language=language, seed=seed, progress=progress, verbose=verbose, dense=dense)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if few_shot is not None and few_shot < 1:

@@ -29,6 +29,7 @@ class TaskEntry:
 
 _TASKS: dict[str, TaskEntry | tuple[str, str, str | None]] = {
     "clip": ("openeva.train.clip_task", "build_clip", "preflight_clip"),
+    "segmentation": ("openeva.train.segmentation_task", "build_segmentation", "preflight_segmentation"),
 }
 
 

@@ -1,0 +1,28 @@
+"""Tiny semantic segmentation fine-tune on CPU: the test backbone + ViTDet simple pyramid + light decoder label
+the synthetic multi-shape scenes by colour (7 classes: background + 6 colours).
+
+    openeva train segment_tiny
+    openeva train segment_tiny data.train=data/seg data.val=data/seg_val   # images/ + masks/ + classnames.txt
+
+Random-init backbone at 64 px (patch 8, an 8x8 grid); validation mIoU rises far above the all-background
+baseline in a few hundred steps on 2 cores.
+"""
+
+from openeva.train.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+
+config = TrainConfig(
+    task="segmentation",
+    name="segment_tiny",
+    seed=0,
+    precision="fp32",
+    model=ModelConfig(name="eva02_test_patch8_32", img_size=64, drop_path_rate=0.0),
+    data=DataConfig(train="synthetic", train_num_samples=2048, batch_size=32, val="synthetic", val_num_samples=64,
+                    zeroshot=None),
+    optim=OptimConfig(optimizer="adamw", lr=2e-3, layer_decay=1.0, weight_decay=0.05, betas=(0.9, 0.999), eps=1e-8,
+                      grad_clip=1.0),
+    schedule=ScheduleConfig(scheduler="cosine", warmup_steps=20, epochs=3),
+    task_options={"synthetic_label_by": "color", "out_channels": 32, "decoder_channels": 32, "hflip": 0.5},
+    save_every=100,
+    log_every=20,
+    eval_every=64,
+)
