@@ -54,6 +54,8 @@ def register(subparsers) -> None:
                         "task_options.ema_decay=0.999 (repeatable)")
     p.add_argument("--masks", default=None, help="segmentation: mask folder (default: DATASET/masks beside DATASET/images)")
     p.add_argument("--bg-threshold", type=float, default=None, help="segmentation: background below this top probability")
+    p.add_argument("--background", action="append", default=[], metavar="PROMPT",
+                   help="segmentation: a background prompt (repeatable); pixels it wins are background")
     p.add_argument("--dense-method", default=None, choices=("maskclip", "value"), help="segmentation: dense feature path")
     p.add_argument("--dense-refine", default=None, choices=("none", "fusion", "smooth", "fusion+smooth"))
     p.add_argument("--num-frames", type=int, default=8, help="zeroshot_video: frames sampled per video")
@@ -107,7 +109,8 @@ def run(args: argparse.Namespace, *, model=None, tokenizer=None, preprocess=None
             make_plots=not args.no_plots,
             progress=not args.no_progress,
             verbose=True,
-            dense={"masks": args.masks, "bg_threshold": args.bg_threshold, "num_frames": args.num_frames,
+            dense={"masks": args.masks, "bg_threshold": args.bg_threshold,
+                   "background": args.background, "num_frames": args.num_frames,
                    "method": args.dense_method, "refine": args.dense_refine},
         )
     except (ValueError, FileNotFoundError) as e:

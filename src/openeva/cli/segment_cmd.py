@@ -1,7 +1,7 @@
 """``openeva segment``: training-free open-vocabulary segmentation of one image with an EVA-CLIP.
 
     openeva segment street.jpg --labels "sky,road,car" --model EVA02-B-16 --pretrained merged2b_s8b_b131k \\
-        --out mask.png [--overlay overlay.png] [--bg-threshold 0.5]
+        --out mask.png [--overlay overlay.png] [--bg-threshold 0.5] [--background "an empty background"]
 
 Writes the label map (a palette PNG: pixel value 0 = background, k = the k-th label) and a colour overlay with
 a legend (default: ``<out>_overlay.png``), and prints each label's share of the image.
@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--overlay", default=None, help="overlay PNG (default: <out>_overlay.png)")
     p.add_argument("--bg-threshold", type=float, default=None,
                    help="pixels whose top class probability is below this are background (0..1)")
+    p.add_argument("--background", action="append", default=[], metavar="PROMPT",
+                   help="a background prompt (repeatable, e.g. 'an empty background'): pixels it wins are 0")
     p.add_argument("--templates", default=None,
                    help="prompt templates: a JSON/text file or builtin name ('{c}' marks the class)")
     p.add_argument("--method", default=None, choices=("maskclip", "value"), help="dense feature path")
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                                                  device=args.device)
     except TypeError as e:  # not a CLIP (no text tower / not an EVA tower)
         raise ValueError(str(e)) from None
-    result = seg.segment(image, names, bg_threshold=args.bg_threshold)
+    result = seg.segment(image, names, bg_threshold=args.bg_threshold, background=args.background)
     label_image(result.labels, len(names)).save(out)
     overlay(result).save(overlay_path)
     for name, area in result.areas().items():

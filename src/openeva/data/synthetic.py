@@ -53,6 +53,7 @@ CAPTION_TEMPLATES = (
     "{size} {color} {shape}, {position}",
 )
 SPLITS = ("train", "heldout", "all")
+EMPTY_SCENE_CAPTION = "an empty background"
 
 
 class ShapeAttributes(NamedTuple):
@@ -274,7 +275,7 @@ class ShapesClassification:
 class ShapeScenes:
     """Scenes of several shapes with their true segmentation masks: ``ds[i] -> (image, mask)``.
 
-    Each scene holds ``min_shapes..max_shapes`` shapes at distinct positions with distinct labels (colours when
+    Each scene holds ``min_shapes..max_shapes`` shapes (0: an empty background) at distinct positions with distinct labels (colours when
     ``label_by="color"``, shapes when ``"shape"``), drawn like :class:`ShapesDataset`'s. ``mask`` is an (S, S)
     uint8 array: 0 = background, ``k + 1`` = ``classes[k]``; a later shape covers an earlier one in the image
     and in the mask alike. Sample ``i`` depends only on ``(seed, i)``.
@@ -284,8 +285,8 @@ class ShapeScenes:
                  min_shapes: int = 2, max_shapes: int = 3, sizes: tuple[str, ...] = ("large",)) -> None:
         if label_by not in ("color", "shape"):
             raise ValueError(f"label_by must be 'color' or 'shape', got {label_by!r}")
-        if not 1 <= min_shapes <= max_shapes <= len(POSITIONS):
-            raise ValueError(f"need 1 <= min_shapes <= max_shapes <= {len(POSITIONS)}, got {min_shapes}, {max_shapes}")
+        if not 0 <= min_shapes <= max_shapes <= len(POSITIONS):
+            raise ValueError(f"need 0 <= min_shapes <= max_shapes <= {len(POSITIONS)}, got {min_shapes}, {max_shapes}")
         if not sizes or any(z not in SIZES for z in sizes):
             raise ValueError(f"sizes must be a non-empty subset of {tuple(SIZES)}, got {sizes!r}")
         if not isinstance(image_size, int) or image_size < 8:
@@ -300,6 +301,14 @@ class ShapeScenes:
     def scene(self, index: int) -> list[ShapeAttributes]:
         """The shapes of scene ``index`` in drawing order."""
         return self._layout(self._rng(index))
+
+    def caption(self, index: int) -> str:
+        """What the scene shows, e.g. "a red circle and a blue square" ("an empty background" for none):
+        scenes double as image-text pairs for training a small CLIP that has seen several objects at once."""
+        shapes = self.scene(index)
+        if not shapes:
+            return EMPTY_SCENE_CAPTION
+        return " and ".join(f"a {a.color} {a.shape}" for a in shapes)
 
     def _rng(self, index: int) -> np.random.Generator:
         if not 0 <= index < self.num_samples:

@@ -162,12 +162,18 @@ def segment_logits(dense: torch.Tensor, classifier: torch.Tensor, out_size: tupl
     return logits
 
 
-def logits_to_labels(logits: torch.Tensor, bg_threshold: float | None = None) -> torch.Tensor:
-    """(B, C, H, W) logits -> (B, H, W) int64 labels: ``k + 1`` for class k, 0 where the top softmax
-    probability is below ``bg_threshold`` (MaskCLIP's background rule; None: every pixel gets a class)."""
+def logits_to_labels(logits: torch.Tensor, bg_threshold: float | None = None,
+                     background_last: bool = False) -> torch.Tensor:
+    """(B, C, H, W) logits -> (B, H, W) int64 labels: ``k + 1`` for class k, 0 for background.
+
+    Background is where the top softmax probability is below ``bg_threshold`` (MaskCLIP's rule; None: off),
+    and, with ``background_last``, where the last channel (a background prompt's class) wins.
+    """
     probs = logits.float().softmax(dim=1)  # (B, C, H, W)
     top, arg = probs.max(dim=1)  # (B, H, W)
     labels = arg + 1
+    if background_last:
+        labels = torch.where(arg == logits.shape[1] - 1, torch.zeros_like(labels), labels)
     if bg_threshold is not None:
         if not 0.0 <= bg_threshold <= 1.0:
             raise ValueError(f"bg_threshold must be in [0, 1], got {bg_threshold}")

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from openeva.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, load_image
@@ -106,32 +107,45 @@ class OpenVocabSegmenter:
         kwargs.setdefault("std", pcfg.get("std", OPENAI_CLIP_STD))
         return cls(model, get_tokenizer(model_name), **kwargs)
 
-    def classifier(self, names: Sequence[str]) -> torch.Tensor:
-        """(E, C) prompt-ensembled, normalised text embeddings of ``names``."""
+    def classifier(self, names: Sequence[str], background: Sequence[str] = ()) -> torch.Tensor:
+        """(E, C) prompt-ensembled, normalised text embeddings of ``names``; with ``background`` prompts (used
+        verbatim, averaged) one more column (E, C + 1) for the background class."""
         from openeva.eval.zeroshot import build_zeroshot_classifier
 
-        key = tuple(names)
+        key = (tuple(names), tuple(background))
         if key not in self._classifiers:
-            self._classifiers[key] = build_zeroshot_classifier(self.model, self.tokenizer, list(names),
-                                                               self.templates, device=self.device)
+            w = build_zeroshot_classifier(self.model, self.tokenizer, list(names), self.templates,
+                                          device=self.device)  # (E, C)
+            if background:
+                from openeva.eval.features import encode_texts
+
+                bg = F.normalize(encode_texts(self.model, self.tokenizer, list(background), device=self.device),
+                                 dim=-1)  # (P, E): prompts used verbatim
+                w = torch.cat([w, F.normalize(bg.mean(0), dim=0).unsqueeze(1).to(w)], dim=1)  # (E, C + 1)
+            self._classifiers[key] = w
         return self._classifiers[key]
 
     @torch.no_grad()
-    def logits(self, image: Image.Image, names: Sequence[str], out_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """(C, H, W) class logits at ``out_size`` (default: the image's own (H, W))."""
+    def logits(self, image: Image.Image, names: Sequence[str], out_size: tuple[int, int] | None = None,
+               background: Sequence[str] = ()) -> torch.Tensor:
+        """(C, H, W) class logits (C + 1 with ``background`` prompts, background last) at ``out_size``
+        (default: the image's own (H, W))."""
         x = model_input(image, self.visual, self.mean, self.std).to(self.device)  # (1, 3, h, w)
         dense = dense_embeddings(self.model, x, self.options)  # (1, E, gh, gw)
         size = out_size or (image.size[1], image.size[0])
-        return segment_logits(dense, self.classifier(names).to(self.device), size)[0].cpu()  # (C, H, W)
+        return segment_logits(dense, self.classifier(names, background).to(self.device), size)[0].cpu()
 
     def segment(self, image: Image.Image | str | Path, labels: str | Sequence[str],
-                bg_threshold: float | None = None) -> SegmentationResult:
-        """Label every pixel of ``image`` with one of ``labels`` (or background, below ``bg_threshold``)."""
+                bg_threshold: float | None = None, background: Sequence[str] = ()) -> SegmentationResult:
+        """Label every pixel of ``image`` with one of ``labels``, or background: below ``bg_threshold``, or
+        where the ``background`` prompts (e.g. ["an empty background", "the sky"]) win over every label."""
         names = parse_labels(labels)
+        background = [b.strip() for b in background if b.strip()]
         img = load_image(image) if isinstance(image, (str, Path)) else image
-        logits = self.logits(img, names)  # (C, H, W)
-        labels_map = logits_to_labels(logits.unsqueeze(0), bg_threshold)[0]  # (H, W)
-        return SegmentationResult(img, labels_map.numpy().astype(np.uint8), names, logits.float().softmax(0))
+        logits = self.logits(img, names, background=background)  # (C [+ 1], H, W)
+        labels_map = logits_to_labels(logits.unsqueeze(0), bg_threshold, background_last=bool(background))[0]
+        probs = logits.float().softmax(0)[: len(names)]
+        return SegmentationResult(img, labels_map.numpy().astype(np.uint8), names, probs)
 
 
 # ------------------------------------------------------------------------------------------------ drawing

@@ -40,13 +40,14 @@ def evaluate_dense(
     verbose: bool = False,
     dense: dict | None = None,
 ) -> list[dict]:
-    """Run ``segmentation`` / ``zeroshot_video`` (``dense`` holds ``masks``, ``bg_threshold``, ``num_frames``,
+    """Run ``segmentation`` / ``zeroshot_video`` (``dense`` holds ``masks``, ``bg_threshold``, ``background``
+    (prompts), ``num_frames``,
     ``method``, ``refine``)."""
     from openeva.dense.segment import DEFAULT_TEMPLATES, DenseOptions
     from openeva.eval.zeroshot import load_classnames, load_templates
 
     opts = dict(dense or {})
-    unknown = set(opts) - {"masks", "bg_threshold", "num_frames", "method", "refine"}
+    unknown = set(opts) - {"masks", "bg_threshold", "background", "num_frames", "method", "refine"}
     if unknown:
         raise ValueError(f"unknown dense-task options {sorted(unknown)}")
     other = [t for t in task_list if t not in DENSE_TASKS]
@@ -113,7 +114,7 @@ def evaluate_dense(
         from openeva.eval.segmentation import evaluate_segmentation
 
         fields = evaluate_segmentation(model_obj, tokenizer, data, names, template_list, options=options,
-                                       bg_threshold=bg, mean=mean, std=std, device=device, progress=progress)
+                                       bg_threshold=bg, background=tuple(opts.get("background") or ()), mean=mean, std=std, device=device, progress=progress)
     else:
         from openeva.eval.video import evaluate_zeroshot_video
 

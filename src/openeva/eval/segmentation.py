@@ -1,7 +1,7 @@
 """Open-vocabulary semantic segmentation evaluation: mIoU of the training-free dense labels on image + mask pairs.
 
-Protocol as MaskCLIP / mmseg report it: per image, class logits at the mask's resolution, argmax (optionally
-background below a probability threshold), accumulated into one (C + 1) x (C + 1) confusion matrix over the
+Protocol as MaskCLIP / mmseg report it: per image, class logits at the mask's resolution, argmax (background
+below a probability threshold and / or where background prompts win), accumulated into one (C + 1) x (C + 1) confusion matrix over the
 dataset (row = truth, column = prediction; class 0 = background, ignore pixels dropped). IoU per class =
 TP / (TP + FP + FN); mIoU is the mean over classes present in the truth or the prediction; ``miou_fg`` leaves
 background out; ``pixel_acc`` is the fraction of labelled pixels right.
@@ -54,6 +54,7 @@ def evaluate_segmentation(
     *,
     options: DenseOptions = DenseOptions(),
     bg_threshold: float | None = None,
+    background: Sequence[str] = (),
     mean=None,
     std=None,
     device: str = "cpu",
@@ -78,8 +79,8 @@ def evaluate_segmentation(
     for i in tqdm(range(len(dataset)), desc="segmenting", disable=not progress, unit="image"):
         image, mask = dataset[i]
         truth = torch.from_numpy(np.asarray(mask))  # (H, W)
-        logits = seg.logits(image, names, out_size=tuple(truth.shape))  # (C, H, W)
-        pred = logits_to_labels(logits.unsqueeze(0), bg_threshold)[0]  # (H, W)
+        logits = seg.logits(image, names, out_size=tuple(truth.shape), background=background)  # (C [+1], H, W)
+        pred = logits_to_labels(logits.unsqueeze(0), bg_threshold, background_last=bool(background))[0]  # (H, W)
         conf += confusion(pred, truth, L)
     metrics, per_class = iou_metrics(conf)
     return {
@@ -89,6 +90,7 @@ def evaluate_segmentation(
         "num_classes": len(names),
         "num_templates": len(templates),
         "bg_threshold": bg_threshold,
+        "background_prompts": list(background),
         "dense_method": options.method,
         "dense_refine": options.refine,
     }
