@@ -40,8 +40,8 @@ DEFAULT_TEMPLATES = ("a photo of a {c}.", "a {c}.", "there is a {c} in the scene
 class DenseOptions:
     """How dense embeddings are made. Defaults are the measured best on the synthetic scenes (see README)."""
 
-    method: str = "maskclip"
-    refine: str = "fusion"
+    method: str = "value"
+    refine: str = "smooth"
     fusion_layers: int | None = None  # how many early blocks to fuse (None: all but the last)
     smooth_window: int = 3  # odd; neighbourhood of the guided pooling, in patches
     smooth_layer: int = -2  # block whose patch tokens guide the pooling (negative counts from the end)

@@ -78,7 +78,7 @@ def evaluate_segmentation(
     conf = torch.zeros(L, L, dtype=torch.long)
     for i in tqdm(range(len(dataset)), desc="segmenting", disable=not progress, unit="image"):
         image, mask = dataset[i]
-        truth = torch.from_numpy(np.asarray(mask))  # (H, W)
+        truth = torch.from_numpy(np.array(mask, dtype=np.uint8))  # (H, W)
         logits = seg.logits(image, names, out_size=tuple(truth.shape), background=background)  # (C [+1], H, W)
         pred = logits_to_labels(logits.unsqueeze(0), bg_threshold, background_last=bool(background))[0]  # (H, W)
         conf += confusion(pred, truth, L)
