@@ -23,7 +23,7 @@ class VideoReadError(ValueError):
     """A video file that cannot be decoded (corrupt, empty, no video stream)."""
 
 
-def _av():
+def require_av():
     try:
         import av
     except ImportError:
@@ -46,7 +46,7 @@ def read_frames(path: str | Path, num_frames: int) -> list[Image.Image]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {path}")
-    av = _av()
+    av = require_av()
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -63,7 +63,7 @@ def read_frames(path: str | Path, num_frames: int) -> list[Image.Image]:
 
 def write_video(path: str | Path, frames: list[Image.Image], fps: int = 8, codec: str = "mpeg4") -> Path:
     """Encode RGB frames to a video file (tests and examples; ``mpeg4`` ships with every PyAV wheel)."""
-    av = _av()
+    av = require_av()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = frames[0].size

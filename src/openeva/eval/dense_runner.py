@@ -80,9 +80,9 @@ def evaluate_dense(
         if bg is not None and not 0.0 <= bg <= 1.0:
             raise ValueError(f"--bg-threshold must be in [0, 1], got {bg}")
     else:
-        from openeva.data.video import VideoFolder, _av
+        from openeva.data.video import VideoFolder, require_av
 
-        _av()  # PyAV missing: fail before the model is built
+        require_av()  # PyAV missing: fail before the model is built
         num_frames = int(opts.get("num_frames") or 8)
         data = VideoFolder(dataset, num_frames=num_frames, classnames=names, name=dataset_name)
         names = data.classes
