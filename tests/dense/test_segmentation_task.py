@@ -31,7 +31,7 @@ def test_folder_data_and_preflight_errors(tmp_path):
     scenes = ShapeScenes(8, image_size=32)
     root = write_segmentation_folder(tmp_path / "seg", [scenes[i] for i in range(8)], scenes.classes)
     cfg = load_config("segment_tiny", [f"output_dir={tmp_path}/runs", f"data.train={root}", f"data.val={root}",
-                                       "schedule.epochs=1", "data.batch_size=4"])
+                                       "schedule.epochs=1", "data.batch_size=4", "schedule.warmup_steps=0"])
     train(cfg)
     with pytest.raises(ValueError, match="unknown segmentation option"):
         preflight(load_config("segment_tiny", [f"output_dir={tmp_path}/r2", "task_options.bogus=1"]))

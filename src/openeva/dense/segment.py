@@ -40,7 +40,7 @@ DEFAULT_TEMPLATES = ("a photo of a {c}.", "a {c}.", "there is a {c} in the scene
 class DenseOptions:
     """How dense embeddings are made. Defaults are the measured best on the synthetic scenes (see README)."""
 
-    method: str = "value"
+    method: str = "maskclip"
     refine: str = "smooth"
     fusion_layers: int | None = None  # how many early blocks to fuse (None: all but the last)
     smooth_window: int = 3  # odd; neighbourhood of the guided pooling, in patches
