@@ -19,10 +19,10 @@ quickstart: venv
 	$(VENV)/bin/openeva quickstart --out quickstart_out
 
 test: venv
-	$(PY) -m pytest -q -n 2 -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
 
 test-all: venv
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 clean:
 	rm -rf $(VENV) quickstart_out

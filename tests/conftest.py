@@ -6,9 +6,19 @@ importlib mode and cannot import helpers from each other.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
+
+# Under pytest-xdist each worker gets its share of the cores: N workers x all-cores threads oversubscribe the
+# CPU, and OpenMP's spin-waits then slow small-op tests (tiny models trained in a fixture) by 10-20x.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))  # subprocesses the tests start inherit it
+    torch.set_num_threads(_THREADS)
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ FORBIDDEN = {
     "train": {"eval", "quickstart", "cli"},
     "eval": {"quickstart", "cli", "serve"},
     "export": {"train", "eval", "quickstart", "cli", "serve"},
+    "dense": {"train", "eval", "quickstart", "cli", "serve"},
     "serve": {"train", "eval", "quickstart", "cli"},
 }
 

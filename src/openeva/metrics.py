@@ -127,3 +127,29 @@ def retrieval_metrics(ranks: RetrievalRanks, ks=DEFAULT_KS) -> dict[str, float]:
         metrics[f"{direction}_mean_rank"] = r1.mean().item()
         metrics[f"{direction}_median_rank"] = r1.median().item()
     return metrics
+
+
+# ------------------------------------------------------------------------------------ segmentation
+def confusion(pred: torch.Tensor, truth: torch.Tensor, num_labels: int, ignore_index: int = 255) -> torch.Tensor:
+    """(H, W) predictions and truth (pixels labelled ``ignore_index`` left out) -> (L, L) counts, row = truth."""
+    keep = truth != ignore_index
+    idx = truth[keep].long() * num_labels + pred[keep].long()
+    return torch.bincount(idx, minlength=num_labels * num_labels).view(num_labels, num_labels)
+
+
+def iou_metrics(conf: torch.Tensor) -> tuple[dict[str, float], list[float | None]]:
+    """mIoU (classes seen in truth or prediction), foreground mIoU, pixel accuracy; per-class IoU (None: unseen)."""
+    conf = conf.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp  # (L,)
+    seen = union > 0
+    iou = torch.where(seen, tp / union.clamp_min(1), torch.zeros_like(tp))
+    per_class = [float(v) if s else None for v, s in zip(iou.tolist(), seen.tolist())]
+    fg_seen = seen.clone()
+    fg_seen[0] = False
+    metrics = {
+        "miou": float(iou[seen].mean()) if seen.any() else 0.0,
+        "miou_fg": float(iou[fg_seen].mean()) if fg_seen.any() else 0.0,
+        "pixel_acc": float(tp.sum() / conf.sum().clamp_min(1)),
+    }
+    return metrics, per_class

@@ -53,7 +53,9 @@ def test_bad_inputs_fail_before_any_compute(make_folder, preprocess, tmp_path):
     bad_names.write_text("alpha\nbravo\n")
     with pytest.raises(ValueError, match="class names do not match"):
         evaluate(model, "zeroshot", root, classnames=str(bad_names), **kw)
-    with pytest.raises(ValueError, match="unknown task 'segmentation'"):
+    with pytest.raises(ValueError, match="unknown task 'detection'"):
+        evaluate(model, "zeroshot,detection", root, **kw)
+    with pytest.raises(ValueError, match="run each in its own openeva eval call"):
         evaluate(model, "zeroshot,segmentation", root, **kw)
     with pytest.raises(ValueError, match="need a training dataset"):
         evaluate(model, "knn", root, **kw)

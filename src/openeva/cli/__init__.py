@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "openeva.cli.search_cmd",
     "openeva.cli.classify_cmd",
     "openeva.cli.serve_cmd",
+    "openeva.cli.segment_cmd",
 ]
 
 

@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="model name (e.g. EVA02-B-16)")
     p.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path")
     p.add_argument("--task", action="append", required=True,
-                   help="zeroshot, retrieval, linear_probe, knn, finetune; repeat or comma-separate")
+                   help="zeroshot, retrieval, linear_probe, knn, finetune, segmentation, zeroshot_video; "
+                        "repeat or comma-separate")
     p.add_argument("--dataset", required=True, help="evaluation dataset path (folder, csv, jsonl, tar, IDX)")
     p.add_argument("--dataset-type", default="auto", choices=DATASET_TYPES)
     p.add_argument("--dataset-name", default=None, help="name in the results (default: from the path)")
@@ -56,6 +57,13 @@ def register(subparsers) -> None:
     p.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a finetune config field, e.g. schedule.epochs=3 optim.lr=1e-4 "
                         "task_options.ema_decay=0.999 (repeatable)")
+    p.add_argument("--masks", default=None, help="segmentation: mask folder (default: DATASET/masks beside DATASET/images)")
+    p.add_argument("--bg-threshold", type=float, default=None, help="segmentation: background below this top probability")
+    p.add_argument("--background", action="append", default=[], metavar="PROMPT",
+                   help="segmentation: a background prompt (repeatable); pixels it wins are background")
+    p.add_argument("--dense-method", default=None, choices=("maskclip", "value"), help="segmentation: dense feature path")
+    p.add_argument("--dense-refine", default=None, choices=("none", "fusion", "smooth", "fusion+smooth"))
+    p.add_argument("--num-frames", type=int, default=8, help="zeroshot_video: frames sampled per video")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -110,6 +118,9 @@ def run(args: argparse.Namespace, *, model=None, tokenizer=None, preprocess=None
             make_plots=not args.no_plots,
             progress=not args.no_progress,
             verbose=True,
+            dense={"masks": args.masks, "bg_threshold": args.bg_threshold,
+                   "background": args.background, "num_frames": args.num_frames,
+                   "method": args.dense_method, "refine": args.dense_refine},
         )
     except (ValueError, FileNotFoundError) as e:
         return _fail(str(e))

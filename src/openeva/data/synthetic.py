@@ -53,6 +53,7 @@ CAPTION_TEMPLATES = (
     "{size} {color} {shape}, {position}",
 )
 SPLITS = ("train", "heldout", "all")
+EMPTY_SCENE_CAPTION = "an empty background"
 
 
 class ShapeAttributes(NamedTuple):
@@ -103,29 +104,38 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
-def render_shape(attributes: ShapeAttributes, image_size: int, rng: np.random.Generator) -> Image.Image:
-    """Draw one sample: jittered position, size, color and rotation on a noisy dark background."""
-    s = image_size
-    gray = int(rng.integers(25, 75))
-    noise = rng.integers(-8, 9, size=(s, s, 3), dtype=np.int16)
-    background = np.clip(gray + noise, 0, 255).astype(np.uint8)  # (S, S, 3)
-    image = Image.fromarray(background, mode="RGB")
-    draw = ImageDraw.Draw(image)
-
+def _shape_geometry(attributes: ShapeAttributes, s: int, rng: np.random.Generator):
+    """Jittered centre, half-extent, colour and rotation of one shape (draws from ``rng`` in a fixed order)."""
     fx, fy = POSITIONS[attributes.position]
     cx = (fx + rng.uniform(-0.04, 0.04)) * s
     cy = (fy + rng.uniform(-0.04, 0.04)) * s
     r = SIZES[attributes.size] * rng.uniform(0.9, 1.1) * s
     color = tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in COLORS[attributes.color])
     angle = math.radians(rng.uniform(-10, 10))
+    return cx, cy, r, color, angle
 
-    if attributes.shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=color)
-    elif attributes.shape == "square":
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float, fill) -> None:
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
         k = 0.85 * r
-        draw.rectangle([cx - k, cy - k, cx + k, cy + k], fill=color)
+        draw.rectangle([cx - k, cy - k, cx + k, cy + k], fill=fill)
     else:
-        draw.polygon(_polygon(attributes.shape, cx, cy, r, angle), fill=color)
+        draw.polygon(_polygon(shape, cx, cy, r, angle), fill=fill)
+
+
+def _background(s: int, rng: np.random.Generator) -> Image.Image:
+    gray = int(rng.integers(25, 75))
+    noise = rng.integers(-8, 9, size=(s, s, 3), dtype=np.int16)
+    return Image.fromarray(np.clip(gray + noise, 0, 255).astype(np.uint8), mode="RGB")  # (S, S, 3)
+
+
+def render_shape(attributes: ShapeAttributes, image_size: int, rng: np.random.Generator) -> Image.Image:
+    """Draw one sample: jittered position, size, color and rotation on a noisy dark background."""
+    image = _background(image_size, rng)
+    cx, cy, r, color, angle = _shape_geometry(attributes, image_size, rng)
+    _draw_shape(ImageDraw.Draw(image), attributes.shape, cx, cy, r, angle, color)
     return image
 
 
@@ -260,3 +270,73 @@ class ShapesClassification:
         image, _, attrs = self.shapes.render(index)
         target = self.target_of(attrs)
         return (self.transform(image) if self.transform is not None else image), target
+
+
+class ShapeScenes:
+    """Scenes of several shapes with their true segmentation masks: ``ds[i] -> (image, mask)``.
+
+    Each scene holds ``min_shapes..max_shapes`` shapes (0: an empty background) at distinct positions with distinct labels (colours when
+    ``label_by="color"``, shapes when ``"shape"``), drawn like :class:`ShapesDataset`'s. ``mask`` is an (S, S)
+    uint8 array: 0 = background, ``k + 1`` = ``classes[k]``; a later shape covers an earlier one in the image
+    and in the mask alike. Sample ``i`` depends only on ``(seed, i)``.
+    """
+
+    def __init__(self, num_samples: int, image_size: int = 64, seed: int = 0, label_by: str = "color",
+                 min_shapes: int = 2, max_shapes: int = 3, sizes: tuple[str, ...] = ("large",)) -> None:
+        if label_by not in ("color", "shape"):
+            raise ValueError(f"label_by must be 'color' or 'shape', got {label_by!r}")
+        if not 0 <= min_shapes <= max_shapes <= len(POSITIONS):
+            raise ValueError(f"need 0 <= min_shapes <= max_shapes <= {len(POSITIONS)}, got {min_shapes}, {max_shapes}")
+        if not sizes or any(z not in SIZES for z in sizes):
+            raise ValueError(f"sizes must be a non-empty subset of {tuple(SIZES)}, got {sizes!r}")
+        if not isinstance(image_size, int) or image_size < 8:
+            raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+        self.num_samples, self.image_size, self.seed = int(num_samples), image_size, int(seed)
+        self.label_by, self.min_shapes, self.max_shapes, self.sizes = label_by, min_shapes, max_shapes, tuple(sizes)
+        self.classes = color_class_names() if label_by == "color" else shape_class_names()
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def scene(self, index: int) -> list[ShapeAttributes]:
+        """The shapes of scene ``index`` in drawing order."""
+        return self._layout(self._rng(index))
+
+    def caption(self, index: int) -> str:
+        """What the scene shows, e.g. "a red circle and a blue square" ("an empty background" for none):
+        scenes double as image-text pairs for training a small CLIP that has seen several objects at once."""
+        shapes = self.scene(index)
+        if not shapes:
+            return EMPTY_SCENE_CAPTION
+        return " and ".join(f"a {a.color} {a.shape}" for a in shapes)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for ShapeScenes of {self.num_samples} samples")
+        return np.random.default_rng((self.seed, 7, index))
+
+    def _layout(self, rng: np.random.Generator) -> list[ShapeAttributes]:
+        n = int(rng.integers(self.min_shapes, self.max_shapes + 1))
+        positions = rng.choice(len(POSITIONS), size=n, replace=False)
+        labels = rng.choice(len(self.classes), size=n, replace=False)
+        out = []
+        for pos, lab in zip(positions, labels):
+            other = SHAPES if self.label_by == "color" else tuple(COLORS)
+            pick = other[int(rng.integers(len(other)))]
+            shape, color = (pick, self.classes[lab]) if self.label_by == "color" else (self.classes[lab], pick)
+            size = self.sizes[int(rng.integers(len(self.sizes)))]
+            out.append(ShapeAttributes(shape, color, size, tuple(POSITIONS)[int(pos)]))
+        return out
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        rng = self._rng(index)
+        shapes = self._layout(rng)
+        image = _background(self.image_size, rng)
+        mask = Image.new("L", (self.image_size, self.image_size), 0)
+        draw_image, draw_mask = ImageDraw.Draw(image), ImageDraw.Draw(mask)
+        for attrs in shapes:
+            cx, cy, r, color, angle = _shape_geometry(attrs, self.image_size, rng)
+            label = self.classes.index(attrs.color if self.label_by == "color" else attrs.shape) + 1
+            _draw_shape(draw_image, attrs.shape, cx, cy, r, angle, color)
+            _draw_shape(draw_mask, attrs.shape, cx, cy, r, angle, label)
+        return image, np.asarray(mask, dtype=np.uint8)  # (S, S) labels

@@ -29,6 +29,8 @@ TASK_NAMES = {
     "linear_probe": "linear_probe",
     "knn": "knn",
     "finetune": "finetune",
+    "segmentation": "segmentation",
+    "zeroshot_video": "zeroshot_video_classification",
 }
 REQUIRED_FIELDS = {"dataset": str, "model": str, "pretrained": str, "task": str, "metrics": dict, "language": str}
 BASE_COLUMNS = ("dataset", "model", "pretrained", "task")

@@ -118,6 +118,7 @@ def evaluate(
     make_plots: bool = True,
     progress: bool = True,
     verbose: bool = False,
+    dense: dict | None = None,
 ) -> list[dict]:
     """Run ``tasks`` on ``dataset`` and return one result record per task (CLIP_benchmark shape).
 
@@ -129,7 +130,9 @@ def evaluate(
     on ``train_dataset``. ``finetune`` trains a classifier on ``train_dataset`` with the training engine, using
     the recipe ``finetune_config`` (a ``finetune_*`` recipe of ``openeva.configs``, a config file or a
     ``TrainConfig``; None: a short default) with ``finetune_overrides`` (``key=value``), and reports the
-    fine-tuned model's accuracy on ``dataset``. Results (and plots) are written under ``output_dir`` when given.
+    fine-tuned model's accuracy on ``dataset``. ``segmentation`` (an image + mask folder) and ``zeroshot_video``
+    (class folders of videos) read ``dataset`` themselves and run alone; ``dense`` holds their options (see
+    :mod:`openeva.eval.dense_tasks`). Results (and plots) are written under ``output_dir`` when given.
     """
     options = {k: v for k, v in locals().items() if k not in ("model", "tasks", "dataset")}
     # ---- 1. check every input before any compute
@@ -140,6 +143,9 @@ def evaluate(
     if few_shot is not None and few_shot < 1:
         raise ValueError(f"few_shot must be >= 1, got {few_shot}")
     needs = frozenset().union(*(EVAL_TASKS[t].needs for t in task_list))
+    if "own_data" in needs and len(task_list) > 1:
+        alone = [t for t in task_list if "own_data" in EVAL_TASKS[t].needs]
+        raise ValueError(f"tasks {alone} read their own kind of dataset; run each in its own openeva eval call")
     if "train" in needs and train_dataset is None:
         wanting = [t for t in task_list if "train" in EVAL_TASKS[t].needs]
         raise ValueError(f"tasks {sorted(wanting)} need a training dataset (train_dataset=...)")
@@ -155,6 +161,7 @@ def evaluate(
                   common={"model": model_label, "pretrained": pretrained, "language": language,
                           "config": {"batch_size": batch_size, "precision": precision, "device": str(device),
                                      "seed": seed}})
+    run.extras["dataset"] = dataset
     _load_datasets(run, needs, dataset, dataset_type, train_dataset, train_dataset_type, classnames, dataset_name)
     for task in task_list:
         if EVAL_TASKS[task].check is not None:
@@ -196,7 +203,8 @@ def _load_datasets(run: EvalRun, needs, dataset, dataset_type, train_dataset, tr
         run.train_data = train
     if "captions" in needs:
         run.ret_data = load_retrieval_dataset(dataset, dataset_type, name=dataset_name)
-    run.data_label = (run.cls_data or run.ret_data).name
+    if run.cls_data is not None or run.ret_data is not None:  # "own_data" tasks name their data in their check
+        run.data_label = (run.cls_data or run.ret_data).name
 
 
 def _build_encoder(model, pretrained, preprocess, tokenizer, model_name, model_label, needs, o):

@@ -6,8 +6,8 @@ when asked. What a task needs is declared in its :class:`EvalTask` entry, so ``e
 checks it before any compute. Adding a task is a function plus :func:`register_eval_task` (or a line in
 :data:`EVAL_TASKS`)::
 
-    def _segmentation(run: EvalRun) -> dict: ...
-    register_eval_task("segmentation", EvalTask(_segmentation, needs={"features"}))
+    def _my_task(run: EvalRun) -> dict: ...
+    register_eval_task("my_task", EvalTask(_my_task, needs={"classes", "features"}))
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from openeva.eval import finetune as finetune_mod
 from openeva.eval import knn as knn_mod
 from openeva.eval import linear_probe as probe_mod
 from openeva.eval import plots
+from openeva.eval.dense_tasks import check_segmentation, check_zeroshot_video, run_segmentation, run_zeroshot_video
 from openeva.eval.features import EncodedImages, encode_texts
 from openeva.eval.finetune_recipe import auto_finetune_recipe
 from openeva.eval.results import TASK_NAMES, make_result, result_filename
@@ -37,8 +38,9 @@ MAX_LISTED_SKIPS = 20
 NUM_RETRIEVAL_EXAMPLES = 8  # hits and misses each, in the retrieval plot
 
 # What a task can need (EvalTask.needs): the labelled evaluation set, a labelled training set, the captioned
-# evaluation set, the frozen model's image features, its text tower.
-NEEDS = frozenset({"classes", "train", "captions", "features", "text"})
+# evaluation set, the frozen model's image features, its text tower; "own_data": the task reads ``dataset``
+# itself (in its check, into ``run.extras``), so it runs alone.
+NEEDS = frozenset({"classes", "train", "captions", "features", "text", "own_data"})
 
 
 @dataclass
@@ -245,6 +247,8 @@ EVAL_TASKS: dict[str, EvalTask] = {
     "linear_probe": EvalTask(_linear_probe, {"classes", "train", "features"}),
     "knn": EvalTask(_knn, {"classes", "train", "features"}, check=_check_knn),
     "finetune": EvalTask(_finetune, {"classes", "train"}, check=_check_finetune),
+    "segmentation": EvalTask(run_segmentation, {"own_data", "text"}, check=check_segmentation),
+    "zeroshot_video": EvalTask(run_zeroshot_video, {"own_data", "text"}, check=check_zeroshot_video),
 }
 
 

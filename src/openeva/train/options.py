@@ -138,11 +138,44 @@ def check_loss_options(label_smoothing=0.1, mixup=0.0, cutmix=0.0, mixup_prob=1.
         raise ValueError(f"ema_decay must be in [0, 1) (0 disables the EMA), got {ema_decay}")
 
 
+# ------------------------------------------------------------------------------------------- segmentation
+@dataclass(frozen=True)
+class SegmentationOptions:
+    """Semantic segmentation fine-tune settings (``task="segmentation"``, :mod:`openeva.train.segmentation_task`)."""
+
+    classnames: tuple[str, ...] | str | None = None  # names of mask values 1..C (list or file); None: classnames.txt
+    out_channels: int = 64  # pyramid width
+    decoder_channels: int = 64
+    window_size: int | None = None  # ViTDet attention layout: window attention in all blocks but global_blocks
+    global_blocks: tuple[int, ...] = ()
+    synthetic_label_by: str = "color"  # data.train=synthetic: scenes labelled by "color" or "shape"
+    hflip: float = 0.5  # joint image + mask flip probability
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SegmentationOptions":
+        return parse_task_options(cls, d, "segmentation")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.classnames, list):
+            object.__setattr__(self, "classnames", tuple(self.classnames))
+        if self.synthetic_label_by not in ("color", "shape"):
+            raise ValueError(f"task_options.synthetic_label_by must be 'color' or 'shape', got "
+                             f"{self.synthetic_label_by!r}")
+        if isinstance(self.hflip, bool) or not isinstance(self.hflip, (int, float)) or not 0.0 <= self.hflip <= 1.0:
+            raise ValueError(f"task_options.hflip must be in [0, 1], got {self.hflip!r}")
+        for k in ("out_channels", "decoder_channels"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"task_options.{k} must be an int >= 1, got {v!r}")
+        if self.window_size is not None and (not isinstance(self.window_size, int) or self.window_size < 1):
+            raise ValueError(f"task_options.window_size must be an int >= 1 or None, got {self.window_size!r}")
+
+
 # -------------------------------------------------------------------------------------------- registry
 MIM_TASK = "openeva.train.mim_task:build_mim"  # the module path of the "mim" task (older configs name it)
 FINETUNE_TASK = "openeva.train.finetune_task:build_finetune"  # likewise for "finetune"
 TASK_ALIASES = {MIM_TASK: "mim", FINETUNE_TASK: "finetune"}
-_OPTIONS: dict[str, type] = {"mim": MIMOptions, "finetune": FinetuneOptions}
+_OPTIONS: dict[str, type] = {"mim": MIMOptions, "finetune": FinetuneOptions, "segmentation": SegmentationOptions}
 
 
 def canonical_task(task: str) -> str:

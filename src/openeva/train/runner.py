@@ -35,6 +35,7 @@ _TASKS: dict[str, TaskEntry | tuple[str, str, str | None]] = {
     "clip": ("openeva.train.clip_task", "build_clip", "preflight_clip"),
     "mim": ("openeva.train.mim_task", "build_mim", "preflight_mim"),
     "finetune": ("openeva.train.finetune_task", "build_finetune", "preflight_finetune"),
+    "segmentation": ("openeva.train.segmentation_task", "build_segmentation", "preflight_segmentation"),
 }
 
 
