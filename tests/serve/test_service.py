@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from running_server import RunningServer, png
+from running_server import RunningServer, free_port, png
 
 from openeva.serve import Index, embed
 from openeva.serve.app import create_app
