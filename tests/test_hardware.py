@@ -40,6 +40,15 @@ def test_explicit_precision_is_kept(monkeypatch, explicit):
     assert resolve_precision(explicit, "cpu") == (explicit, "set explicitly")
 
 
+@pytest.mark.parametrize("cap,native", [("AVX2", False), ("AVX512", True), ("AMX", True)])
+def test_int8_computes_in_fp32_on_every_cpu(monkeypatch, cap, native):
+    _cpu(monkeypatch, cap, native)  # dynamic int8 Linear kernels take fp32 activations only
+    assert resolve_precision("auto", "cpu", int8=True)[0] == "fp32"
+    assert resolve_precision("fp32", "cpu", int8=True) == ("fp32", "set explicitly")
+    with pytest.raises(ValueError, match="int8"):
+        resolve_precision("bf16", "cpu", int8=True)
+
+
 def test_bad_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of auto"):
         resolve_precision("fp8", "cpu")

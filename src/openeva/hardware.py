@@ -37,14 +37,21 @@ def _cuda_bf16(device: torch.device) -> bool:
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
-def resolve_precision(requested: str, device: str | torch.device = "cpu") -> tuple[str, str]:
+def resolve_precision(requested: str, device: str | torch.device = "cpu", int8: bool = False) -> tuple[str, str]:
     """-> (precision, reason). "auto": bf16 where the device has native bf16, else fp32; others kept as given.
 
+    ``int8``: the model's Linear layers are dynamically quantized (``openeva.quantize_int8``). Those kernels take
+    fp32 activations only, so "auto" is fp32 then and an explicit bf16/fp16 is refused.
     The reason is one line meant for the start of a run's log, e.g.
     ``"this CPU has no native bf16 (AVX2)"``.
     """
     if requested not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {requested!r}")
+    if int8:
+        if requested not in ("auto", "fp32"):
+            raise ValueError(f"int8 inference computes in fp32 around its int8 Linear layers; precision "
+                             f"{requested!r} cannot be combined with it (use precision auto or fp32)")
+        return "fp32", "int8 Linear layers take fp32 activations" if requested == "auto" else "set explicitly"
     if requested != "auto":
         return requested, "set explicitly"
     dev = torch.device(device)

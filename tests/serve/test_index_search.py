@@ -48,6 +48,23 @@ def test_approximate_index_records_measured_recall(tmp_path):
     assert json.loads((tmp_path / "ivf" / "v000001" / "manifest.json").read_text())["recall@10"] == recall
 
 
+def test_approximate_search_is_tuned_to_the_target_recall():
+    vectors = _unit(4000, 32, seed=3)  # random unit vectors: the hardest case for an IVF index
+    fixed = Index.build(vectors, _meta(4000), kind="ivf", params={"nprobe": 1})
+    assert fixed.manifest["params"]["nprobe"] == 1 and "target_recall" not in fixed.manifest
+    tuned = Index.build(vectors, _meta(4000), kind="ivf", target_recall=0.95)
+    p = tuned.manifest["params"]
+    assert tuned.manifest["recall@10"] >= 0.95 > fixed.manifest["recall@10"]
+    assert p["nprobe"] <= p["nlist"] and tuned.faiss_index.nprobe == p["nprobe"]
+    if p["nprobe"] > 8:  # the smallest doubling that reaches the target: half of it did not
+        half = Index.build(vectors, _meta(4000), kind="ivf", params={"nprobe": p["nprobe"] // 2})
+        assert half.manifest["recall@10"] < 0.95
+    hnsw = Index.build(vectors, _meta(4000), kind="hnsw", target_recall=0.99)
+    assert hnsw.manifest["recall@10"] >= 0.99 or hnsw.manifest["params"]["ef_search"] == 4096
+    with pytest.raises(ValueError, match="target_recall"):
+        Index.build(vectors, _meta(4000), kind="ivf", target_recall=1.5)
+
+
 def test_add_skips_known_ids_and_refuses_other_dimensions(tmp_path):
     index = Index.build(_unit(50, 8), _meta(50), {"model": "a", "dim": 8})
     assert index.add(_unit(60, 8, seed=2), _meta(60)) == 10 and len(index) == 60
@@ -82,8 +99,10 @@ def test_cli_build_add_search_grid_and_classify(clip_dir, other_clip_dir, make_f
     first = make_folder(tmp_path / "a", 10, bad=False)
     second = make_folder(tmp_path / "b", 6, seed=5, bad=True)
     for src, out in ((first, "ea"), (second, "eb")):
+        # fp32: the random tiny model maps these images within ~0.005 cosine of each other, which bf16 rounding
+        # (different for a batch of 8 and a single query) can reorder
         assert main(["embed", str(src), "--model", clip_dir, "--out", str(tmp_path / out), "--workers", "0",
-                     "--no-progress"]) == 0
+                     "--no-progress", "--precision", "fp32"]) == 0
     idx = str(tmp_path / "idx")
     assert main(["index", "build", str(tmp_path / "ea"), "--out", idx]) == 0
     assert main(["index", "add", idx, str(tmp_path / "eb")]) == 0
@@ -93,7 +112,7 @@ def test_cli_build_add_search_grid_and_classify(clip_dir, other_clip_dir, make_f
     assert [h["rank"] for h in hits] == [1, 2, 3, 4] and hits[0]["score"] >= hits[-1]["score"]
     assert Image.open(tmp_path / "g.png").size[0] > 0
     query = sorted(first.rglob("*.png"))[3]
-    assert main(["search", idx, "--image", str(query), "-k", "1"]) == 0
+    assert main(["search", idx, "--image", str(query), "-k", "1", "--precision", "fp32"]) == 0
     assert query.name in capsys.readouterr().out  # an indexed image finds itself first
     assert main(["search", idx, "--image", str(tmp_path / "nope.png")]) == 2
     # an index made with another model refuses its queries, and its vectors

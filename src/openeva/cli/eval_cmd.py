@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, *, model=None, tokenizer=None, preprocess=None
     from openeva.eval.runner import evaluate
 
     try:
-        precision, reason = resolve_precision(args.precision, args.device)
+        precision, reason = resolve_precision(args.precision, args.device, int8=args.int8)
         print(f"precision {args.precision} -> {precision}: {reason}")
         if model is None and (args.tome_r or args.int8):
             model, preprocess, tokenizer = _fast_model(args)

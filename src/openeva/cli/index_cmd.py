@@ -13,6 +13,8 @@ def register(subparsers) -> None:
     b.add_argument("--out", required=True, help="index folder (replaced atomically)")
     b.add_argument("--kind", choices=["auto", "flat", "ivf", "hnsw"], default="auto",
                    help="auto: exact up to 50k vectors, IVF above")
+    b.add_argument("--target-recall", type=float, default=0.9,
+                   help="approximate kinds: widen the search until recall@10 vs exact search reaches this")
     b.set_defaults(func=run_build)
     a = sub.add_parser("add", help="add the vectors of another embedding folder (same model)")
     a.add_argument("index", help="an existing index folder")
@@ -23,9 +25,9 @@ def register(subparsers) -> None:
 def run_build(args) -> int:
     from openeva.serve.index import Index
 
-    index = Index.from_embeddings(args.embeddings, kind=args.kind)
+    index = Index.from_embeddings(args.embeddings, kind=args.kind, target_recall=args.target_recall)
     index.save(args.out)
-    print(json.dumps({k: index.manifest.get(k) for k in ("kind", "count", "dim", "recall@10", "version")}))
+    print(json.dumps({k: index.manifest.get(k) for k in ("kind", "count", "dim", "recall@10", "params", "version")}))
     return 0
 
 

@@ -60,9 +60,7 @@ class TorchClipEncoder:
             raise ValueError(f"tome_r must be an int >= 0, got {tome_r!r}")
         if int8 and torch.device(device).type != "cpu":
             raise ValueError("int8 runs on the CPU; use device='cpu' or drop int8")
-        resolved, self.precision_reason = resolve_precision(precision, device)
-        if int8 and resolved != "fp32":
-            resolved, self.precision_reason = "fp32", "int8 Linear layers, fp32 around them"
+        resolved, self.precision_reason = resolve_precision(precision, device, int8=bool(int8))
         self.model = model if model is not None else create_model(model_name, pretrained, device=device)
         if not isinstance(self.model, CLIP):
             raise ValueError(f"{model_name} is not a CLIP model (image + text towers); embed/search/classify "

@@ -10,8 +10,10 @@ On disk an index is a folder of versions and a pointer::
 
 A build or an add writes a complete new version in a hidden temporary folder, renames it into place, and only
 then points ``CURRENT`` at it; a crash at any step leaves the previous version live. ``kind="auto"`` is exact
-search (``IndexFlatIP``) up to :data:`EXACT_MAX` vectors and IVF-flat above; for approximate kinds recall@10
-against exact search on a sample of queries is measured at build/add time and kept in the manifest.
+search (``IndexFlatIP``) up to :data:`EXACT_MAX` vectors and IVF-flat above. For approximate kinds the search
+breadth (IVF ``nprobe``, HNSW ``ef_search``) is tuned at build time, unless given, to the smallest value whose
+recall@10 against exact search on a sample of stored vectors reaches ``target_recall`` (0.9 by default,
+autofaiss's approach); the recall reached is measured again after every add and kept in the manifest.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from openeva.serve.embed import atomic_write_bytes, atomic_write_json, load_embe
 
 KINDS = ("auto", "flat", "ivf", "hnsw")
 EXACT_MAX = 50_000  # above this many vectors "auto" picks an approximate index
+DEFAULT_TARGET_RECALL = 0.9  # recall@10 an approximate index is tuned to reach at build time
 RECALL_QUERIES = 500
 _MODEL_KEYS = ("model", "config_hash", "weights_hash", "preprocess", "dim")
 
@@ -76,19 +79,38 @@ def _apply_search_params(index, kind: str, params: dict) -> None:
         index.hnsw.efSearch = int(params["ef_search"])
 
 
+def _recall_queries(vectors: np.ndarray, k: int, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, D) stored vectors as queries and their (Q, k) exact neighbours."""
+    rng = np.random.default_rng(seed)
+    q = vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)]  # (Q, D)
+    _, truth = _faiss().knn(q, vectors, min(k, len(vectors)), metric=_faiss().METRIC_INNER_PRODUCT)  # exact
+    return q, truth
+
+
+def _recall(index, q: np.ndarray, truth: np.ndarray) -> float:
+    _, got = index.search(q, truth.shape[1])  # (Q, k)
+    hits = sum(len(set(t) & set(g)) for t, g in zip(truth.tolist(), got.tolist()))
+    return hits / truth.size
+
+
 def measure_recall(index, vectors: np.ndarray, k: int = 10, queries: int = RECALL_QUERIES, seed: int = 0) -> float:
     """recall@k of ``index`` against exact search, with a sample of the stored vectors as queries."""
-    faiss = _faiss()
-    n = len(vectors)
-    if n == 0:
+    if len(vectors) == 0:
         return 1.0
-    k = min(k, n)
-    rng = np.random.default_rng(seed)
-    q = vectors[rng.choice(n, size=min(queries, n), replace=False)]  # (Q, D)
-    _, truth = faiss.knn(q, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)  # (Q, k) exact, no copy
-    _, got = index.search(q, k)  # (Q, k)
-    hits = sum(len(set(t) & set(g)) for t, g in zip(truth.tolist(), got.tolist()))
-    return hits / (len(q) * k)
+    return _recall(index, *_recall_queries(vectors, k, queries, seed))
+
+
+def tune_search(index, kind: str, params: dict, vectors: np.ndarray, target: float, seed: int = 0) -> float:
+    """Double the search breadth (IVF ``nprobe`` up to ``nlist``; HNSW ``ef_search`` up to 4096) from its
+    current value until recall@10 reaches ``target``; ``params`` gets the chosen value. Returns the recall."""
+    key, cap = ("nprobe", int(params["nlist"])) if kind == "ivf" else ("ef_search", 4096)
+    q, truth = _recall_queries(vectors, 10, RECALL_QUERIES, seed)
+    while True:
+        _apply_search_params(index, kind, params)
+        recall = _recall(index, q, truth)
+        if recall >= target or params[key] >= cap:
+            return recall
+        params[key] = min(cap, 2 * int(params[key]))
 
 
 class Index:
@@ -113,7 +135,9 @@ class Index:
     # ------------------------------------------------------------------------------------------ build / add
     @classmethod
     def build(cls, vectors: np.ndarray, meta: list[dict], model_info: dict | None = None, kind: str = "auto",
-              params: dict | None = None, seed: int = 0) -> Index:
+              params: dict | None = None, seed: int = 0, target_recall: float = DEFAULT_TARGET_RECALL) -> Index:
+        """``params`` fixes faiss settings (``nlist``, ``nprobe``, ``M``, ``ef_search`` ...); a search breadth not
+        given is tuned to ``target_recall`` (recall@10 against exact search, on stored vectors as queries)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # (N, D)
         if vectors.ndim != 2 or len(vectors) != len(meta):
             raise ValueError(f"vectors {vectors.shape} and {len(meta)} metadata rows do not match")
@@ -126,20 +150,27 @@ class Index:
         if info["dim"] is not None and int(info["dim"]) != vectors.shape[1]:
             raise ValueError(f"vectors have dimension {vectors.shape[1]} but the model's is {info['dim']}")
         info["dim"] = vectors.shape[1]
+        if not 0.0 < target_recall <= 1.0:
+            raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
         resolved = resolve_kind(kind, len(vectors))
         params = dict(params or {})
+        fixed = {"nprobe", "ef_search"} & set(params)
         index = _new_faiss_index(resolved, vectors, params, seed)
         _apply_search_params(index, resolved, params)
         index.add(vectors)
         manifest = {**info, "kind": resolved, "params": params, "count": len(vectors), "seed": seed}
+        if resolved != "flat" and not fixed:
+            tune_search(index, resolved, params, vectors, target_recall, seed)
+            manifest["target_recall"] = target_recall
         out = cls(index, vectors, list(meta), manifest)
         out._record_recall()
         return out
 
     @classmethod
-    def from_embeddings(cls, embeddings_dir, kind: str = "auto", params: dict | None = None) -> Index:
+    def from_embeddings(cls, embeddings_dir, kind: str = "auto", params: dict | None = None,
+                        target_recall: float = DEFAULT_TARGET_RECALL) -> Index:
         vectors, meta, manifest = load_embeddings(embeddings_dir)
-        return cls.build(vectors, meta, manifest, kind=kind, params=params)
+        return cls.build(vectors, meta, manifest, kind=kind, params=params, target_recall=target_recall)
 
     def _record_recall(self) -> None:
         if self.kind == "flat":
