@@ -14,9 +14,12 @@ from torch import nn
 
 from openeva.checkpoints import load_checkpoint, read_config, resolve_model_dir, save_checkpoint
 from openeva.data.transforms import PreprocessConfig, image_transform
+from openeva.hardware import PRECISION_CHOICES, resolve_precision
 from openeva.models.clip import CLIP, CLIPConfig
+from openeva.models.int8 import quantize_int8
 from openeva.models.registry import ModelSpec, get_model_spec
 from openeva.models.tokenizer import ClipTokenizer
+from openeva.models.tome import apply_tome
 from openeva.models.vit import EVAViT, ViTConfig
 
 _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -79,7 +82,7 @@ def create_model(
     force_patch_dropout: float | None = None,
     num_classes: int | None = None,
     strict: bool = True,
-    tome_r: int | None = None,
+    tome_r: int | list[int] | None = None,
     int8: bool = False,
     **vision_overrides,
 ) -> nn.Module:
@@ -90,11 +93,13 @@ def create_model(
     in any supported format, or a published tag from ``list_pretrained()`` (needs network + huggingface_hub).
     ``num_classes`` (backbones) sets a new classifier head, which is then not required in the checkpoint.
     ``device``: parameters are created there ("meta": shapes only, nothing allocated). ``tome_r``: merge that many
-    image tokens per block (``openeva.apply_tome``); ``int8``: dynamic int8 Linear layers for CPU inference
-    (``openeva.quantize_int8``).
+    image tokens per block, or one count per block (``openeva.apply_tome``); ``int8``: dynamic int8 Linear layers for CPU inference
+    (``openeva.quantize_int8``). ``precision`` is the dtype of the weights; "auto" resolves by the hardware
+    (``openeva.hardware.resolve_precision``: bf16 only where it is native, fp32 with int8).
     """
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+    precision, _ = resolve_precision(precision, device, int8=int8)
     spec, saved_weights = resolve_spec(model_name)
     overrides = dict(vision_overrides)
     if num_classes is not None:
@@ -104,7 +109,12 @@ def create_model(
     cfg = build_config(spec, img_size=img_size or force_image_size, patch_dropout=force_patch_dropout, **overrides)
     device, dtype = torch.device(device), _PRECISIONS[precision]
     weights = pretrained or saved_weights
+    if device.type == "meta" and pretrained is not None:
+        raise ValueError("device='meta' builds shapes without storage; weights cannot be loaded there (drop "
+                         "pretrained=, or build on 'cpu'/'cuda')")
     ignore = ("head.*",) if num_classes is not None else ()
+    if device.type == "meta":  # a saved model directory rebuilds its shapes; its weights are not read
+        weights = None
     path = resolve_pretrained(spec, weights) if weights is not None else None
     if path is not None and strict and not ignore and device.type != "meta":
         # every weight comes from the checkpoint: build without storage, then adopt the loaded tensors (one copy)
@@ -118,14 +128,10 @@ def create_model(
     return _inference_options(model, tome_r, int8)
 
 
-def _inference_options(model: nn.Module, tome_r: int | None, int8: bool) -> nn.Module:
+def _inference_options(model: nn.Module, tome_r: int | list[int] | None, int8: bool) -> nn.Module:
     if tome_r:
-        from openeva.models.tome import apply_tome
-
         apply_tome(model, tome_r)
     if int8:
-        from openeva.models.int8 import quantize_int8
-
         quantize_int8(model)
     return model
 

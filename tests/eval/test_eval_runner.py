@@ -59,7 +59,7 @@ def test_bad_inputs_fail_before_any_compute(make_folder, preprocess, tmp_path):
         evaluate(model, "zeroshot,segmentation", root, **kw)
     with pytest.raises(ValueError, match="need a training dataset"):
         evaluate(model, "knn", root, **kw)
-    with pytest.raises(ValueError, match="unknown precision"):
+    with pytest.raises(ValueError, match="precision must be one of"):
         evaluate(model, "zeroshot", root, precision="int3", **kw)
     with pytest.raises(ValueError, match="no captions"):
         evaluate(model, "retrieval", root, **kw)  # an image folder has no captions

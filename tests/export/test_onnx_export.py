@@ -60,6 +60,8 @@ def test_export_refuses_merged_or_half_models(tmp_path):
         export_onnx(openeva.create_model("EVA02-test", tome_r=2), tmp_path / "t")
     with pytest.raises(ValueError, match="fp32"):
         export_onnx(openeva.create_model("EVA02-test", precision="bf16"), tmp_path / "h")
+    with pytest.raises(ValueError, match="int8"):  # refused with a message, not an AttributeError on packed params
+        export_onnx(openeva.create_model("EVA02-test", int8=True), tmp_path / "q")
 
 
 def test_cli_export_onnx(tmp_path, capsys):

@@ -43,7 +43,7 @@ def test_causal_explicit_path_ignores_future_tokens():
 
 
 def test_dispatch_rules():
-    """Explicit only on CPU in bf16 without mask or dropout, up to the sequence-length limits."""
+    """Explicit only on CPU in bf16 without dropout or a boolean mask, up to the sequence-length limits."""
     short = _qkv(N=attn_mod.CPU_EXPLICIT_MAX_TOKENS, dtype=torch.bfloat16)[0]
     long = _qkv(N=attn_mod.CPU_EXPLICIT_MAX_TOKENS + 1, hd=4, dtype=torch.bfloat16)[0]
     assert attn_mod._use_explicit(short, None, 0.0)
@@ -55,9 +55,18 @@ def test_dispatch_rules():
     assert not attn_mod._use_explicit(fp32, None, 0.0)  # fp32 keeps SDPA (and its exact parity)
     assert not attn_mod._use_explicit(fp32.half(), None, 0.0)  # fp16 keeps SDPA (fp32 accumulation)
     assert not attn_mod._use_explicit(short, torch.zeros(1, dtype=torch.bool), 0.0)
+    assert attn_mod._use_explicit(short, torch.zeros(1, 1, 1, short.shape[-2]), 0.0)  # additive: token merging
     assert not attn_mod._use_explicit(short, None, 0.1)
 
 
 def test_fp32_is_sdpa_exactly():
     q, k, v = _qkv()
     assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_explicit_path_adds_a_float_mask_as_sdpa_does():
+    q, k, v = _qkv(N=20, dtype=torch.bfloat16)
+    bias = torch.randn(q.shape[0], 1, 1, 20)  # (B, 1, 1, N) per-key bias, fp32 (cast to q's dtype)
+    assert attn_mod._use_explicit(q, bias, 0.0)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias)
+    torch.testing.assert_close(attn_mod.attention(q, k, v, attn_mask=bias).float(), ref, rtol=3e-2, atol=3e-2)

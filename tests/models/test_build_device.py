@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 import openeva
@@ -27,6 +28,26 @@ def test_meta_build_allocates_nothing():
 def test_meta_build_of_a_backbone_and_precision():
     model = openeva.create_model("eva02_test_patch8_32", device="meta", precision="bf16")
     assert {(p.device.type, p.dtype) for p in model.parameters()} == {("meta", torch.bfloat16)}
+
+
+def test_meta_build_refuses_weights_and_skips_a_saved_models_file(tmp_path):
+    with pytest.raises(ValueError, match="meta"):  # reading a 20 GB checkpoint onto meta would be the OOM again
+        openeva.create_model("eva02_test_patch8_32", pretrained=str(tmp_path / "w.safetensors"), device="meta")
+    openeva.save_model(openeva.create_model("eva02_test_patch8_32"), tmp_path / "saved")
+    (tmp_path / "saved" / "model.safetensors").write_bytes(b"not read")  # a meta rebuild never opens it
+    model = openeva.create_model(str(tmp_path / "saved"), device="meta")
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    from openeva import hardware
+
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(hardware, "_mkldnn_bf16", lambda native=native: native)
+        model = openeva.create_model("eva02_test_patch8_32", precision="auto")
+        assert {p.dtype for p in model.parameters()} == {dtype}
+    assert {p.dtype for p in openeva.create_model("EVA02-test", precision="auto", int8=True).visual.parameters()
+            if p.is_floating_point()} <= {torch.float32}
 
 
 def test_checkpoint_load_adopts_the_saved_tensors(tmp_path):

@@ -44,7 +44,7 @@ def test_positions_inside_grid_and_sizes_sum_to_n():
     backbone = openeva.create_model("eva02_test_patch8_32", img_size=64).eval()  # 8x8 grid, 64 patches
     apply_tome(backbone, 6)
     with torch.no_grad():
-        tokens, size, pos = backbone.forward_tome(torch.randn(4, 3, 64, 64))
+        tokens, size, pos, source = backbone.forward_tome(torch.randn(4, 3, 64, 64))
     N = 1 + 64
     assert tokens.shape[1] == size.shape[1] == pos.shape[1] < N
     assert torch.allclose(size.sum(dim=1), torch.full((4, 1), float(N)))  # every patch accounted for once
@@ -52,6 +52,14 @@ def test_positions_inside_grid_and_sizes_sum_to_n():
     patches = pos[:, 1:]
     assert patches.min() >= 0 and patches[..., 0].max() <= 7 and patches[..., 1].max() <= 7
     assert (patches != patches.round()).any()  # merged tokens sit between patches
+    # every token's position is the mean coordinate of the original patches it holds, its size their count
+    rows, cols = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    coords = torch.stack([rows.reshape(-1), cols.reshape(-1)], -1)  # (64, 2)
+    for b in range(4):
+        for j in range(1, tokens.shape[1]):
+            held = (source[b, 1:] == j).nonzero().flatten()  # original patches in merged row j
+            assert len(held) == size[b, j, 0]
+            torch.testing.assert_close(pos[b, j], coords[held].mean(dim=0))
 
 
 def test_merge_is_size_weighted_and_protects_cls():
@@ -85,7 +93,7 @@ def test_schedules_and_bad_r():
     dec = merge_schedule(4, 5, "decreasing")
     assert dec[0] == 8 and dec[-1] == 0 and sorted(dec, reverse=True) == dec
     assert merge_schedule([1, 0, 2], 3) == [1, 0, 2]
-    for bad in (-1, [1, 2]):
+    for bad in (-1, [1, 2], 2.0, [1, 0.5, 2], True):
         with pytest.raises(ValueError, match="r"):
             merge_schedule(bad, 3)
     with pytest.raises(ValueError, match="schedule"):
@@ -104,7 +112,49 @@ def test_create_model_option_and_state_dict_unchanged(tmp_path):
 def test_large_r_merges_down_to_cls_plus_a_few_tokens(clip):
     merged = apply_tome(copy.deepcopy(clip), 100)  # more than there are tokens: clipped per block
     with torch.no_grad():
-        tokens, size, _ = merged.visual.forward_tome(torch.randn(2, 3, 32, 32))
+        tokens, size, _, _ = merged.visual.forward_tome(torch.randn(2, 3, 32, 32))
         out = merged.encode_image(torch.randn(2, 3, 32, 32))
     assert tokens.shape[1] >= 2 and torch.isfinite(out).all()
     assert torch.allclose(size.sum(dim=1), torch.full((2, 1), 17.0))
+
+
+@pytest.mark.parametrize("global_pool", ["avg", "token"])
+def test_backbone_pooling_is_size_weighted_through_every_path(global_pool):
+    """forward, and forward_head(forward_features) as evaluation and fine-tuning call it, pool the same way:
+    the mean over merged tokens weighted by how many patches each holds (CLS for token pooling)."""
+    torch.manual_seed(0)
+    backbone = openeva.create_model("eva02_test_patch8_32", img_size=64, global_pool=global_pool,
+                                    num_classes=5).eval()
+    apply_tome(backbone, 6)
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        tokens, size, _, _ = backbone.forward_tome(images)
+        if global_pool == "avg":
+            w = size[:, 1:]
+            want = (tokens[:, 1:] * w).sum(dim=1) / w.sum(dim=1)  # (B, D)
+        else:
+            want = tokens[:, 0]
+        want = backbone.fc_norm(want)
+        feats = backbone.forward_features(images)
+        assert feats.shape == (3, 1 + 64, tokens.shape[-1])  # one row per original token, as unmerged
+        torch.testing.assert_close(backbone.forward_head(feats, pre_logits=True), want)
+        torch.testing.assert_close(backbone(images), backbone.head(want))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_proportional_attention_makes_a_merged_duplicate_exact(dtype):
+    """Two identical tokens (same key and value) attend like one token of size 2 with log(2) added to its
+    logit: the reason ToMe's size bias is right. Checked through openeva's attention (SDPA / explicit path)."""
+    from openeva.layers.attention import attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 6, 8) for _ in range(3))  # (B, H, N, hd)
+    k_dup, v_dup = torch.cat([k, k[:, :, 2:3]], dim=2), torch.cat([v, v[:, :, 2:3]], dim=2)  # token 2 twice
+    size = torch.ones(2, 1, 1, 6)
+    size[..., 2] = 2.0
+    full = attention(q.to(dtype), k_dup.to(dtype), v_dup.to(dtype))
+    merged = attention(q.to(dtype), k.to(dtype), v.to(dtype), attn_mask=size.log())
+    tol = dict(rtol=0, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(merged.float(), full.float(), **tol)
+    without = attention(q, k, v)  # without the bias the duplicate's weight is lost
+    assert (without - full).abs().max() > 1e-3

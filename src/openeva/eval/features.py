@@ -143,14 +143,46 @@ def checkpoint_fingerprint(pretrained: str | None) -> str:
     return str(pretrained)
 
 
+def _hash_value(h, name: str, value) -> None:
+    """Feed one state-dict entry: a tensor (quantized ones by their integers, scales and zero points), or the
+    tuples and dtypes that int8 packed params hold."""
+    if isinstance(value, (tuple, list)):
+        for i, v in enumerate(value):
+            _hash_value(h, f"{name}.{i}", v)
+        return
+    if not isinstance(value, torch.Tensor):
+        h.update(f"{name}:{value!r}".encode())
+        return
+    if value.is_quantized:
+        h.update(f"{name}:q:{value.qscheme()}".encode())
+        scales = value.q_per_channel_scales() if value.qscheme() in (torch.per_channel_affine,
+                                                                     torch.per_channel_symmetric) else None
+        _hash_value(h, f"{name}.scale", scales if scales is not None else torch.tensor(value.q_scale()))
+        value = value.int_repr()
+    t = value.detach().cpu().contiguous().reshape(-1)
+    h.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes())
+
+
 def model_fingerprint(model) -> str:
-    """Hash of a model object's class and weights, for models passed in already built."""
+    """Hash of a model object's class, weights and inference options, for models passed in already built.
+
+    Token merging and int8 change the features without changing (merging) or while repacking (int8) the state
+    dict, so both are part of the key: a merged model never reuses an unmerged model's cached features.
+    """
+    from openeva.models.int8 import is_int8
+    from openeva.models.tome import tome_tokens
+
     h = hashlib.sha256(type(model).__qualname__.encode())
+    if isinstance(model, torch.nn.Module):
+        try:
+            merged = tome_tokens(model)
+        except TypeError:  # not an EVA tower: no merging possible
+            merged = None
+        h.update(f"tome={merged};int8={is_int8(model)}".encode())
     state = model.state_dict() if hasattr(model, "state_dict") else {}
-    for name, tensor in state.items():
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
+    for name, value in state.items():
+        _hash_value(h, name, value)
     if not state:
         h.update(repr(model).encode())
     return h.hexdigest()

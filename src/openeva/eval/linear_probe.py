@@ -121,6 +121,67 @@ def _accuracy(x, y, weight, bias) -> float:
     return ((x @ weight + bias).argmax(dim=1) == y).float().mean().item()
 
 
+def _search_weight_decay(x, labels, fit_idx, val_idx, num_classes, weight_decays, search_samples, warm_start,
+                         max_iter, seed, device) -> tuple[float, dict, dict]:
+    """-> (best weight decay, {wd: held-out top-1}, {wd: (W, b) on standardised features}).
+
+    Fits on ``fit_idx`` and ranks on ``val_idx`` (both subsampled to ``search_samples``), features standardised
+    with the fitting statistics; ties go to the stronger decay.
+    """
+    weight_decays = list(weight_decays)
+    val_acc: dict[float, float] = {}
+    solutions: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
+    if len(weight_decays) == 1:
+        return weight_decays[0], val_acc, solutions
+    if len(val_idx) == 0:
+        return FALLBACK_WEIGHT_DECAY, val_acc, solutions
+    fit_idx = _subsample(fit_idx, labels, search_samples, seed)
+    val_idx = _subsample(val_idx, labels, None if search_samples is None else max(1, search_samples // 4), seed + 1)
+    fx, vx = _standardize(x[fit_idx], x[val_idx])
+    fy, vy = labels[fit_idx].to(device), labels[val_idx].to(device)
+    fx, vx = fx.to(device), vx.to(device)
+    solution = None
+    for wd in sorted(weight_decays, reverse=warm_start):  # strong decay first: the easy fit seeds the next
+        w, b = fit_logistic_regression(fx, fy, num_classes, wd, max_iter=max_iter,
+                                       init=solution if warm_start else None)
+        solution = (w, b)
+        solutions[wd] = solution
+        val_acc[wd] = _accuracy(vx, vy, w, b)
+    return max(weight_decays, key=lambda wd: (val_acc[wd], wd)), val_acc, solutions
+
+
+def fit_linear_head(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    weight_decays=DEFAULT_WEIGHT_DECAYS,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_iter: int = 500,
+    search_samples: int | None = DEFAULT_SEARCH_SAMPLES,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The probe's classifier for a model's own head: -> (W (C, D), b (C,), weight decay), acting on RAW features.
+
+    The same search and fit as :func:`evaluate_linear_probe` (standardised features, weight decay chosen on a
+    held-out part), without its L2 normalisation (a head sees the features as they are), and with the
+    standardisation folded into the weights: ``((x - m) / s) @ W + b == x @ (W / s') + (b - (m / s) @ W)``.
+    Used to start a fine-tune from the probe (LP-FT), so that its first step scores what the probe scores.
+    """
+    labels = labels.long()
+    x = features.float()  # (N, D)
+    fit_idx, val_idx = stratified_split(labels, val_fraction, seed)
+    best_wd, _, solutions = _search_weight_decay(x, labels, fit_idx, val_idx, num_classes, weight_decays,
+                                                 search_samples, True, max_iter, seed, x.device)
+    mean = x.mean(dim=0, keepdim=True)  # (1, D)
+    std = x.std(dim=0, keepdim=True).nan_to_num(1.0).clamp(min=1e-6)  # (1, D)
+    w, b = fit_logistic_regression((x - mean) / std, labels, num_classes, best_wd, max_iter=max_iter,
+                                   init=solutions.get(best_wd))  # (D, C), (C,)
+    raw_w = w / std.t()  # (D, C)
+    raw_b = b - (mean / std) @ w  # (1, C)
+    return raw_w.t().contiguous(), raw_b.flatten(), best_wd
+
+
 def evaluate_linear_probe(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -166,29 +227,9 @@ def evaluate_linear_probe(
         fit_idx, val_idx = stratified_split(train_labels, val_fraction, seed)
         final_idx = torch.arange(len(train_labels))
 
-    weight_decays = list(weight_decays)
-    val_acc: dict[float, float] = {}
-    solutions: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
-    if len(weight_decays) == 1:
-        best_wd = weight_decays[0]
-    elif len(val_idx) == 0:
-        best_wd = FALLBACK_WEIGHT_DECAY
-    else:
-        fit_idx = _subsample(fit_idx, train_labels, search_samples, seed)
-        val_idx = _subsample(val_idx, train_labels, None if search_samples is None else max(1, search_samples // 4),
-                             seed + 1)
-        fx, vx = _standardize(train_x[fit_idx], train_x[val_idx])
-        fy, vy = train_labels[fit_idx].to(device), train_labels[val_idx].to(device)
-        fx, vx = fx.to(device), vx.to(device)
-        solution = None
-        for wd in sorted(weight_decays, reverse=warm_start):  # strong decay first: the easy fit seeds the next
-            w, b = fit_logistic_regression(fx, fy, num_classes, wd, max_iter=max_iter,
-                                           init=solution if warm_start else None)
-            solution = (w, b)
-            solutions[wd] = solution
-            val_acc[wd] = _accuracy(vx, vy, w, b)
-        best_wd = max(weight_decays, key=lambda wd: (val_acc[wd], wd))  # ties: stronger regularisation
-
+    best_wd, val_acc, solutions = _search_weight_decay(train_x, train_labels, fit_idx, val_idx, num_classes,
+                                                        weight_decays, search_samples, warm_start, max_iter, seed,
+                                                        device)
     fx, tx = _standardize(train_x[final_idx], test_x)
     w, b = fit_logistic_regression(fx.to(device), train_labels[final_idx].to(device), num_classes, best_wd,
                                    max_iter=max_iter, init=solutions.get(best_wd) if warm_start else None)

@@ -27,6 +27,9 @@ from openeva.eval.features import (
 from openeva.eval.results import format_table, save_result
 from openeva.eval.tasks import EVAL_TASKS, EvalRun
 from openeva.factory import create_model_and_transforms, get_tokenizer
+from openeva.hardware import resolve_precision
+from openeva.models.int8 import is_int8
+from openeva.models.tome import tome_tokens
 
 def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
     """``"zeroshot,knn"`` or ``["zeroshot", "knn,linear_probe"]`` -> unique task names in order."""
@@ -84,6 +87,16 @@ class _Encoder:
         return encoded
 
 
+def _merged_tokens(model) -> list[int] | None:
+    """Tokens merged per block of a built model's image tower (None: no merging, or not an EVA tower)."""
+    if model is None:
+        return None
+    try:
+        return tome_tokens(model)
+    except TypeError:
+        return None
+
+
 def evaluate(
     model,
     tasks: str | Sequence[str],
@@ -98,7 +111,7 @@ def evaluate(
     tokenizer: Callable | None = None,
     preprocess: Callable | None = None,
     batch_size: int = 64,
-    precision: str = "fp32",
+    precision: str = "auto",
     device: str = "cpu",
     num_workers: int = 0,
     cache_dir=None,
@@ -137,6 +150,10 @@ def evaluate(
     options = {k: v for k, v in locals().items() if k not in ("model", "tasks", "dataset")}
     # ---- 1. check every input before any compute
     task_list = parse_tasks(tasks)
+    built = model if not isinstance(model, str) else None
+    int8 = built is not None and is_int8(built)
+    precision, _ = resolve_precision(precision, device, int8=int8)  # "auto": by the hardware; fp32 with int8
+    options["precision"] = precision
     check_precision(precision)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -160,7 +177,7 @@ def evaluate(
                   is not None else None, make_plots=make_plots, data_label="", tokenizer=tokenizer,
                   common={"model": model_label, "pretrained": pretrained, "language": language,
                           "config": {"batch_size": batch_size, "precision": precision, "device": str(device),
-                                     "seed": seed}})
+                                     "seed": seed, "tome_r": _merged_tokens(built), "int8": int8}})
     run.extras["dataset"] = dataset
     _load_datasets(run, needs, dataset, dataset_type, train_dataset, train_dataset_type, classnames, dataset_name)
     for task in task_list:

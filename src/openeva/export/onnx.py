@@ -25,7 +25,13 @@ def weights_hash(model: nn.Module) -> str:
     """Short hash of a model's weights as fp32 (names and values): the identity of the vectors it makes.
 
     Taken before any cast, token merging or quantization, and written into an export's manifest, so vectors
-    from the PyTorch model and from its ONNX export are known to come from the same weights."""
+    from the PyTorch model and from its ONNX export are known to come from the same weights. A quantized model
+    (whose state dict holds packed params and dtypes) is refused: hash the model before quantizing it."""
+    from openeva.models.int8 import is_int8
+
+    if is_int8(model):
+        raise ValueError("weights_hash needs the fp32 model: take it before quantize_int8 (int8 weights are "
+                         "packed and no longer name the fp32 weights the vectors come from)")
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         h.update(name.encode())
@@ -103,10 +109,14 @@ def export_onnx(model: nn.Module, out_dir: str | Path, opset: int = DEFAULT_OPSE
     ``REL_TOLERANCE``; a mismatch raises ``ValueError`` after the manifest is written.
     """
     from openeva.factory import model_config_dict, preprocess_cfg
+    from openeva.models.int8 import is_int8
     from openeva.models.tome import ToMeEVAViT
 
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
+    if is_int8(model):
+        raise ValueError("export the model without int8 quantization (the ONNX graphs are fp32; ONNX Runtime "
+                         "optimises them itself)")
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("export an fp32 model on the CPU (create_model(..., precision='fp32', device='cpu'))")
     if any(isinstance(m, ToMeEVAViT) for m in model.modules()):

@@ -28,6 +28,7 @@ from torch import nn
 
 from openeva.checkpoints import load_checkpoint
 from openeva.factory import build_config, resolve_pretrained, resolve_spec
+from openeva.hardware import resolve_precision
 from openeva.models.vit import EVAViT, ViTConfig
 
 TEACHER_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -112,7 +113,9 @@ class ClipTeacher(nn.Module):
     """A frozen CLIP vision tower turned into per-patch MIM targets (B, N_student, C).
 
     ``visual``: the tower (an ``EVAViT``, e.g. ``CLIP.visual``); its parameters are frozen and cast to
-    ``precision`` ("bf16" halves memory and is faster on GPUs and bf16-capable CPUs; targets come back fp32).
+    ``precision`` ("bf16" halves memory and is faster on GPUs and CPUs with native bf16, but is emulated and
+    several times slower on AVX2-only CPUs; targets come back fp32). The choice is the caller's
+    (:func:`build_teacher` and the MIM task resolve "auto" by the hardware).
     ``input_mean``/``input_std``: the normalisation of the images it is given; when they differ from the
     teacher's own ``mean``/``std`` the images are re-normalised for it.
     """
@@ -120,7 +123,7 @@ class ClipTeacher(nn.Module):
     def __init__(
         self,
         visual: EVAViT,
-        precision: str = "bf16",
+        precision: str = "fp32",
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
         input_mean: tuple[float, float, float] | None = None,
@@ -199,7 +202,7 @@ def resample_target_grid(
 def build_teacher(
     model_name: str,
     pretrained: str | None = None,
-    precision: str = "bf16",
+    precision: str = "auto",
     input_mean: tuple[float, float, float] | None = None,
     input_std: tuple[float, float, float] | None = None,
 ) -> ClipTeacher:
@@ -209,8 +212,10 @@ def build_teacher(
     directory (then ``pretrained`` defaults to it). ``pretrained``: an EVA-CLIP ``.pt``, open_clip ``.bin``, timm
     vision-tower file, openeva directory, or a published tag. Only the vision tower is built and loaded (no text
     tower in memory). With no weights at all the teacher is random (tests, smoke runs), which is logged loudly
-    by the caller's config, not refused.
+    by the caller's config, not refused. ``precision`` "auto": bf16 where the CPU / GPU has it natively, else
+    fp32 (``openeva.hardware.resolve_precision``).
     """
+    precision, _ = resolve_precision(precision, "cpu")
     spec, saved = resolve_spec(model_name)
     if not spec.is_clip:
         raise ValueError(f"teacher {model_name!r} is not a CLIP model; the target needs the CLIP projection head "

@@ -19,13 +19,14 @@ The weights and the state dict are unchanged. ``forward_intermediates`` (dense m
 from __future__ import annotations
 
 import math
+import numbers
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from openeva.layers.attention import attention
-from openeva.layers.rope import apply_rope, rope_frequencies
+from openeva.layers.rope import rope_frequencies
 from openeva.models.vit import Block, EVAViT
 
 SCHEDULES = ("constant", "decreasing")
@@ -34,12 +35,16 @@ SCHEDULES = ("constant", "decreasing")
 def merge_schedule(r: int | Sequence[int], depth: int, schedule: str = "constant") -> list[int]:
     """Tokens merged after each block's attention: ``r`` per block, or from 2r down to 0 ("decreasing",
     about the same total: early blocks merge more), or an explicit per-block list."""
-    if not isinstance(r, int):
-        rs = [int(v) for v in r]
-        if len(rs) != depth or any(v < 0 for v in rs):
-            raise ValueError(f"a per-block r needs {depth} values >= 0, got {list(r)}")
-        return rs
-    if isinstance(r, bool) or r < 0:
+    if isinstance(r, bool) or isinstance(r, (float, str)) or (isinstance(r, numbers.Number)
+                                                              and not isinstance(r, numbers.Integral)):
+        raise ValueError(f"tome r must be an int >= 0 or one int per block, got {r!r}")
+    if not isinstance(r, numbers.Integral):
+        rs = list(r)
+        if len(rs) != depth or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0 for v in rs):
+            raise ValueError(f"a per-block r needs {depth} ints >= 0, got {rs}")
+        return [int(v) for v in rs]
+    r = int(r)
+    if r < 0:
         raise ValueError(f"tome r must be an int >= 0, got {r!r}")
     if schedule not in SCHEDULES:
         raise ValueError(f"tome schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -49,101 +54,123 @@ def merge_schedule(r: int | Sequence[int], depth: int, schedule: str = "constant
 
 
 def rope_angles_at(pos: torch.Tensor, grid: tuple[int, int], head_dim: int, ref_grid: tuple[int, int] | None,
-                   temperature: float = 10000.0) -> torch.Tensor:
+                   temperature: float = 10000.0, bands: torch.Tensor | None = None) -> torch.Tensor:
     """Rotary angles at fractional (row, col) patch positions (B, N, 2) -> (B, N, head_dim/2).
 
     The same arithmetic as ``rope_angles_2d`` (coordinate / n * ref, times the bands), so integer positions give
-    bit-identical angles to the shared table.
+    bit-identical angles to the shared table. ``bands``: the precomputed ``rope_frequencies`` (F,).
     """
-    bands = rope_frequencies(head_dim, temperature).to(pos.device)  # (F,)
+    if bands is None:
+        bands = rope_frequencies(head_dim, temperature).to(pos.device)  # (F,)
     ref = ref_grid or grid
     rows = pos[..., 0:1] / grid[0] * ref[0]  # (B, N, 1)
     cols = pos[..., 1:2] / grid[1] * ref[1]
     return torch.cat([rows * bands, cols * bands], dim=-1)  # (B, N, 2F)
 
 
-def bipartite_soft_matching(metric: torch.Tensor, r: int, protected: int = 1):
-    """ToMe's matching on (B, N, C) key features; returns ``merge(x, reduce)`` for (B, N, ...) tensors.
+@dataclass
+class Matching:
+    """The outcome of one bipartite matching over N tokens: which A tokens stay, which merge into which B."""
 
-    Set A = even tokens, set B = odd tokens; the first ``protected`` tokens (CLS, even) are never merged and
-    keep their place first. ``merge`` returns (B, N - r, ...): unmerged A tokens in original order, then B.
-    """
-    B, N, _ = metric.shape
-    with torch.no_grad():
-        metric = metric / metric.norm(dim=-1, keepdim=True)
-        a, b = metric[:, ::2], metric[:, 1::2]  # (B, Na, C), (B, Nb, C)
-        scores = a @ b.transpose(-1, -2)  # (B, Na, Nb) cosine similarity
-        scores[:, : (protected + 1) // 2] = -math.inf  # CLS (index 0) is in A
-        best, best_b = scores.max(dim=-1)  # (B, Na)
-        order = best.argsort(dim=-1, descending=True)  # (B, Na): strongest edges first
-        src = order[:, :r]  # (B, r) A tokens merged away
-        unm = order[:, r:].sort(dim=-1).values  # (B, Na - r) A tokens kept, original order (CLS first)
-        dst = best_b.gather(1, src)  # (B, r) their partners in B
+    unm: torch.Tensor  # (B, Na - r) A tokens kept, original order (CLS first)
+    src: torch.Tensor  # (B, r) A tokens merged away
+    dst: torch.Tensor  # (B, r) their partners in B
+    num_a: int
+    num_b: int
 
-    def merge(x: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+    def merge(self, x: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+        """(B, N, ...) -> (B, N - r, ...): kept A tokens in order, then B with the merged A tokens reduced in."""
+        B = x.shape[0]
         xa, xb = x[:, ::2], x[:, 1::2]  # (B, Na, ...), (B, Nb, ...)
         tail = x.shape[2:]
 
         def idx(t):  # (B, k) -> index shaped like x's trailing dims
             return t.view(B, -1, *([1] * len(tail))).expand(-1, -1, *tail)
 
-        kept = xa.gather(1, idx(unm))
-        moved = xa.gather(1, idx(src))
-        xb = xb.scatter_reduce(1, idx(dst), moved, reduce=reduce)
-        return torch.cat([kept, xb], dim=1)  # (B, N - r, ...)
+        kept = xa.gather(1, idx(self.unm))
+        moved = xa.gather(1, idx(self.src))
+        xb = xb.scatter_reduce(1, idx(self.dst), moved, reduce=reduce)
+        return torch.cat([kept, xb], dim=1)
 
-    return merge
+    def new_index(self) -> torch.Tensor:
+        """(B, N) long: where each of the N tokens lands in the merged sequence (merged A tokens: their B)."""
+        B, kept = self.unm.shape
+        a_new = torch.empty(B, self.num_a, dtype=torch.long, device=self.unm.device)
+        a_new.scatter_(1, self.unm, torch.arange(kept, device=a_new.device).expand(B, -1))
+        a_new.scatter_(1, self.src, kept + self.dst)
+        b_new = (kept + torch.arange(self.num_b, device=a_new.device)).expand(B, -1)
+        out = torch.empty(B, self.num_a + self.num_b, dtype=torch.long, device=a_new.device)
+        out[:, ::2], out[:, 1::2] = a_new, b_new
+        return out
 
 
-def merge_tokens(merge, x: torch.Tensor, pos: torch.Tensor, size: torch.Tensor):
-    """Size-weighted merge of tokens (B, N, D), positions (B, N, 2) and sizes (B, N, 1)."""
-    new_size = merge(size, "sum")  # (B, N - r, 1)
-    x = merge(x * size.to(x.dtype), "sum") / new_size.to(x.dtype)
-    pos = merge(pos * size, "sum") / new_size
-    return x, pos, new_size
+def bipartite_soft_matching(metric: torch.Tensor, r: int, protected: int = 1) -> Matching:
+    """ToMe's matching on (B, N, C) key features: the ``r`` A tokens most similar to a B token merge into it.
+
+    Set A = even tokens, set B = odd tokens; the CLS token (index 0, in A) is never merged and keeps its place
+    first (``protected`` is 0 or 1: EVA towers have one prefix token).
+    """
+    if protected not in (0, 1):
+        raise ValueError(f"token merging protects at most the one CLS token, got protected={protected}")
+    B, N, _ = metric.shape
+    with torch.no_grad():
+        metric = metric / metric.norm(dim=-1, keepdim=True)
+        a, b = metric[:, ::2], metric[:, 1::2]  # (B, Na, C), (B, Nb, C)
+        scores = a @ b.transpose(-1, -2)  # (B, Na, Nb) cosine similarity
+        if protected:
+            scores[:, 0] = -math.inf  # CLS (index 0) is in A
+        best, best_b = scores.max(dim=-1)  # (B, Na)
+        order = best.argsort(dim=-1, descending=True)  # (B, Na): strongest edges first
+        src = order[:, :r]  # (B, r)
+        unm = order[:, r:].sort(dim=-1).values  # (B, Na - r)
+        dst = best_b.gather(1, src)  # (B, r)
+    return Matching(unm, src, dst, a.shape[1], b.shape[1])
 
 
-def _attention(attn, x: torch.Tensor, rope, size_bias: torch.Tensor | None):
-    """EVA attention (as ``Attention.forward``) that also returns the head-averaged keys (B, N, hd) before RoPE."""
-    B, N, D = x.shape
-    qkv = attn.project_qkv(x)  # (B, N, 3D)
-    qkv = qkv.view(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
-    metric = qkv[1].mean(dim=1)  # (B, N, hd): content keys, before the position rotation
-    if rope is not None:
-        qk = apply_rope(qkv[:2], *rope)
-        q, k, v = qk[0], qk[1], qkv[2]
-    else:
-        q, k, v = qkv.unbind(0)
-    mask = size_bias.to(q.dtype) if size_bias is not None else None  # (B, 1, 1, N): log(size) per key
-    x = attention(q, k, v, attn_mask=mask, dropout_p=attn.attn_drop if attn.training else 0.0)
-    x = attn.norm(x.transpose(1, 2).reshape(B, N, D))
-    return attn.proj_drop(attn.proj(x)), metric
+def merge_tokens(matching: Matching, x: torch.Tensor, pos: torch.Tensor, size: torch.Tensor, weighted: bool = True):
+    """Size-weighted merge of tokens (B, N, D), positions (B, N, 2) and sizes (B, N, 1) (fp32).
+
+    ``weighted=False`` while every size is 1 (the first merge): the same result without two multiplies.
+    """
+    pos_size = matching.merge(torch.cat([pos * size, size], dim=-1), "sum")  # (B, N - r, 3) in one pass
+    new_size = pos_size[..., 2:]  # (B, N - r, 1)
+    x = matching.merge(x * size.to(x.dtype) if weighted else x, "sum") / new_size.to(x.dtype)
+    return x, pos_size[..., :2] / new_size, new_size
 
 
 def _block(blk: Block, x, rope, pos, size, r: int, prefix: int, merged: bool):
-    """One block with a merge between attention and MLP; -> x, pos, size (fewer tokens when r > 0)."""
+    """One block with a merge between attention and MLP; -> x, pos, size, matching (None when nothing merged)."""
     bias = size.log().transpose(1, 2).unsqueeze(1) if merged else None  # (B, 1, 1, N); skipped while all 1
-    if blk.post_norm:
-        a, metric = _attention(blk.attn, x, rope, bias)
-        x = x + blk.drop_path1(blk.norm1(a))
-    else:
-        a, metric = _attention(blk.attn, blk.norm1(x), rope, bias)
-        x = x + blk.drop_path1(a)
+    inp = x if blk.post_norm else blk.norm1(x)
     r = min(r, (x.shape[1] - prefix) // 2)
     if r > 0:
-        x, pos, size = merge_tokens(bipartite_soft_matching(metric, r, prefix), x, pos, size)
+        a, metric = blk.attn.forward_with_keys(inp, rope, bias)
+    else:
+        a, metric = blk.attn(inp, rope, bias), None
+    x = x + blk.drop_path1(blk.norm1(a) if blk.post_norm else a)
+    matching = None
+    if r > 0:
+        matching = bipartite_soft_matching(metric, r, prefix)
+        x, pos, size = merge_tokens(matching, x, pos, size, weighted=merged)
     if blk.post_norm:
-        return x + blk.drop_path2(blk.norm2(blk.mlp(x))), pos, size
-    return x + blk.drop_path2(blk.mlp(blk.norm2(x))), pos, size
+        return x + blk.drop_path2(blk.norm2(blk.mlp(x))), pos, size, matching
+    return x + blk.drop_path2(blk.mlp(blk.norm2(x))), pos, size, matching
 
 
 class ToMeEVAViT(EVAViT):
-    """An EVAViT that merges tokens in ``forward_features`` / ``forward`` (set by :func:`apply_tome`)."""
+    """An EVAViT that merges tokens in ``forward_features`` / ``forward`` (set by :func:`apply_tome`).
+
+    ``forward_features`` returns one row per original token, as the unmerged model does: each patch gets the
+    (final, normed) token it was merged into. A plain mean over those rows is then the size-weighted mean
+    over the merged tokens, so ``forward_head`` pools exactly as ToMe does, through every path (``forward``,
+    ``encode_image``, ``forward_head(forward_features(x), pre_logits=True)``).
+    """
 
     tome_r: list[int]
 
     def forward_tome(self, x: torch.Tensor, mask: torch.Tensor | None = None):
-        """Images -> (tokens (B, 1 + N', D) after the final norm, sizes (B, 1 + N', 1), positions (B, 1 + N', 2))."""
+        """Images -> (merged tokens (B, 1 + N', D) after the final norm, sizes (B, 1 + N', 1), positions
+        (B, 1 + N', 2), source map (B, 1 + N): the merged row each original token ended in)."""
         if self.training and self.cfg.patch_drop_rate > 0:
             raise ValueError("token merging and patch dropout do not combine; set patch_drop_rate=0 or eval()")
         x, rope, grid = self._embed(x, mask)
@@ -154,27 +181,23 @@ class ToMeEVAViT(EVAViT):
         pos = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=-1)  # (H*W, 2) integer patch coordinates
         pos = torch.cat([pos.new_zeros(P, 2), pos]).expand(B, -1, -1)  # (B, N, 2); prefix rows unused
         size = torch.ones(B, N, 1, device=x.device)  # (B, N, 1) patches per token
+        source = torch.arange(N, device=x.device).expand(B, -1)  # (B, N): original token -> current row
+        bands = rope_frequencies(self.rope.head_dim, self.rope.temperature).to(x.device) if rope is not None else None
         merged = False
         for blk, r in zip(self.blocks, self.tome_r):
-            if merged and rope is not None:  # per-sample angles at the merged tokens' positions
-                angles = rope_angles_at(pos, grid, self.rope.head_dim, self.rope.ref_grid, self.rope.temperature)
-                angles[:, :P] = 0.0  # prefix tokens are not rotated
-                rope = (angles.sin().unsqueeze(1), angles.cos().unsqueeze(1))  # (B, 1, N', hd/2)
-            x, pos, size = _block(blk, x, rope, pos, size, r, P, merged)
-            merged = merged or x.shape[1] < N
-        return self.norm(x), size, pos
+            x, pos, size, matching = _block(blk, x, rope, pos, size, r, P, merged)
+            if matching is not None:
+                merged = True
+                source = matching.new_index().gather(1, source)
+                if rope is not None:  # per-sample angles at the merged tokens' positions, for the next blocks
+                    angles = rope_angles_at(pos, grid, self.rope.head_dim, self.rope.ref_grid, bands=bands)
+                    angles[:, :P] = 0.0  # prefix tokens are not rotated
+                    rope = (angles.sin().unsqueeze(1), angles.cos().unsqueeze(1))  # (B, 1, N', hd/2)
+        return self.norm(x), size, pos, source
 
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_tome(x, mask)[0]
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        tokens, size, _ = self.forward_tome(x, mask)
-        if self.cfg.global_pool == "avg":  # size-weighted: the mean over the original patches
-            P = self.num_prefix_tokens
-            w = size[:, P:].to(tokens.dtype)  # (B, N', 1)
-            pooled = (tokens[:, P:] * w).sum(dim=1) / w.sum(dim=1)  # (B, D)
-            return self.head(self.head_drop(self.fc_norm(pooled)))
-        return self.forward_head(tokens)
+        tokens, _, _, source = self.forward_tome(x, mask)  # (B, N', D), (B, N)
+        return tokens.gather(1, source.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # (B, 1 + N, D)
 
 
 def _tower(model: nn.Module) -> EVAViT:

@@ -297,7 +297,7 @@ def run_quickstart(out_dir="quickstart_out", config: QuickstartConfig | None = N
         torch.manual_seed(qc.seed)
         model = create_model(qc.clip_model)
         start = time.perf_counter()
-        metrics = evaluation.evaluate_clip(model, tokenizer, sets, seed=qc.seed)
+        metrics = evaluation.evaluate_clip(model, tokenizer, sets, seed=qc.seed, precision=qc.precision)
         return {"name": "random", "title": "random init", "model": qc.clip_model, "init": "random", "trained": False,
                 "metrics": metrics, "eval_s": time.perf_counter() - start, "status": "ok",
                 "note": "untrained weights: the chance level of every metric on this data"}
@@ -312,7 +312,7 @@ def run_quickstart(out_dir="quickstart_out", config: QuickstartConfig | None = N
                                    "contrastive loss")
             start = time.perf_counter()
             model = create_model(str(out / name / "final"))
-            entry["metrics"] = evaluation.evaluate_clip(model, tokenizer, chain.sets, seed=qc.seed)
+            entry["metrics"] = evaluation.evaluate_clip(model, tokenizer, chain.sets, seed=qc.seed, precision=qc.precision)
             entry["eval_s"] = time.perf_counter() - start
             return entry
         return run
@@ -326,7 +326,7 @@ def run_quickstart(out_dir="quickstart_out", config: QuickstartConfig | None = N
                                out / "mim", qc.mim_steps, qc.batch_size, wall, "MIM loss (-cosine)")
         start = time.perf_counter()
         student = create_model(str(out / "mim" / "final"))
-        entry["metrics"] = evaluation.linear_probe_shape(student, chain.sets, seed=qc.seed)
+        entry["metrics"] = evaluation.linear_probe_shape(student, chain.sets, seed=qc.seed, precision=qc.precision)
         entry["eval_s"] = time.perf_counter() - start
         entry["note"] = "MIM student: only the linear probe applies (no text tower)"
         return entry

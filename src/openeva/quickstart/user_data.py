@@ -37,7 +37,7 @@ from openeva.eval.features import encode_images
 from openeva.eval.finetune import load_finetune_config, run_finetune
 from openeva.eval.finetune_recipe import PRETRAINED_RECIPE, SCRATCH_RECIPE
 from openeva.eval.knn import knn_classify
-from openeva.eval.linear_probe import evaluate_linear_probe, fit_logistic_regression
+from openeva.eval.linear_probe import evaluate_linear_probe, fit_linear_head
 from openeva.eval.zeroshot import build_zeroshot_classifier, classification_metrics, zeroshot_logits
 from openeva.factory import create_model, get_model_spec, get_tokenizer, preprocess_cfg
 from openeva.hardware import resolve_precision
@@ -315,22 +315,24 @@ def teacher_zeroshot(teacher_dir: Path, prepared: PreparedData, templates, cfg: 
     return {"zeroshot_acc1": m["acc1"], "zeroshot_acc5": m["acc5"]}
 
 
-def head_from_probe(model_name: str, prepared: PreparedData, cfg: UserChainConfig, weight_decay: float = 1e-3):
-    """The backbone with its classification head set to a logistic regression on its own frozen features.
+def head_from_probe(model_name: str, prepared: PreparedData, cfg: UserChainConfig):
+    """The backbone with its classification head set to a linear probe of its own frozen features.
 
     Linear probing then fine-tuning (LP-FT, Kumar et al. 2022): a random head's first gradients distort the
     pretrained features before the head is any good; starting from the probe, fine-tuning starts where the
-    frozen probe ends. The probe is fitted on the head's own input (the pooled, ``fc_norm``-ed features).
+    frozen probe ends. The probe is the reported one's search and fit (:func:`fit_linear_head`: standardised
+    features, weight decay chosen on held-out images), folded into a head on the pooled, ``fc_norm``-ed
+    features the head receives.
     """
 
     torch.manual_seed(cfg.seed)
     backbone = create_model(model_name)
     x, y = _features(backbone, prepared.train_dir, cfg.precision)  # (N, D) head inputs, (N,)
     c = len(prepared.classnames)
-    w, b = fit_logistic_regression(x, y, c, weight_decay, max_iter=300)  # (D, C), (C,)
+    w, b, _ = fit_linear_head(x, y, c, seed=cfg.seed)  # (C, D), (C,)
     backbone.reset_classifier(c)
     with torch.no_grad():
-        backbone.head.weight.copy_(w.t())
+        backbone.head.weight.copy_(w)
         backbone.head.bias.copy_(b)
     return backbone
 
