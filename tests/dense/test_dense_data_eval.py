@@ -132,3 +132,80 @@ def test_video_reader_and_eval_cli(tmp_path):
     assert main([*argv[:6], str(tmp_path / "nothing"), *argv[7:]]) == 2
     (tmp_path / "flat").mkdir()
     assert main([*argv[:6], str(tmp_path / "flat"), *argv[7:]]) == 2  # no class sub-folders
+
+
+def _all_frames_then_sample(path, num_frames):
+    """The reader as it was: every frame to an image, then the uniform sample (the reference for indices)."""
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [f.to_image() for f in container.decode(video=0)]
+    return [frames[i].convert("RGB") for i in sample_indices(len(frames), num_frames)]
+
+
+class _WrongHeaderAV:
+    """PyAV whose containers claim ``frames`` frames in the stream header (real files decode as they are)."""
+
+    def __init__(self, frames):
+        import av
+
+        self.av, self.frames = av, frames
+
+    def open(self, path):
+        outer = self
+
+        class Container:
+            def __init__(self):
+                self.c = outer.av.open(path)
+                stream = type("Stream", (), {"frames": outer.frames})()
+                self.streams = type("Streams", (), {"video": [stream]})()
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.c.close()
+
+            def decode(self, **kw):
+                return self.c.decode(**kw)
+
+        return Container()
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])  # mp4 has a frame count in its header, mkv none (0)
+def test_video_reader_converts_only_the_sampled_frames(tmp_path, monkeypatch, ext):
+    import openeva.data.video as video
+
+    path = _moving_shape_video(tmp_path / f"clip.{ext}", (220, 40, 40), frames=23)
+    converted = []
+    to_image = video._to_image
+    monkeypatch.setattr(video, "_to_image", lambda frame: converted.append(1) or to_image(frame))
+    for t in (1, 4, 8, 30):  # 30 > 23 frames: indices repeat
+        converted.clear()
+        got = read_frames(path, t)
+        want = _all_frames_then_sample(path, t)
+        assert len(got) == t and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, want))
+        assert len(converted) == len(set(sample_indices(23, t)))  # not all 23 frames
+    for claim in (10, 40):  # a header that says too few / too many frames: the decoded count decides
+        monkeypatch.setattr(video, "require_av", lambda claim=claim: _WrongHeaderAV(claim))
+        got = read_frames(path, 4)
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, _all_frames_then_sample(path, 4)))
+
+
+def test_video_folder_skips_files_that_vanish_or_break_after_listing(tmp_path):
+    root = tmp_path / "videos"
+    for i in range(4):
+        _moving_shape_video(root / "red" / f"{i}.mp4", (220, 40, 40), seed=i)
+    ds = VideoFolder(root, num_frames=2)
+    strict = VideoFolder(root, num_frames=2, on_error="raise")
+    assert len(ds) == 4
+    (root / "red" / "0.mp4").unlink()  # removed after listing
+    (root / "red" / "1.mp4").unlink()
+    (root / "red" / "1.mp4").mkdir()  # replaced by something that is not a file
+    (root / "red" / "2.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)  # truncated / corrupt
+    items = [ds[i] for i in range(len(ds))]
+    assert [x is None for x in items] == [True, True, True, False]
+    assert ds.skipped == [str(root / "red" / f"{i}.mp4") for i in range(3)]
+    for i in range(3):
+        with pytest.raises(VideoReadError, match=f"{i}.mp4"):
+            strict[i]

@@ -2,9 +2,11 @@
 segments held-out scenes by colour with no segmentation training at all, and classifies generated videos of
 moving shapes zero-shot. The scenes know where every shape is, so the masks are true.
 
-Measured with the defaults (value path + guided smoothing), on the labelled (foreground) pixels: background
-is left out of the score (mask value 255), as the VOC-20 / Context-59 protocols of the open-vocabulary
-literature do; the tiny CLIP's background rule is weak (see README).
+Measured with the defaults (``DenseOptions()``: the MaskCLIP path + guided smoothing), on the labelled (shape)
+pixels only: background is set to the ignore value 255 and left out of the score, as the VOC-20 / Context-59
+protocols of the open-vocabulary literature do (the tiny CLIP's background rule is weak, see README). An
+all-background prediction therefore scores 0 here by construction and says nothing; the bar the model must
+clear is a trivial predictor that is not 0 by construction: the most frequent colour painted everywhere.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from openeva.data.synthetic import COLORS, SHAPES, ShapeScenes
+from openeva.dense.segment import DenseOptions
 from openeva.eval.segmentation import evaluate_segmentation
+from openeva.metrics import confusion, iou_metrics
 from openeva.losses.contrastive import ClipLoss
 from openeva.models.clip import CLIP, CLIPConfig
 from openeva.models.text import TextConfig
@@ -65,11 +68,19 @@ def test_open_vocab_segmentation_beats_baselines(scene_clip):
     scenes = ShapeScenes(32, image_size=SIZE, seed=1, min_shapes=2, max_shapes=3, sizes=("small", "large"))
     fg_only = [(img, np.where(mask == 0, 255, mask).astype(np.uint8)) for img, mask in (scenes[i] for i in range(32))]
     result = evaluate_segmentation(model, tok, fg_only, list(COLORS), TEMPLATES, mean=MEAN, std=STD)
+    assert (result["dense_method"], result["dense_refine"]) == (DenseOptions().method, DenseOptions().refine)
     m = result["metrics"]
-    # all-background scores 0 here; one constant colour or random labels score ~1/6 pixel accuracy and
-    # an mIoU near 1/6 * 1/6 per class; the trained CLIP labels the shapes with no segmentation training
-    assert m["pixel_acc"] > 0.35, m
-    assert m["miou_fg"] > 0.2, m
+    # the trivial bar, scored by the same metric on the same labelled pixels: the most frequent colour everywhere
+    # (all-background would score 0 by construction, background being ignored)
+    truth = torch.stack([torch.from_numpy(mask.astype(np.int64)) for _, mask in fg_only])  # (N, H, W)
+    labelled = truth[truth != 255]
+    majority = int(torch.bincount(labelled, minlength=len(COLORS) + 1).argmax())
+    const, _ = iou_metrics(confusion(torch.full_like(truth, majority), truth, len(COLORS) + 1))
+    assert 0.1 < const["pixel_acc"] < 0.5 and const["miou_fg"] > 0.0, const  # a real, non-zero baseline
+    # the trained CLIP labels the shapes with no segmentation training, well above that bar
+    assert m["pixel_acc"] > max(0.35, const["pixel_acc"] + 0.1), (m, const)
+    assert m["miou_fg"] > max(0.2, 2 * const["miou_fg"]), (m, const)
+    print("QUALITY", m, const)
 
 
 def test_zero_shot_video_of_moving_shapes(scene_clip, tmp_path):

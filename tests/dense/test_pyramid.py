@@ -49,3 +49,62 @@ def test_bad_pyramid_options():
         SimpleFeaturePyramid(vit, window_size=0)
     with pytest.raises(ValueError, match="global_blocks"):
         SimpleFeaturePyramid(vit, window_size=2, global_blocks=(5,))
+
+
+def test_output_shape_is_shapespec_like_and_size_divisibility():
+    vit = create_model("eva02_test_patch8_32")
+    fpn = SimpleFeaturePyramid(vit, out_channels=24)
+    specs = fpn.output_shape()
+    assert [(k, s.channels, s.stride) for k, s in specs.items()] == [
+        ("p2", 24, 4), ("p3", 24, 8), ("p4", 24, 16), ("p5", 24, 32)]  # detectron2 reads attributes
+    assert specs["p3"]["stride"] == 8 and specs["p3"]["channels"] == 24  # the dict form still works
+    with pytest.raises(KeyError):
+        specs["p3"]["bogus"]
+    with pytest.raises(AttributeError):  # frozen, like detectron2's namedtuple
+        specs["p3"].stride = 4
+    assert fpn.size_divisibility == 32
+    assert fpn.padding_constraints == {"size_divisibility": 32, "square_size": 0}
+    assert SimpleFeaturePyramid(vit, strides=(4, 8, 16)).size_divisibility == 16
+
+
+@pytest.mark.parametrize("size", [(224, 448), (224, 224), (238, 252)])
+def test_patch14_backbone_reaches_strides_4_to_32(size):
+    """EVA-02's patch 14 is not a power of 2: the map is resampled to the stride-16 grid before the deconvs."""
+    vit = create_model("eva02_test_patch8_32", patch_size=14, img_size=56)  # a patch-14 tower (test sizes)
+    fpn = SimpleFeaturePyramid(vit, out_channels=16)
+    assert fpn.map_stride == 16 and fpn.size_divisibility == 224
+    H, W = size
+    out = fpn(torch.randn(1, 3, H, W))
+    assert [(k, s.stride) for k, s in fpn.output_shape().items()] == [("p2", 4), ("p3", 8), ("p4", 16), ("p5", 32)]
+    g = (round(H / 16), round(W / 16))  # 238 x 252 (17 x 18 patches) -> a 15 x 16 stride-16 grid
+    assert {k: tuple(v.shape[-2:]) for k, v in out.items()} == {
+        "p2": (4 * g[0], 4 * g[1]), "p3": (2 * g[0], 2 * g[1]), "p4": g, "p5": (g[0] // 2, g[1] // 2)}
+    if H % 224 == 0 and W % 224 == 0:  # inputs padded to size_divisibility: exactly H / s x W / s everywhere
+        for k, s in fpn.output_shape().items():
+            assert out[k].shape == (1, 16, H // s.stride, W // s.stride)
+    out["p2"].mean().backward()
+    assert vit.patch_embed.proj.weight.grad is not None  # trained through the resampling
+
+
+def test_readme_patch14_base_builds_a_segmentation_model():
+    """README: ``openeva train segment_tiny model.name=eva02_base_patch14_224``; shapes only (meta tensors)."""
+    from openeva.train.segmentation_task import SegmentationModel
+
+    vit = create_model("eva02_base_patch14_224", device="meta")
+    model = SegmentationModel(vit, num_classes=7).to("meta")
+    feats = model.pyramid(torch.empty(2, 3, 224, 224, device="meta"))
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {
+        "p2": (2, 64, 56, 56), "p3": (2, 64, 28, 28), "p4": (2, 64, 14, 14), "p5": (2, 64, 7, 7)}
+    assert model(torch.empty(2, 3, 224, 224, device="meta")).shape == (2, 7, 224, 224)
+
+
+@pytest.mark.parametrize("window_size", [None, 2])
+def test_train_mode_with_patch_dropout_keeps_every_patch(window_size):
+    vit = create_model("eva02_test_patch8_32", img_size=64, force_patch_dropout=0.5)
+    assert vit.cfg.patch_drop_rate == 0.5
+    fpn = SimpleFeaturePyramid(vit, 16, window_size=window_size, global_blocks=(1,) if window_size else ())
+    x = torch.randn(2, 3, 64, 64)
+    out = fpn.train()(x)  # patch dropout would leave fewer tokens than the grid (a crash at .view)
+    assert out["p2"].shape == (2, 16, 16, 16) and vit.training  # the ViT's own flag is restored
+    with torch.no_grad():
+        torch.testing.assert_close(fpn.train().backbone_map(x), fpn.eval().backbone_map(x))  # nothing dropped

@@ -9,8 +9,16 @@ import torch
 from PIL import Image
 
 from openeva.cli import main
-from openeva.dense.segment import DenseOptions, dense_embeddings, logits_to_labels, segment_logits
-from openeva.dense.segmenter import OpenVocabSegmenter, label_image, overlay, parse_labels
+from openeva.dense.segment import (
+    DenseOptions,
+    dense_embeddings,
+    logits_to_labels,
+    segment_labels,
+    segment_logits,
+    segment_probs,
+    upsampled_rows,
+)
+from openeva.dense.segmenter import OpenVocabSegmenter, label_image, model_input, overlay, parse_labels
 from openeva.factory import create_model, get_tokenizer
 
 
@@ -125,3 +133,64 @@ def test_segmenter_api_pictures_and_cli(tmp_path, randomize):
     mask = np.asarray(Image.open(tmp_path / "out" / "mask.png"))
     assert mask.shape == (30, 45) and mask.max() <= 2
     assert (tmp_path / "out" / "mask_overlay.png").is_file()
+
+
+@pytest.mark.parametrize("grid,size", [((4, 6), (97, 131)), ((3, 3), (3, 3)), ((5, 2), (640, 41))])
+def test_chunked_full_size_outputs_match_one_interpolation(grid, size):
+    """Full-size labels / probabilities are made a few rows at a time: same result as upsampling everything."""
+    torch.manual_seed(0)
+    dense = torch.nn.functional.normalize(torch.randn(2, 8, *grid), dim=1)
+    cls = torch.nn.functional.normalize(torch.randn(8, 4), dim=0)
+    full = segment_logits(dense, cls, size)  # (2, 4, H, W): the one big F.interpolate
+    low = segment_logits(dense, cls)
+    small = 2 * 4 * size[1] * 3  # three rows per chunk
+    rows = list(upsampled_rows(low, size, max_elements=small))
+    assert [r for r, _ in rows] == list(range(0, size[0], 3))
+    torch.testing.assert_close(torch.cat([c for _, c in rows], dim=2), full, atol=1e-4, rtol=1e-5)
+    for bg, last in [(None, False), (0.5, False), (None, True), (0.4, True)]:
+        want = logits_to_labels(full, bg, background_last=last)
+        got = segment_labels(dense, cls, size, bg, background_last=last, max_elements=small)
+        assert torch.equal(got, want)
+        assert torch.equal(segment_labels(dense, cls, size, bg, background_last=last), got)  # chunking-invariant
+    probs = segment_probs(low, size, num_classes=3, max_elements=small)
+    torch.testing.assert_close(probs, full.softmax(dim=1)[:, :3], atol=1e-5, rtol=1e-4)
+
+
+def test_segment_makes_no_full_size_logits(monkeypatch, randomize):
+    model = randomize(create_model("EVA02-test")).eval()
+    seg = OpenVocabSegmenter(model, get_tokenizer("EVA02-test"))
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 410, 3), dtype=np.uint8))
+    names = ["sky", "road", "car"]
+    want_logits = seg.logits(image, names, background=["an empty background"])  # the old, full-size path
+    want = logits_to_labels(want_logits.unsqueeze(0), 0.4, background_last=True)[0]
+
+    interpolate, biggest = torch.nn.functional.interpolate, [0]
+
+    def spy(*args, **kwargs):
+        out = interpolate(*args, **kwargs)
+        biggest[0] = max(biggest[0], out.numel())
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "interpolate", spy)
+    result = seg.segment(image, names, bg_threshold=0.4, background=["an empty background"])
+    assert biggest[0] < 300 * 410  # nothing was resampled to the image's size, not even one channel
+    assert result._scores is None  # probabilities are only made when read
+    assert np.array_equal(result.labels, want.numpy().astype(np.uint8))
+    assert torch.equal(seg.labels(image, names, bg_threshold=0.4, background=["an empty background"]),
+                       want.to(torch.uint8))
+    torch.testing.assert_close(result.scores, want_logits.softmax(0)[:3], atol=1e-5, rtol=1e-4)
+    assert result.scores.shape == (3, 300, 410)
+
+
+def test_thin_and_empty_images_get_a_bounded_grid_or_a_clear_error(randomize):
+    model = randomize(create_model("EVA02-test")).eval()  # 32 px input, patch 8
+    x = model_input(Image.new("RGB", (4000, 10)), model.visual)
+    assert x.shape[-1] <= 8 * 32 and x.shape[-2] >= 8 and x.shape[-2] % 8 == 0 and x.shape[-1] % 8 == 0
+    assert model_input(Image.new("RGB", (64, 48)), model.visual).shape == (1, 3, 32, 40)  # ordinary: as before
+    seg = OpenVocabSegmenter(model, get_tokenizer("EVA02-test"))
+    result = seg.segment(Image.new("RGB", (4000, 10), (200, 30, 30)), "red,blue")
+    assert result.labels.shape == (10, 4000)
+    with pytest.raises(ValueError, match="empty image"):
+        model_input(Image.new("RGB", (0, 10)), model.visual)
+    with pytest.raises(ValueError, match="max_aspect"):
+        model_input(Image.new("RGB", (20, 10)), model.visual, max_aspect=0.5)

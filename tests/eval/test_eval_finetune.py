@@ -2,7 +2,6 @@
 the engine, report top-1 / top-5 on the evaluation split in a valid result JSON; bad input fails first."""
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np

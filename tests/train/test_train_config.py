@@ -2,7 +2,6 @@
 config errors failing before any compute."""
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -5,8 +5,12 @@
 PyAV (``pip install av``, the ``video`` extra) is imported when a video is first read, so the rest of openeva
 needs no FFmpeg. Frame sampling follows EVA-CLIP's / CLIP_benchmark's video protocol: T indices spread
 uniformly over the clip (the centre of each of T equal segments); a clip shorter than T repeats frames.
-An unreadable or empty video raises :class:`VideoReadError` naming the file; the dataset reader turns that
-into a skip that is counted and listed (``skipped``), or an error with ``on_error="raise"``.
+Only the T sampled frames are converted to pictures: the frame count comes from the container's stream header
+and is checked while decoding (one pass, one decoded frame held at a time); where the header has no count or a
+wrong one, a counting pass without conversion comes first, so a long HD clip never sits in memory as images.
+An unreadable or empty video raises :class:`VideoReadError` naming the file; the dataset reader turns that, and
+a file that vanished or cannot be opened after the folder was listed, into a skip that is counted and listed
+(``skipped``), or an error with ``on_error="raise"``.
 """
 
 from __future__ import annotations
@@ -41,24 +45,61 @@ def sample_indices(num_frames_in_video: int, num_frames: int) -> list[int]:
     return [min(int(seg * (i + 0.5)), num_frames_in_video - 1) for i in range(num_frames)]
 
 
-def read_frames(path: str | Path, num_frames: int) -> list[Image.Image]:
-    """Decode ``path`` and return ``num_frames`` uniformly sampled RGB frames."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"video file not found: {path}")
-    av = require_av()
+def _to_image(frame) -> Image.Image:
+    """A decoded PyAV frame -> RGB PIL image (the costly step: a 1080p frame is 6 MB as RGB)."""
+    return frame.to_image().convert("RGB")
+
+
+def _decode(av, path: Path, num_frames: int, wanted: set[int] | None = None,
+            stop_after: int | None = None) -> tuple[dict[int, Image.Image], int]:
+    """One decoding pass, one decoded frame held at a time: (the frames at ``wanted`` as images, the number of
+    frames decoded). ``wanted=None``: the indices the stream header's frame count selects (none when the header
+    has no count). Stops after frame ``stop_after`` when given."""
+    picked: dict[int, Image.Image] = {}
+    count = 0
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise VideoReadError(f"{path}: no video stream")
-            frames = [f.to_image() for f in container.decode(video=0)]  # small clips: decode once, then sample
+            if wanted is None:
+                header = int(container.streams.video[0].frames or 0)  # 0: the container does not say
+                wanted = set(sample_indices(header, num_frames)) if header > 0 else set()
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in wanted:
+                    picked[i] = _to_image(frame)
+                count = i + 1
+                if stop_after is not None and i >= stop_after:
+                    break
     except VideoReadError:
         raise
-    except Exception as e:  # PyAV raises many FFmpeg error types (InvalidDataError, EOFError, ...)
+    except Exception as e:  # PyAV raises many FFmpeg error types (InvalidDataError, EOFError, FileNotFoundError...)
         raise VideoReadError(f"cannot decode video {path}: {e}") from e
-    if not frames:
+    return picked, count
+
+
+def read_frames(path: str | Path, num_frames: int) -> list[Image.Image]:
+    """Decode ``path`` and return ``num_frames`` uniformly sampled RGB frames.
+
+    The indices are ``sample_indices(n, num_frames)`` over the n frames that decode (not the header's claim);
+    only the frames at those indices are converted to images. Raises ``FileNotFoundError`` for a path that is
+    not a file, :class:`VideoReadError` for one that cannot be opened or decoded (or vanishes while read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file not found: {path}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    av = require_av()
+    picked, count = _decode(av, path, num_frames)  # usually the only pass: the header's count was right
+    if count == 0:
         raise VideoReadError(f"{path}: the video has no decodable frames")
-    return [frames[i].convert("RGB") for i in sample_indices(len(frames), num_frames)]
+    indices = sample_indices(count, num_frames)
+    missing = set(indices) - set(picked)
+    if missing:  # no count in the header, or a wrong one: convert the right frames in a second pass
+        more, _ = _decode(av, path, num_frames, wanted=missing, stop_after=max(missing))
+        picked.update(more)
+        if missing - set(more):
+            raise VideoReadError(f"{path}: frames {sorted(missing - set(more))[:5]} did not decode a second time")
+    return [picked[i] for i in indices]
 
 
 def write_video(path: str | Path, frames: list[Image.Image], fps: int = 8, codec: str = "mpeg4") -> Path:
@@ -128,8 +169,10 @@ class VideoFolder:
         path, label = self.samples[index]
         try:
             return read_frames(path, self.num_frames), label
-        except VideoReadError:
+        except (VideoReadError, OSError) as e:  # OSError: removed, or unreadable, since the folder was listed
             if self.on_error == "raise":
-                raise
+                if isinstance(e, VideoReadError):
+                    raise
+                raise VideoReadError(f"cannot read video {path}: {e}") from e
             self.skipped.append(str(path))
             return None

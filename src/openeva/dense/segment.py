@@ -19,10 +19,15 @@ Refinements (training-free, chosen by measurement: ``benchmarks/bench_segment.py
 
 Shapes: images (B, 3, H, W); dense embeddings (B, E, h, w) with h, w the patch grid; label maps (B, H, W) with
 0 = background and ``k + 1`` = ``labels[k]``.
+
+Full-size outputs are made in row chunks (``segment_labels``, ``segment_probs``): (C, H, W) float32 logits of a
+24 MP photo with 20 classes are 1.9 GB per copy (and the softmax makes more); a chunk of rows is upsampled,
+turned into labels / probabilities and dropped, so memory is bounded by ``max_elements`` instead of H * W * C.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +39,7 @@ from openeva.layers.rope import apply_rope
 METHODS = ("maskclip", "value")
 REFINEMENTS = ("none", "fusion", "smooth", "fusion+smooth")
 DEFAULT_TEMPLATES = ("a photo of a {c}.", "a {c}.", "there is a {c} in the scene.")
+CHUNK_ELEMENTS = 1 << 22  # logits values per row chunk (16 MB float32) when making full-size outputs
 
 
 @dataclass(frozen=True)
@@ -179,3 +185,70 @@ def logits_to_labels(logits: torch.Tensor, bg_threshold: float | None = None,
             raise ValueError(f"bg_threshold must be in [0, 1], got {bg_threshold}")
         labels = torch.where(top < bg_threshold, torch.zeros_like(labels), labels)
     return labels
+
+
+# ------------------------------------------------------------------------------- full-size outputs, in chunks
+def _linear_taps(in_size: int, out_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices and weights of bilinear resampling along one axis, as ``F.interpolate(mode="bilinear",
+    align_corners=False)`` computes them: src = (dst + 0.5) * in / out - 0.5, clamped at 0. Each (out_size,)."""
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32, device=device)
+    src = (scale * (torch.arange(out_size, dtype=torch.float32, device=device) + 0.5) - 0.5).clamp_min(0)
+    i0 = src.floor().long().clamp_max(in_size - 1)
+    i1 = (i0 + 1).clamp_max(in_size - 1)
+    w1 = (src - i0).clamp(0, 1)
+    return i0, i1, 1 - w1, w1
+
+
+def upsampled_rows(logits: torch.Tensor, out_size: tuple[int, int],
+                   max_elements: int = CHUNK_ELEMENTS) -> Iterator[tuple[int, torch.Tensor]]:
+    """Low-resolution (B, C, h, w) -> ``(row0, chunk (B, C, rows, W))`` chunks of the bilinear upsampling to
+    ``out_size`` (H, W), at most ``max_elements`` values each, together covering rows 0..H-1.
+
+    Equal to ``F.interpolate(logits, out_size, mode="bilinear", align_corners=False)`` up to float rounding
+    (the same taps and weights, summed in one fixed order), and the same whatever the chunking."""
+    B, C, h, w = logits.shape
+    H, W = (int(out_size[0]), int(out_size[1]))
+    if H < 1 or W < 1:
+        raise ValueError(f"out_size must be positive, got {tuple(out_size)}")
+    y0, y1, a0, a1 = _linear_taps(h, H, logits.device)
+    x0, x1, b0, b1 = _linear_taps(w, W, logits.device)
+    x = logits.float()
+    cols = x[..., x0] * b0 + x[..., x1] * b1  # (B, C, h, W): only h rows, cheap
+    rows = max(1, max_elements // max(1, B * C * W))
+    for r in range(0, H, rows):
+        sl = slice(r, min(r + rows, H))
+        chunk = cols[:, :, y0[sl]] * a0[sl, None] + cols[:, :, y1[sl]] * a1[sl, None]  # (B, C, rows, W)
+        yield r, chunk
+
+
+def upsampled_labels(logits: torch.Tensor, out_size: tuple[int, int], bg_threshold: float | None = None,
+                     background_last: bool = False, max_elements: int = CHUNK_ELEMENTS,
+                     dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Low-resolution logits (B, C, h, w) -> labels (B, H, W) in ``dtype`` at ``out_size``: what
+    ``logits_to_labels`` gives for the bilinearly upsampled logits, made ``max_elements`` logits at a time."""
+    if bg_threshold is not None and not 0.0 <= bg_threshold <= 1.0:
+        raise ValueError(f"bg_threshold must be in [0, 1], got {bg_threshold}")
+    out = torch.empty(logits.shape[0], *out_size, dtype=dtype, device=logits.device)  # (B, H, W)
+    for r, chunk in upsampled_rows(logits, out_size, max_elements):
+        out[:, r:r + chunk.shape[2]] = logits_to_labels(chunk, bg_threshold, background_last).to(dtype)
+    return out
+
+
+def segment_labels(dense: torch.Tensor, classifier: torch.Tensor, out_size: tuple[int, int],
+                   bg_threshold: float | None = None, background_last: bool = False, scale: float = 100.0,
+                   max_elements: int = CHUNK_ELEMENTS, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """``logits_to_labels(segment_logits(dense, classifier, out_size), ...)`` without the full (B, C, H, W)
+    logits: labels (B, H, W) in ``dtype``."""
+    low = segment_logits(dense, classifier, None, scale)  # (B, C, h, w)
+    return upsampled_labels(low, out_size, bg_threshold, background_last, max_elements, dtype)
+
+
+def segment_probs(logits: torch.Tensor, out_size: tuple[int, int], num_classes: int | None = None,
+                  max_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+    """Low-resolution logits (B, C, h, w) -> softmax probabilities (B, K, H, W) float32 at ``out_size``, the
+    first ``K = num_classes`` channels (the softmax is over all C), filled in row chunks: one (B, K, H, W) copy."""
+    K = logits.shape[1] if num_classes is None else int(num_classes)
+    out = torch.empty(logits.shape[0], K, *out_size, dtype=torch.float32, device=logits.device)
+    for r, chunk in upsampled_rows(logits, out_size, max_elements):
+        out[:, :, r:r + chunk.shape[2]] = chunk.softmax(dim=1)[:, :K]
+    return out

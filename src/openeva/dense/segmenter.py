@@ -8,11 +8,14 @@
 The image is resized (not cropped) so its shorter side matches the model's input size and both sides are
 multiples of the patch size (the tower resamples its position table and RoPE grid to any grid), then the
 class logits are upsampled back to the original size, so the label map covers every pixel of the input.
+A very elongated image has its longer side capped at ``max_aspect`` times the input size (the shorter side then
+falls below it), so the token grid stays bounded. The full-size label map is made in row chunks from the
+low-resolution logits (``segment_labels``); the (C, H, W) probabilities are only made if ``result.scores`` is
+read, so a 24 MP photo costs its label map, not gigabytes of float32 logits.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,13 +32,16 @@ from openeva.dense.segment import (
     DenseOptions,
     dense_embeddings,
     image_tower,
-    logits_to_labels,
+    segment_labels,
     segment_logits,
+    segment_probs,
+    upsampled_labels,
 )
 from openeva.factory import create_model, get_tokenizer, preprocess_cfg
 from openeva.metrics import zeroshot_head
 
 BACKGROUND = "background"
+MAX_ASPECT = 8.0  # longer side of the model input at most this many times the tower's input size
 
 
 def parse_labels(labels: str | Sequence[str]) -> list[str]:
@@ -52,12 +58,20 @@ def parse_labels(labels: str | Sequence[str]) -> list[str]:
     return names
 
 
-def model_input(image: Image.Image, visual, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> torch.Tensor:
-    """PIL image -> (1, 3, h, w) normalised tensor, shorter side = the tower's input size, sides % patch == 0."""
+def model_input(image: Image.Image, visual, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
+                max_aspect: float = MAX_ASPECT) -> torch.Tensor:
+    """PIL image -> (1, 3, h, w) normalised tensor, shorter side = the tower's input size, sides % patch == 0.
+
+    The longer side is capped at ``max_aspect`` x the input size (then the shorter side is smaller, at least one
+    patch): a 100 x 20000 strip would otherwise become a 224 x 44800 input, 200 times the tokens of a square."""
+    if max_aspect < 1:
+        raise ValueError(f"max_aspect must be >= 1, got {max_aspect}")
     base = min(visual.cfg.img_size)
     patch = visual.cfg.patch_size
     w, h = image.size
-    scale = base / min(w, h)
+    if w < 1 or h < 1:
+        raise ValueError(f"cannot segment an empty image ({w}x{h} pixels)")
+    scale = min(base / min(w, h), max_aspect * base / max(w, h))
     nh = max(patch, round(h * scale / patch) * patch)
     nw = max(patch, round(w * scale / patch) * patch)
     img = image.convert("RGB").resize((nw, nh), Image.BICUBIC)
@@ -66,14 +80,28 @@ def model_input(image: Image.Image, visual, mean=OPENAI_CLIP_MEAN, std=OPENAI_CL
     return x.unsqueeze(0)
 
 
-@dataclass
 class SegmentationResult:
-    """``labels`` (H, W) uint8 (0 = background, k + 1 = ``names[k]``), ``scores`` (C, H, W) class probabilities."""
+    """``labels`` (H, W) uint8 (0 = background, k + 1 = ``names[k]``), ``scores`` (C, H, W) class probabilities.
 
-    image: Image.Image
-    labels: np.ndarray
-    names: list[str]
-    scores: torch.Tensor = field(repr=False)
+    ``scores`` may be given, or is made on first read from ``logits``, the low-resolution (C [+ 1], h, w) class
+    logits (softmax over all of them, the first C kept): 4 * C * H * W bytes that ``segment`` does not spend
+    unless they are asked for."""
+
+    def __init__(self, image: Image.Image, labels: np.ndarray, names: Sequence[str],
+                 scores: torch.Tensor | None = None, logits: torch.Tensor | None = None):
+        if scores is None and logits is None:
+            raise ValueError("SegmentationResult needs scores or the low-resolution logits they come from")
+        self.image, self.labels, self.names = image, labels, list(names)
+        self._scores, self.logits = scores, logits
+
+    @property
+    def scores(self) -> torch.Tensor:
+        if self._scores is None:
+            self._scores = segment_probs(self.logits.unsqueeze(0), self.labels.shape, len(self.names))[0]
+        return self._scores
+
+    def __repr__(self) -> str:
+        return f"SegmentationResult(names={self.names}, labels={self.labels.shape})"
 
     def areas(self) -> dict[str, float]:
         """Fraction of the image given to each name (and to background)."""
@@ -130,14 +158,30 @@ class OpenVocabSegmenter:
         return torch.cat(out)
 
     @torch.no_grad()
+    def _dense(self, image: Image.Image) -> torch.Tensor:
+        x = model_input(image, self.visual, self.mean, self.std).to(self.device)  # (1, 3, h, w)
+        return dense_embeddings(self.model, x, self.options)  # (1, E, gh, gw)
+
+    @torch.no_grad()
     def logits(self, image: Image.Image, names: Sequence[str], out_size: tuple[int, int] | None = None,
                background: Sequence[str] = ()) -> torch.Tensor:
         """(C, H, W) class logits (C + 1 with ``background`` prompts, background last) at ``out_size``
-        (default: the image's own (H, W))."""
-        x = model_input(image, self.visual, self.mean, self.std).to(self.device)  # (1, 3, h, w)
-        dense = dense_embeddings(self.model, x, self.options)  # (1, E, gh, gw)
+        (default: the image's own (H, W)). That is 4 * C * H * W bytes: for label maps of large images use
+        :meth:`labels`, which never holds them all."""
         size = out_size or (image.size[1], image.size[0])
-        return segment_logits(dense, self.classifier(names, background).to(self.device), size)[0].cpu()
+        return segment_logits(self._dense(image), self.classifier(names, background).to(self.device), size)[0].cpu()
+
+    @torch.no_grad()
+    def labels(self, image: Image.Image, names: Sequence[str], out_size: tuple[int, int] | None = None,
+               bg_threshold: float | None = None, background: Sequence[str] = ()) -> torch.Tensor:
+        """(H, W) uint8 labels at ``out_size`` (default: the image's), as ``logits_to_labels(logits(...))``
+        gives them (to float rounding), made in row chunks without the full (C, H, W) logits."""
+        if len(names) > 255:
+            raise ValueError(f"an 8-bit label map holds at most 255 labels, got {len(names)}")
+        size = tuple(out_size or (image.size[1], image.size[0]))
+        cls = self.classifier(names, background).to(self.device)
+        return segment_labels(self._dense(image), cls, size, bg_threshold, background_last=bool(background),
+                              dtype=torch.uint8)[0].cpu()
 
     def segment(self, image: Image.Image | str | Path, labels: str | Sequence[str],
                 bg_threshold: float | None = None, background: Sequence[str] = ()) -> SegmentationResult:
@@ -146,10 +190,12 @@ class OpenVocabSegmenter:
         names = parse_labels(labels)
         background = [b.strip() for b in background if b.strip()]
         img = load_image(image) if isinstance(image, (str, Path)) else image
-        logits = self.logits(img, names, background=background)  # (C [+ 1], H, W)
-        labels_map = logits_to_labels(logits.unsqueeze(0), bg_threshold, background_last=bool(background))[0]
-        probs = logits.float().softmax(0)[: len(names)]
-        return SegmentationResult(img, labels_map.numpy().astype(np.uint8), names, probs)
+        size = (img.size[1], img.size[0])
+        cls = self.classifier(names, background).to(self.device)
+        low = segment_logits(self._dense(img), cls)  # (1, C [+ 1], gh, gw): the full size is made in chunks
+        labels_map = upsampled_labels(low, size, bg_threshold, background_last=bool(background),
+                                      dtype=torch.uint8)[0]  # (H, W)
+        return SegmentationResult(img, labels_map.cpu().numpy(), names, logits=low[0].cpu())
 
 
 # ------------------------------------------------------------------------------------------------ drawing

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from openeva.data.segmentation import IGNORE_INDEX
 from openeva.metrics import confusion, iou_metrics
 from openeva.dense.segment import DenseOptions, logits_to_labels
 from openeva.dense.segmenter import BACKGROUND, OpenVocabSegmenter

@@ -8,7 +8,7 @@ API in open_clip's shape so its users need nothing new: ``encode_image``/``encod
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F

@@ -11,7 +11,7 @@ Returned shapes: ``forward_features`` (B, 1 + N, D) tokens (CLS first); ``forwar
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
