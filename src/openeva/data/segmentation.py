@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from openeva.data.images import load_image
+from openeva.data.images import IMAGE_EXTENSIONS, load_image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")  # lossless only: a JPEG mask has wrong class ids at edges
 IGNORE_INDEX = 255
 
 
 def _files(folder: Path, exts) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in exts:
+        if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."):
             if p.stem in out:
                 raise ValueError(f"{folder} has two files with the stem {p.stem!r}: {out[p.stem].name}, {p.name}")
             out[p.stem] = p
@@ -53,7 +53,7 @@ class SegmentationFolder:
     def __init__(self, images: str | Path, masks: str | Path | None = None, classnames: list[str] | None = None,
                  name: str | None = None):
         image_dir, mask_dir = resolve_folders(images, masks)
-        imgs, msks = _files(image_dir, IMAGE_EXTENSIONS), _files(mask_dir, (".png", ".bmp", ".tif", ".tiff"))
+        imgs, msks = _files(image_dir, IMAGE_EXTENSIONS), _files(mask_dir, MASK_EXTENSIONS)
         no_mask, no_image = sorted(set(imgs) - set(msks)), sorted(set(msks) - set(imgs))
         if no_mask or no_image:
             parts = []

@@ -7,9 +7,9 @@
    images is reported.
 3. ``mim``: an EVA-02 student MIM-pretrained against the frozen teacher (EVA-02, Fang et al. 2023).
 4. Frozen features of the student and of the same backbone with random weights: linear probe and kNN.
-5. Fine-tunes of the backbone, each head started from a linear probe of its own initial features (LP-FT;
-   ``probe_head=False`` starts from a fresh head): (a) from the student with the pretrained recipe, (b) from random weights with
-   the from-scratch recipe and the same steps, (c) from random weights with as many steps as fit in the CPU
+5. Fine-tunes of the backbone: (a) from the student with the pretrained recipe, its head started from a linear
+   probe of the student's features (LP-FT; ``probe_head=False`` starts it fresh), (b) from random weights with
+   the from-scratch recipe, a fresh head and the same steps, (c) from random weights with as many steps as fit in the CPU
    time of the whole chain (teacher + MIM + fine-tune a).
 
 The report (:mod:`.user_report`) compares (a) with (b) (equal steps) and (a) with (c) (equal time) and says,
@@ -69,7 +69,9 @@ class UserChainConfig:
     teacher_lr: float = 2e-3
     mim_lr: float = 3e-3
     max_equal_time_steps: int = 5000  # cap on fine-tune (c)
-    probe_head: bool = True  # every fine-tune starts its head from a probe of its initial features (LP-FT)
+    # the student's fine-tune starts its head from a probe of its frozen features (LP-FT); the random-weight arms
+    # start from a fresh head, their better start (Fashion-MNIST, 400 steps: 84.5% fresh vs 80.2% from a probe)
+    probe_head: bool = True
     precision: str = "auto"  # resolved by the CPU at run start (bf16 only where oneDNN has it natively)
     log_every: int = 20
 
@@ -437,16 +439,14 @@ def run_user_quickstart(data, out_dir, config: UserChainConfig | None = None, *,
                                                        cfg.finetune_steps, prepared, ft, cfg, progress,
                                                        cfg.probe_head))
     stage("finetune_random_equal_steps", lambda: run_finetune_arm(cfg.student_model, SCRATCH_RECIPE,
-                                                                  cfg.finetune_steps, prepared, ft, cfg, progress,
-                                                                  cfg.probe_head))
+                                                                  cfg.finetune_steps, prepared, ft, cfg, progress))
     chain_s = sum(report["stages"][k]["total_s"] for k in ("teacher", "mim", "finetune_student"))
     per_step = report["stages"]["finetune_random_equal_steps"]["wall_s"] / cfg.finetune_steps
     equal_time_steps = max(1, min(cfg.max_equal_time_steps, int(chain_s / per_step)))
     report["equal_time"] = {"chain_s": chain_s, "scratch_s_per_step": per_step, "steps": equal_time_steps,
                             "capped": equal_time_steps == cfg.max_equal_time_steps}
     stage("finetune_random_equal_time", lambda: run_finetune_arm(cfg.student_model, SCRATCH_RECIPE,
-                                                                 equal_time_steps, prepared, ft, cfg, progress,
-                                                                 cfg.probe_head))
+                                                                 equal_time_steps, prepared, ft, cfg, progress))
     report["wall_s"] = time.perf_counter() - t0
     report["verdict"] = user_report.verdict(report)
     report["paths"] = user_report.write_report(report, out)
