@@ -39,6 +39,19 @@ def test_cli_embeds_a_folder_skipping_bad_files(clip_dir, shapes_dir, tmp_path, 
         assert key in manifest
 
 
+def test_an_elongated_image_is_skipped_before_decoding(clip_dir, tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (40, 40), (200, 0, 0)).save(src / "square.png")
+    Image.new("RGB", (6400, 10), (0, 0, 200)).save(src / "strip.png")  # 640:1, a few KB: 64 GB once resized
+    manifest = embed(src, clip_dir, tmp_path / "emb", progress=False)
+    assert manifest["count"] == 1
+    [skipped] = manifest["skipped"]
+    assert skipped["path"].endswith("strip.png") and "elongated" in skipped["error"]
+
+
 def test_rerun_is_a_no_op_and_other_models_are_refused(clip_dir, other_clip_dir, shapes_dir, tmp_path):
     out = tmp_path / "emb"
     first = embed(shapes_dir, clip_dir, out, shard_size=8, progress=False)

@@ -141,3 +141,32 @@ def test_python_api(clip_dir, shapes_dir, tmp_path):
     assert len(result["predictions"]) == 24 and len(result["skipped"]) == 2
     with pytest.raises(ValueError, match="exactly one"):
         openeva.classify(shapes_dir, clip_dir, progress=False)
+
+
+def test_add_keeps_rows_whose_ids_clash_across_sources(tmp_path):
+    """Two folders each with ``a.jpg``: relative ids clash, sources differ; both rows land and are found."""
+    v = _unit(2, 8, seed=4)
+    row = lambda folder: {"id": "a.jpg", "path": f"/{folder}/a.jpg", "caption": None, "width": 1, "height": 1,  # noqa: E731
+                          "source": {"path": f"/{folder}/a.jpg"}}
+    index = Index.build(v[:1], [row("one")], {"model": "m", "dim": 8})
+    assert index.add(v[1:], [row("two")]) == 1 and len(index) == 2
+    assert index.add(v[1:], [row("two")]) == 0  # the same item again is still skipped
+    assert [h[0]["path"] for h in index.search(v, k=1)] == ["/one/a.jpg", "/two/a.jpg"]
+
+
+def test_save_refuses_a_folder_that_is_not_an_index_and_removes_only_its_versions(tmp_path):
+    index = Index.build(_unit(10, 8), _meta(10))
+    user = tmp_path / "photos"
+    user.mkdir()
+    (user / "vacation").mkdir()  # a user's folder whose name starts with "v"
+    (user / "vacation" / "a.jpg").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="not an openeva index"):
+        index.save(user)
+    assert (user / "vacation" / "a.jpg").read_bytes() == b"x" and not (user / "CURRENT").exists()
+    assert main(["index", "build", str(tmp_path / "no_embeddings"), "--out", str(user)]) == 2  # refused first
+    assert sorted(p.name for p in user.iterdir()) == ["vacation"]
+    idx = tmp_path / "idx"
+    index.save(idx)
+    (idx / "v2023").mkdir()  # not a version folder of ours (not v + 6 digits): left alone
+    index.save(idx)
+    assert sorted(p.name for p in idx.iterdir()) == ["CURRENT", "v000002", "v2023"]

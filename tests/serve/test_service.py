@@ -143,6 +143,15 @@ def test_every_limit_answers_its_4xx(serve):
     assert code(c.post("/v1/embed/images/base64", json={"images": ["@@@"]})) == (400, "bad_base64")
     assert code(c.post("/v1/search", json={"text": "a", "k": 0})) == (422, "bad_k")
     assert c.post("/v1/search", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    # values JSON has no room for: 1e400 parses to inf, NaN is a bare token; a 422 that does not echo them
+    for body in (b'{"text": "a", "k": 1e400}', b'{"text": "a", "k": NaN}'):
+        r = c.post("/v1/search", content=body, headers={"content-type": "application/json"})
+        assert code(r) == (422, "invalid_request")
+    lone_surrogate = b'{"texts": ["a\\ud800b"]}'
+    assert code(c.post("/v1/embed/texts", content=lone_surrogate,
+                       headers={"content-type": "application/json"})) == (422, "bad_text")
+    strip = png(size=(4000, 20))  # 80 kpx, under the pixel cap, but 200:1
+    assert code(c.post("/v1/embed/images", files={"files": ("strip.png", strip)})) == (413, "bad_image_shape")
     slow = serve(limits=Limits(timeout_s=1e-6))
     assert code(slow.client.post("/v1/embed/texts", json={"texts": ["a"]})) == (503, "timeout")
 
@@ -171,11 +180,13 @@ def test_saturation_answers_503(serve):
                 holder = hold()
                 holder.start()
                 continue
-            r = s.client.get("/healthz")
+            r = s.client.get("/openapi.json")
             status = r.status_code
             if status == 503:
                 break
         assert status == 503 and r.json()["error"]["code"] == "saturated" and r.headers["retry-after"] == "1"
+        # health, readiness and metrics answer while saturated: a busy service must not be restarted as dead
+        assert [s.client.get(p).status_code for p in ("/healthz", "/readyz", "/metrics")] == [200, 200, 200]
     finally:
         release.set()
         holder.join()

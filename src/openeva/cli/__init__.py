@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as e:  # bad input: a clear message, no traceback
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as e:  # bad input: a clear message
         print(f"openeva {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -23,8 +23,9 @@ def register(subparsers) -> None:
 
 
 def run_build(args) -> int:
-    from openeva.serve.index import Index
+    from openeva.serve.index import Index, check_output_folder
 
+    check_output_folder(args.out)  # before the build: a wrong --out is refused at once, nothing touched
     index = Index.from_embeddings(args.embeddings, kind=args.kind, target_recall=args.target_recall)
     index.save(args.out)
     print(json.dumps({k: index.manifest.get(k) for k in ("kind", "count", "dim", "recall@10", "params", "version")}))

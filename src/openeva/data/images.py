@@ -20,17 +20,39 @@ from PIL import Image
 
 from openeva.data.loader import record_skip
 
-__all__ = ["DECODE_ERRORS", "IMAGE_EXTENSIONS", "list_images", "load_image", "open_rgb", "prepare_sample"]
+__all__ = ["DECODE_ERRORS", "IMAGE_EXTENSIONS", "MAX_ASPECT", "ImageShapeError", "check_image_shape", "list_images",
+           "load_image", "open_rgb", "prepare_sample"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 # What PIL raises on unreadable / truncated / hostile image data (UnidentifiedImageError is an OSError).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, struct.error, EOFError, Image.DecompressionBombError)
 
 
+# Longer side / shorter side beyond which an image is refused before decoding: preprocessing scales the shorter
+# side to the model's input, so a 1 x 65535 strip would become a 224 x 14.7M image (10 GB). 64:1 keeps panoramas.
+MAX_ASPECT = 64.0
+
+
+class ImageShapeError(ValueError):
+    """An image whose size cannot be preprocessed safely (empty, or too elongated); a decode error for skipping."""
+
+
+def check_image_shape(width: int, height: int, max_aspect: float = MAX_ASPECT) -> None:
+    """Refuse (``ImageShapeError``) an empty image or one more elongated than ``max_aspect``: read from the header,
+    before any pixel is decoded."""
+    if width < 1 or height < 1:
+        raise ImageShapeError(f"image has no pixels ({width}x{height})")
+    if max(width, height) > max_aspect * min(width, height):
+        raise ImageShapeError(f"image is {width}x{height}, more elongated than {max_aspect:g}:1 (resizing its "
+                              "shorter side to the model's input would need gigabytes)")
+
+
 def open_rgb(source: str | Path | bytes) -> Image.Image:
-    """Decode an image file or bytes fully (so truncation errors surface here) as RGB; raises DECODE_ERRORS."""
+    """Decode an image file or bytes fully (so truncation errors surface here) as RGB; raises DECODE_ERRORS
+    (an elongated or empty image, by :func:`check_image_shape`, too: a ValueError)."""
     handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     with Image.open(handle) as image:
+        check_image_shape(*image.size)
         image.load()
         return image.convert("RGB")
 

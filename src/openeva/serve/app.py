@@ -33,11 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastapi import FastAPI, File, Form, Header, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from openeva.data.collection import DECODE_ERRORS, load_source
+from openeva.data.collection import DECODE_ERRORS, image_size_of, load_source
 from openeva.serve.batching import MicroBatcher
 from openeva.serve.classify import (
     label_probs,
@@ -154,6 +155,14 @@ def create_app(model: str | None = None, pretrained: str | None = None, index_pa
                   description="Embed, search and classify images with an openeva CLIP model.")
     app.state.service = state
     app.add_middleware(LimitsMiddleware, limits=state.limits, state=state)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError):
+        # FastAPI's own handler echoes the input, and JSON cannot carry the inf / NaN that 1e400 / NaN parse to
+        # (a 500); only the location and message of each problem are sent back
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in err.errors()]
+        return JSONResponse(ApiError(422, "invalid_request", "; ".join(problems)[:2000] or "invalid request").body(),
+                            status_code=422)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
@@ -334,7 +343,7 @@ def create_app(model: str | None = None, pretrained: str | None = None, index_pa
                 tmp = uploads / f".{digest}.tmp"
                 tmp.write_bytes(data)
                 tmp.replace(path)
-            image_w, image_h = _size_of(data)
+            image_w, image_h = image_size_of(data)
             meta.append({"id": f"upload/{digest}", "path": str(path), "caption": Path(name).stem,
                          "width": image_w, "height": image_h, "source": {"path": str(path)}})
         if state.index is None:
@@ -376,10 +385,3 @@ def create_app(model: str | None = None, pretrained: str | None = None, index_pa
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
-
-
-def _size_of(data: bytes) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        return im.size

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -119,7 +120,7 @@ class Index:
 
     def __init__(self, faiss_index, vectors: np.ndarray, meta: list[dict], manifest: dict):
         self.faiss_index, self.vectors, self.meta, self.manifest = faiss_index, vectors, meta, manifest
-        self._ids = {row["id"]: i for i, row in enumerate(meta)}
+        self._ids = {_row_key(row): i for i, row in enumerate(meta)}
 
     def __len__(self) -> int:
         return len(self.meta)
@@ -191,7 +192,10 @@ class Index:
                                  f"index {self.manifest.get('model')!r}, vectors {model_info.get('model')!r})")
 
     def add(self, vectors: np.ndarray, meta: list[dict], model_info: dict | None = None) -> int:
-        """Add rows whose id is not in the index yet; returns how many were added."""
+        """Add rows not in the index yet (same id from the same source); returns how many were added.
+
+        Ids are relative to the embedded source (``a.jpg`` in two folders), so a row is known by its id and its
+        source (absolute path or shard key): two collections with clashing ids both land."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"vectors of shape {vectors.shape} do not fit an index of dimension {self.dim}")
@@ -199,8 +203,9 @@ class Index:
             self.check_compatible(model_info)
         keep = []
         for j, row in enumerate(meta):
-            if row["id"] not in self._ids:
-                self._ids[row["id"]] = len(self.meta) + len(keep)
+            key = _row_key(row)
+            if key not in self._ids:
+                self._ids[key] = len(self.meta) + len(keep)
                 keep.append(j)
         if not keep:
             return 0
@@ -234,10 +239,10 @@ class Index:
     def save(self, path) -> Path:
         """Write a new version under ``path`` and make it live atomically; returns the version folder."""
         faiss = _faiss()
-        root = Path(path)
+        root = check_output_folder(path)
         root.mkdir(parents=True, exist_ok=True)
         # a version folder left by a crashed save (never made live) is not reused: it may be half-removed
-        taken = [int(p.name[1:]) for p in root.iterdir() if p.name[:1] == "v" and p.name[1:].isdigit()]
+        taken = [int(p.name[1:]) for p in root.iterdir() if _VERSION.match(p.name)]
         name = f"v{max(taken, default=0) + 1:06d}"
         tmp = root / f".tmp-{name}-{os.getpid()}"
         if tmp.exists():
@@ -253,7 +258,7 @@ class Index:
         _fsync_dir(root)
         atomic_write_bytes(root / "CURRENT", name.encode())
         for old in root.iterdir():  # earlier versions and leftovers of crashed writes
-            if old.name != name and (old.name.startswith("v") or old.name.startswith(".tmp-")) and old.is_dir():
+            if old.name != name and (_VERSION.match(old.name) or _TMP.match(old.name)) and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
         self.manifest["version"] = name
         return root / name
@@ -273,6 +278,28 @@ class Index:
         vectors = np.load(folder / "vectors.npy")
         meta = [json.loads(line) for line in (folder / "meta.jsonl").read_text().splitlines() if line]
         return cls(index, vectors, meta, manifest)
+
+
+_VERSION = re.compile(r"^v\d{6}$")  # the version folders save() writes (and alone may remove)
+_TMP = re.compile(r"^\.tmp-v\d{6}-\d+$")  # a crashed save's leftovers
+_OWN_ENTRY = re.compile(r"^(v\d{6}|\.tmp-v\d{6}-\d+|CURRENT|\.CURRENT\.tmp-\d+)$")  # what an index folder may hold
+
+
+def check_output_folder(path) -> Path:
+    """``path`` as an index output: new, empty, or an openeva index; anything else is refused untouched."""
+    root = Path(path).expanduser()
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"index output {root} is a file, not a folder")
+    if root.is_dir() and not (root / "CURRENT").is_file() and any(
+            not _OWN_ENTRY.match(p.name) for p in root.iterdir()):
+        raise FileExistsError(f"{root} is not empty and is not an openeva index: refusing to write an index "
+                              "into it (nothing was changed); pass a new or empty folder")
+    return root
+
+
+def _row_key(row: dict) -> tuple[str, str]:
+    """(id, where it came from): what makes an index row the same item."""
+    return row["id"], json.dumps(row.get("source"), sort_keys=True)
 
 
 def _current_version(root: Path) -> str | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from openeva.data.collection import DECODE_ERRORS
+from openeva.data.images import ImageShapeError, check_image_shape
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 
@@ -54,6 +55,8 @@ def decode_image(data: bytes, limits: Limits, name: str = "image") -> Image.Imag
     try:
         with Image.open(io.BytesIO(data)) as probe:
             fmt, (w, h) = probe.format, probe.size
+    except Image.DecompressionBombError as err:  # PIL's own bomb guard: too many pixels
+        raise ApiError(413, "too_many_pixels", f"{name}: {err}") from None
     except DECODE_ERRORS:
         raise ApiError(415, "unsupported_image", f"{name} is not an image in a supported format "
                        f"({', '.join(ALLOWED_FORMATS)})") from None
@@ -63,14 +66,21 @@ def decode_image(data: bytes, limits: Limits, name: str = "image") -> Image.Imag
         raise ApiError(413, "too_many_pixels", f"{name} has {w}x{h} = {w * h} pixels; the limit is "
                        f"{limits.max_pixels}")
     try:
+        check_image_shape(w, h)  # the data layer's rule: elongated strips would explode in preprocessing
+    except ImageShapeError as err:
+        raise ApiError(413, "bad_image_shape", f"{name}: {err}") from None
+    try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             return image.convert("RGB")
+    except MemoryError:
+        raise ApiError(413, "image_too_large", f"{name} needs more memory to decode than this server has") from None
     except DECODE_ERRORS as err:
         raise ApiError(400, "corrupt_image", f"{name} cannot be decoded: {err}") from None
 
 
 def check_texts(texts: list[str], limits: Limits) -> list[str]:
+    """Count, length, emptiness and encodability (a lone surrogate from JSON "\\ud800" is no text) of a request."""
     if not texts:
         raise ApiError(422, "no_texts", "give at least one text")
     if len(texts) > limits.max_texts:
@@ -81,6 +91,10 @@ def check_texts(texts: list[str], limits: Limits) -> list[str]:
                            f"{limits.max_text_chars}")
         if not t.strip():
             raise ApiError(422, "empty_text", f"text {i} is empty")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(422, "bad_text", f"text {i} is not valid Unicode (a lone surrogate code point)") from None
     return texts
 
 
@@ -97,6 +111,9 @@ async def _send_json(send, status: int, body: dict, headers: list | None = None)
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(payload)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": payload})
+
+
+PROBE_PATHS = ("/healthz", "/readyz", "/metrics")  # answered even when saturated: health checks must not fail
 
 
 class LimitsMiddleware:
@@ -116,7 +133,7 @@ class LimitsMiddleware:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
             return await _send_json(send, 413, ApiError(413, "body_too_large", self._body_message()).body())
-        if self.state.in_flight >= self.limits.max_concurrent:
+        if self.state.in_flight >= self.limits.max_concurrent and scope.get("path") not in PROBE_PATHS:
             return await _send_json(send, 503, ApiError(503, "saturated", "too many requests in flight; retry "
                                                         "shortly").body(), [(b"retry-after", b"1")])
         self.state.in_flight += 1
