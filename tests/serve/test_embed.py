@@ -66,6 +66,29 @@ def test_rerun_is_a_no_op_and_other_models_are_refused(clip_dir, other_clip_dir,
                  "--no-progress"]) == 2
 
 
+def test_resuming_with_auto_precision_keeps_the_runs_precision(clip_dir, shapes_dir, tmp_path, capsys):
+    """A run begun on a machine where "auto" meant another precision resumes here in that precision (not
+    refused, and not mixed); an explicit other precision is still refused."""
+    from openeva.hardware import resolve_precision
+
+    here = resolve_precision("auto", "cpu")[0]
+    began = "fp32" if here == "bf16" else "bf16"  # what "auto" would have chosen on the other CPU class
+    out = tmp_path / "emb"
+    args = ["embed", str(shapes_dir), "--model", clip_dir, "--out", str(out), "--shard-size", "8",
+            "--workers", "0", "--no-progress"]
+    assert main(args + ["--precision", began]) == 0
+    first, _, manifest = load_embeddings(out)
+    assert manifest["precision"] == {"fp32": "float32", "bf16": "bfloat16"}[began]
+    capsys.readouterr()
+    assert main(args) == 0  # --precision auto
+    assert f"precision {began}, as the run began" in capsys.readouterr().err
+    again, _, _ = load_embeddings(out)
+    assert np.array_equal(first, again)
+    assert main(args + ["--precision", here]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert embed(shapes_dir, clip_dir, out, progress=False, shard_size=8)["count"] == manifest["count"]
+
+
 def test_bad_sources_give_clear_errors(clip_dir, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -125,6 +148,8 @@ def test_resume_after_kill_9_gives_the_same_vectors(clip_dir, make_folder, tmp_p
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     finished = len(list((out / "shards").glob("*.done.json")))
     assert 2 <= finished < 15, "the run must be killed part-way for this test to mean anything"
+    # a kill during a shard's write leaves its temporary file behind (the kill above may or may not hit one)
+    (out / "shards" / ".00014.npy.tmp-99999").write_bytes(b"half a shard")
     subprocess.run(_embed_cmd(src, clip_dir, out), env=env, check=True, timeout=300, capture_output=True)
     clean = embed(src, clip_dir, tmp_path / "clean", shard_size=10, batch_size=5, dtype="float32", progress=False)
     resumed, meta_r, manifest = load_embeddings(out)
@@ -133,3 +158,4 @@ def test_resume_after_kill_9_gives_the_same_vectors(clip_dir, make_folder, tmp_p
     assert manifest["count"] == clean["count"] == 150 and len(set(ids)) == len(ids) == 150
     assert ids == [m["id"] for m in meta_c]
     assert np.array_equal(resumed, expected)
+    assert not list((out / "shards").glob(".*.tmp-*")), "the resumed run removes half-written files"

@@ -35,6 +35,20 @@ def test_auto_precision_is_resolved_and_said(clip_dir):
     assert len(lines) == 1 and "encoder torch" in lines[0] and enc.precision_reason in lines[0]
 
 
+def test_device_auto_picks_the_gpu_only_where_it_can_run(clip_dir, onnx_dir):
+    lines = []
+    gpu = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    assert load_encoder(clip_dir, device="auto", log=lines.append).device == gpu
+    assert f"on {gpu.type}" in lines[0]
+    assert load_encoder(clip_dir, device="auto", int8=True).device == torch.device("cpu")  # int8 kernels: CPU
+    assert isinstance(load_encoder(onnx_dir, device="auto"), OnnxClipEncoder)
+    with pytest.raises(ValueError, match="device must be"):
+        load_encoder(clip_dir, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no such CUDA device"):
+            load_encoder(clip_dir, device="cuda")
+
+
 def test_tome_and_int8_change_the_encoder_but_not_its_weights_identity(clip_dir):
     plain = TorchClipEncoder(clip_dir, precision="fp32")
     fast = TorchClipEncoder(clip_dir, precision="fp32", tome_r=2, int8=True)

@@ -210,6 +210,37 @@ def test_writes_need_the_api_key_and_persist(serve):
     assert hits[0]["id"].startswith("upload/") and s.client.get(hits[0]["thumb"]).status_code == 200
 
 
+def test_adds_start_a_new_index_and_searches_run_beside_them(encoder, tmp_path):
+    """A service pointed at a folder with no index yet builds one on its first add (its uploads/ folder is
+    part of the index); searches sent while adds write all answer 200 with rows of the index."""
+    s = RunningServer(create_app(encoder=encoder, index_path=tmp_path / "fresh", api_key="k"))
+    try:
+        first = s.client.post("/v1/index/add", files=[("files", ("red.png", png()))], headers={"x-api-key": "k"})
+        assert first.status_code == 200 and first.json() == {"added": 1, "index_size": 1}
+        assert (tmp_path / "fresh" / "CURRENT").is_file() and (tmp_path / "fresh" / "uploads").is_dir()
+        codes, sizes = [], []
+
+        def search_many():
+            with httpx.Client(base_url=s.url, timeout=60) as c:
+                for _ in range(15):
+                    r = c.post("/v1/search", json={"text": "a red square", "k": 50})
+                    codes.append(r.status_code)
+                    sizes.append(len(r.json()["results"]))
+
+        searcher = threading.Thread(target=search_many)
+        searcher.start()
+        for i in range(8):
+            color = (i * 30, 255 - i * 30, 100)
+            r = s.client.post("/v1/index/add", files=[("files", (f"c{i}.png", png(color=color)))],
+                              headers={"x-api-key": "k"})
+            assert r.status_code == 200
+        searcher.join()
+        assert set(codes) == {200} and 1 <= min(sizes) and max(sizes) <= 9
+        assert len(Index.load(tmp_path / "fresh")) == 9
+    finally:
+        s.stop()
+
+
 def test_fuzz_the_openapi_schema_finds_no_5xx(serve):
     """Property-based requests generated from the service's own OpenAPI schema (bounded), plus junk bodies."""
     from hypothesis import HealthCheck, given, settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from openeva.cli.encoder_options import add_encoder_arguments, encoder_options
 
@@ -32,11 +33,18 @@ def launch_rank() -> tuple[int, int]:
 
 
 def run(args) -> int:
-    from openeva.serve.embed import embed
+    from openeva.serve.embed import embed, resumed_precision
     from openeva.serve.encoder import load_encoder
 
     rank, world = launch_rank()
-    encoder = load_encoder(args.model, args.pretrained, **encoder_options(args))
+    options = encoder_options(args)
+    resumed = resumed_precision(args.out) if args.precision == "auto" else None
+    if resumed is not None:
+        # "auto" may resolve otherwise on this machine than on the one that began the run; the run keeps its
+        # precision, so the resumed vectors equal an uninterrupted run's (an explicit --precision is checked)
+        print(f"resuming {args.out}: precision {resumed}, as the run began", file=sys.stderr)
+        options["precision"] = resumed
+    encoder = load_encoder(args.model, args.pretrained, **options)
     manifest = embed(args.src, args.model, args.out, pretrained=args.pretrained, encoder=encoder, dtype=args.dtype,
                      text=args.text,
                      batch_size=args.batch_size, shard_size=args.shard_size, workers=args.workers,

@@ -307,7 +307,8 @@ def create_app(model: str | None = None, pretrained: str | None = None, index_pa
         index = need_index()
         k = check_k(body.k)
         vectors = await bounded(text_vectors([body.text]))
-        return {"query": {"text": body.text}, "results": public_hits(index.search(vectors, k)[0])}
+        hits = await bounded(asyncio.to_thread(index.search, vectors, k))  # off the loop; waits while an add writes
+        return {"query": {"text": body.text}, "results": public_hits(hits[0])}
 
     @app.post("/v1/search/image")
     async def search_image(file: UploadFile = File(...), k: int = Form(10)):
@@ -315,7 +316,8 @@ def create_app(model: str | None = None, pretrained: str | None = None, index_pa
         k = check_k(k)
         blobs = await read_uploads([file])
         vectors = await bounded(image_vectors(blobs))
-        return {"query": {"image": blobs[0][0]}, "results": public_hits(index.search(vectors, k)[0])}
+        hits = await bounded(asyncio.to_thread(index.search, vectors, k))
+        return {"query": {"image": blobs[0][0]}, "results": public_hits(hits[0])}
 
     @app.post("/v1/index/add")
     async def index_add(files: list[UploadFile] = File(...), x_api_key: str | None = Header(None)):

@@ -98,6 +98,21 @@ class EmbedPlan:
         return [s for s in range(self.num_shards) if s % self.world_size == self.rank]
 
 
+_PRECISION_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def resumed_precision(out) -> str | None:
+    """The precision (fp32 / bf16 / fp16) of the unfinished torch run in ``out``, or None if there is none."""
+    manifest = Path(out).expanduser() / "manifest.json"
+    try:
+        old = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    if old.get("runtime") != "torch" or old.get("int8"):
+        return None  # ONNX graphs and int8 are fp32 whatever is asked
+    return _PRECISION_OF_DTYPE.get(old.get("precision"))
+
+
 def shard_done(out: Path, s: int) -> bool:
     return (out / "shards" / f"{s:05d}.done.json").is_file()
 
@@ -132,12 +147,12 @@ def embed(src, model: str | None = None, out=None, *, pretrained: str | None = N
         raise ValueError("batch_size and shard_size must be >= 1, workers >= 0")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-    out = Path(out)
+    out = Path(out).expanduser()
     collection = open_collection(src, image_key=image_key, caption_key=caption_key)
     if encoder is None:
         if model is None:
             raise ValueError("embed needs a model name (or an encoder)")
-        encoder = load_encoder(model, pretrained)
+        encoder = load_encoder(model, pretrained, precision=resumed_precision(out) or "auto")
     identity = {**encoder.info, "dtype": dtype, "text": bool(text), "shard_size": shard_size,
                 "collection": collection.fingerprint(), "format_version": FORMAT_VERSION}
     _check_identity(out, identity)
@@ -147,6 +162,9 @@ def embed(src, model: str | None = None, out=None, *, pretrained: str | None = N
                                                    "count": None, "total": len(collection)})
     plan = EmbedPlan(collection, shard_size, world_size, rank)
     todo = [s for s in plan.my_shards() if not shard_done(out, s)]
+    for s in todo:  # half-written files of a killed run (only this rank writes these shards)
+        for leftover in (out / "shards").glob(f".{s:05d}.*.tmp-*"):
+            leftover.unlink(missing_ok=True)
     _run_shards(plan, todo, encoder, out, dtype, text, batch_size, workers, progress)
     return finalize(out, plan)
 
@@ -228,7 +246,7 @@ def finalize(out: Path, plan: EmbedPlan) -> dict:
 
 def load_embeddings(out, text: bool = False) -> tuple[np.ndarray, list[dict], dict]:
     """(vectors (N, D) float32, metadata rows, manifest) of a complete embedding folder, in collection order."""
-    out = Path(out)
+    out = Path(out).expanduser()
     if not (out / "manifest.json").is_file():
         raise FileNotFoundError(f"{out} is not an embedding folder (no manifest.json); run `openeva embed` first")
     manifest = json.loads((out / "manifest.json").read_text())

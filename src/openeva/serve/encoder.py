@@ -15,6 +15,7 @@ model made by either runtime can share an index.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -146,14 +147,37 @@ def is_onnx_export(model) -> bool:
         return False
 
 
+def _checked_device(device) -> str:
+    """``device`` as a string torch accepts, or a ValueError that says what is (not a RuntimeError from deep in
+    torch, or a CUDA error when the model is first moved)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {device!r}: no such CUDA device here ({torch.cuda.device_count()} visible); "
+                         "use --device cpu or auto")
+    return str(dev)
+
+
 def load_encoder(model: str, pretrained: str | None = None, device: str = "cpu", *,
                  precision: str = DEFAULT_PRECISION, tome_r: int | None = None, int8: bool = False,
                  log=None) -> Encoder:
     """The encoder for a registered CLIP name, an openeva checkpoint directory or an ONNX export folder.
 
-    ``log`` (e.g. ``print``) receives one line saying the runtime and precision chosen, and why.
+    ``device`` "auto" is this process's CUDA GPU when there is one (``LOCAL_RANK`` under torchrun), else the CPU;
+    int8 and ONNX exports run on the CPU. ``log`` (e.g. ``print``) receives one line saying the runtime, device
+    and precision chosen, and why.
     """
-    if is_onnx_export(model):
+    onnx = is_onnx_export(model)
+    if str(device) == "auto":
+        from openeva.train.distributed import resolve_device
+
+        device = "cpu" if onnx or int8 else str(resolve_device("auto", int(os.environ.get("LOCAL_RANK", "0"))))
+    device = _checked_device(device)
+    if onnx:
         if pretrained or tome_r or int8 or str(device) != "cpu":
             raise ValueError(f"{model} is an ONNX export: --pretrained, --tome-r, --int8 and --device do not "
                              "apply to it (export the model you want, then serve the export)")
@@ -163,5 +187,5 @@ def load_encoder(model: str, pretrained: str | None = None, device: str = "cpu",
     if log is not None:
         info = encoder.info
         extra = f", token merging r={info['tome_r']}" * bool(info["tome_r"]) + ", int8" * info["int8"]
-        log(f"encoder {info['runtime']}: {info['precision']} ({encoder.precision_reason}){extra}")
+        log(f"encoder {info['runtime']} on {device}: {info['precision']} ({encoder.precision_reason}){extra}")
     return encoder

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -116,11 +117,15 @@ def tune_search(index, kind: str, params: dict, vectors: np.ndarray, target: flo
 
 class Index:
     """Vectors + metadata + FAISS index. ``Index.build(vectors, meta)`` / ``Index.from_embeddings(dir)``,
-    ``add``, ``search``, ``save(path)``, ``Index.load(path)``."""
+    ``add``, ``search``, ``save(path)``, ``Index.load(path)``.
+
+    Thread-safe: ``add``, ``search`` and ``save`` take one lock, so the service can search from worker threads
+    while an add grows the FAISS index (a FAISS index must not be read while it is written)."""
 
     def __init__(self, faiss_index, vectors: np.ndarray, meta: list[dict], manifest: dict):
         self.faiss_index, self.vectors, self.meta, self.manifest = faiss_index, vectors, meta, manifest
         self._ids = {_row_key(row): i for i, row in enumerate(meta)}
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self.meta)
@@ -201,6 +206,10 @@ class Index:
             raise ValueError(f"vectors of shape {vectors.shape} do not fit an index of dimension {self.dim}")
         if model_info is not None:
             self.check_compatible(model_info)
+        with self._lock:
+            return self._add_rows(vectors, meta)
+
+    def _add_rows(self, vectors: np.ndarray, meta: list[dict]) -> int:
         keep = []
         for j, row in enumerate(meta):
             key = _row_key(row)
@@ -229,15 +238,20 @@ class Index:
             raise ValueError(f"query dimension {q.shape[1]} does not match the index ({self.dim})")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        scores, rows = self.faiss_index.search(q, min(k, len(self)))  # (Q, k)
-        return [[{"rank": r + 1, "score": float(s), "row": int(i), **{key: self.meta[i].get(key) for key in
-                  ("id", "path", "caption", "width", "height")}}
-                 for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
-                for srow, irow in zip(scores.tolist(), rows.tolist())]
+        with self._lock:
+            scores, rows = self.faiss_index.search(q, min(k, len(self)))  # (Q, k)
+            return [[{"rank": r + 1, "score": float(s), "row": int(i), **{key: self.meta[i].get(key) for key in
+                      ("id", "path", "caption", "width", "height")}}
+                     for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
+                    for srow, irow in zip(scores.tolist(), rows.tolist())]
 
     # ------------------------------------------------------------------------------------------ persistence
     def save(self, path) -> Path:
         """Write a new version under ``path`` and make it live atomically; returns the version folder."""
+        with self._lock:
+            return self._save(path)
+
+    def _save(self, path) -> Path:
         faiss = _faiss()
         root = check_output_folder(path)
         root.mkdir(parents=True, exist_ok=True)
@@ -266,7 +280,7 @@ class Index:
     @classmethod
     def load(cls, path) -> Index:
         faiss = _faiss()
-        root = Path(path)
+        root = Path(path).expanduser()
         current = _current_version(root)
         if current is None:
             raise FileNotFoundError(f"{root} is not an openeva index (no CURRENT file); build one with "
@@ -282,7 +296,8 @@ class Index:
 
 _VERSION = re.compile(r"^v\d{6}$")  # the version folders save() writes (and alone may remove)
 _TMP = re.compile(r"^\.tmp-v\d{6}-\d+$")  # a crashed save's leftovers
-_OWN_ENTRY = re.compile(r"^(v\d{6}|\.tmp-v\d{6}-\d+|CURRENT|\.CURRENT\.tmp-\d+)$")  # what an index folder may hold
+# what an index folder may hold; uploads/ is where the service keeps images added over HTTP
+_OWN_ENTRY = re.compile(r"^(v\d{6}|\.tmp-v\d{6}-\d+|CURRENT|\.CURRENT\.tmp-\d+|uploads)$")
 
 
 def check_output_folder(path) -> Path:
