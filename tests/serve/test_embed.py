@@ -103,6 +103,22 @@ def test_bad_sources_give_clear_errors(clip_dir, tmp_path, capsys):
     assert "'filepath' not found" in capsys.readouterr().err
 
 
+def test_the_python_api_expands_home_paths(clip_dir, shapes_dir, tmp_path, monkeypatch):
+    """The README's `openeva.embed("~/Pictures", ...)`: no shell expands the ~ there."""
+    import shutil
+
+    import openeva
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(shapes_dir, tmp_path / "Pictures")
+    manifest = openeva.embed("~/Pictures", clip_dir, "~/pics_emb", progress=False)
+    assert manifest["count"] == 24 and (tmp_path / "pics_emb" / "manifest.json").is_file()
+    openeva.Index.from_embeddings("~/pics_emb").save("~/pics_index")
+    assert len(openeva.Index.load("~/pics_index")) == 24
+    preds = openeva.classify("~/Pictures", clip_dir, labels="red,blue", out="~/preds.csv", progress=False)
+    assert len(preds["predictions"]) == 24 and (tmp_path / "preds.csv").is_file()
+
+
 def test_csv_and_webdataset_sources(clip_dir, make_folder, make_shards, tmp_path):
     folder = make_folder(tmp_path / "imgs", 6, bad=False)
     rows = [{"image": str(p.relative_to(folder)), "text": f"caption {i}"} for i, p in

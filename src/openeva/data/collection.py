@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 
 from PIL import Image
@@ -123,7 +124,7 @@ def open_collection(src, image_key: str | None = None, caption_key: str | None =
     Raises FileNotFoundError / ValueError with the path for a missing source, an unknown format, a missing
     column or an empty collection, before any compute.
     """
-    src_str = str(src)
+    src_str = os.path.expanduser(str(src))  # "~/Pictures" from Python (a shell expands it for the CLI)
     p = Path(src_str)
     if "{" not in src_str and not p.exists():
         raise FileNotFoundError(f"source not found: {src_str}")

@@ -100,7 +100,7 @@ def create_app(model: str | None = None, pretrained: str | None = None, index_pa
     ``model`` may be an ONNX export folder (``openeva export onnx``); ``encoder_options`` go to
     :func:`~openeva.serve.encoder.load_encoder` (precision, tome_r, int8), applied when the model loads."""
     state = ServiceState(limits or Limits(), api_key)
-    state.index_path = Path(index_path) if index_path else None
+    state.index_path = Path(index_path).expanduser() if index_path else None
 
     def load() -> None:
         if state.index_path is not None and (state.index_path / "CURRENT").is_file():

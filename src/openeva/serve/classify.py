@@ -102,7 +102,7 @@ def classify(src, model: str | None = None, labels=None, *, classnames: str | No
     result = {"labels": names, "templates": prompts, "predictions": predictions, "skipped": skipped,
               "source_skipped": collection.skipped}
     if out is not None:
-        write_predictions_csv(predictions, Path(out))
+        write_predictions_csv(predictions, Path(out).expanduser())
     return result
 
 
