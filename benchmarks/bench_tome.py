@@ -103,7 +103,9 @@ def accuracy_and_embed(model, x, y, precision: str, size: int, batch: int = 250)
     return correct / len(x), torch.cat(feats)
 
 
-def variants(model, rs, int8: bool = True) -> dict:
+def variants(model, rs, int8_rs=None, int8: bool = True) -> dict:
+    """Copies of ``model``: ToMe at each r, int8 alone, and int8 with ToMe at each of ``int8_rs`` (default the
+    largest r)."""
     import openeva
 
     out = {}
@@ -111,8 +113,8 @@ def variants(model, rs, int8: bool = True) -> dict:
         out[f"tome r={r}" if r else "unmerged"] = openeva.apply_tome(copy.deepcopy(model), r)
     if int8:
         out["int8"] = openeva.quantize_int8(copy.deepcopy(model))
-        best = max(rs)
-        out[f"int8 + tome r={best}"] = openeva.apply_tome(openeva.quantize_int8(copy.deepcopy(model)), best)
+        for r in int8_rs or [max(rs)]:
+            out[f"int8 + tome r={r}"] = openeva.apply_tome(openeva.quantize_int8(copy.deepcopy(model)), r)
     return out
 
 
@@ -134,7 +136,7 @@ def bench_fmnist(args) -> dict:
     model, train_info = train_fmnist(args.depth, args.steps, args.batch, args.size, args.seed, args.train_samples,
                                      args.patch)
     x, y = fmnist_tensors("test", args.test_samples)
-    models = variants(model, args.rs)
+    models = variants(model, args.rs, args.int8_rs)
     rows, ref = {}, None
     for name, m in models.items():
         acc, emb = accuracy_and_embed(m, x, y, _precision_of(name), args.size)
@@ -163,7 +165,7 @@ def bench_quickstart(args) -> dict | None:
     spec = model.spec
     tok = openeva.get_tokenizer(str(qs / "evaclip" / "final"))
     sets = evaluation.prepare_eval_sets(1000, 1000, 500, model.visual.cfg.img_size[0], spec.mean, spec.std)
-    models = variants(model, args.rs)
+    models = variants(model, args.rs, args.int8_rs)
     rows = {}
     for name, m in models.items():
         rows[name] = evaluation.evaluate_clip(m, tok, sets, precision=_precision_of(name))
@@ -185,7 +187,7 @@ def bench_b16(args) -> dict:
     torch.manual_seed(0)
     theirs = randomize_(open_clip.create_model("EVA02-B-16", pretrained=None), 0).eval()
     ours = open_clip_to_openeva(theirs, "EVA02-B-16").eval()
-    merged = variants(ours, [r for r in args.b16_rs if r], int8=True)
+    merged = variants(ours, [r for r in args.b16_rs if r], args.int8_rs, int8=True)
     models = {"open_clip fp32": theirs, "open_clip bf16": theirs, "openeva fp32": ours, "openeva bf16": ours,
               **{f"openeva {k}": m for k, m in merged.items()}}
     precisions = {k: ("bf16" if k.endswith("bf16") else "fp32" if "int8" in k or k.endswith("fp32") else PRECISION)
@@ -282,6 +284,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rs", default="0,2,4,6,8,10")
     p.add_argument("--b16-rs", default="0,8,12,16")
+    p.add_argument("--int8-rs", default="", help="r values combined with int8 (default: the largest r)")
     p.add_argument("--b16-batch", type=int, default=8)
     p.add_argument("--test-samples", type=int, default=10000)
     p.add_argument("--train-samples", type=int, default=60000)
@@ -300,6 +303,7 @@ def main() -> int:
     print(f"precision {args.precision} -> {PRECISION}: {why}", file=sys.stderr)
     args.rs = [int(v) for v in args.rs.split(",")]
     args.b16_rs = [int(v) for v in args.b16_rs.split(",")]
+    args.int8_rs = [int(v) for v in args.int8_rs.split(",") if v.strip()] or None
     skip = set(filter(None, args.skip.split(",")))
     from openeva.hardware import cpu_capability
 

@@ -71,3 +71,17 @@ def describe_precision(requested: str, device: str | torch.device = "cpu") -> st
     """The line printed at the start of a run: ``precision auto -> fp32: <reason>``."""
     precision, reason = resolve_precision(requested, device)
     return f"precision {requested} -> {precision}: {reason}"
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """"auto" -> the GPU of this local rank where CUDA is available, else the CPU (training, evaluation and
+    serving all place models through this one rule)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' but no CUDA device is available (use device=cpu)")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if device == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")

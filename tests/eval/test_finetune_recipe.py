@@ -21,6 +21,9 @@ def test_random_weights_get_the_scratch_recipe():
 def test_the_two_recipes_differ_where_pretraining_matters():
     pre, scratch = load_finetune_config(PRETRAINED_RECIPE), load_finetune_config(SCRATCH_RECIPE)
     assert pre.optim.lr < scratch.optim.lr and pre.optim.layer_decay < scratch.optim.layer_decay
-    assert pre.model.drop_path_rate > 0 and pre.task_options["patch_embed_grad_scale"] < 1.0
+    # measured on Fashion-MNIST (configs/finetune_pretrained_tiny.py): drop path and label smoothing cost the
+    # pretrained start points at these run lengths, the slowed patch embedding keeps what MIM learned
+    assert pre.model.drop_path_rate == 0.0 and pre.task_options["label_smoothing"] == 0.0
+    assert pre.task_options["patch_embed_grad_scale"] < 1.0
     assert scratch.task_options["patch_embed_grad_scale"] == 1.0
     assert pre.precision == scratch.precision == "auto"  # fp32 on a CPU without native bf16

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from openeva.export.onnx import config_hash, weights_hash
-from openeva.hardware import resolve_precision
+from openeva.hardware import resolve_device, resolve_precision
 
 DEFAULT_PRECISION = "auto"  # the one precision switch of serve/
 
@@ -173,8 +173,6 @@ def load_encoder(model: str, pretrained: str | None = None, device: str = "cpu",
     """
     onnx = is_onnx_export(model)
     if str(device) == "auto":
-        from openeva.train.distributed import resolve_device
-
         device = "cpu" if onnx or int8 else str(resolve_device("auto", int(os.environ.get("LOCAL_RANK", "0"))))
     device = _checked_device(device)
     if onnx:

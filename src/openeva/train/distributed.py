@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from openeva.hardware import resolve_device  # noqa: F401  (re-exported: train.distributed.resolve_device)
 from openeva.models.text import TextBlock
 from openeva.models.vit import Block
 
@@ -79,18 +81,6 @@ def detect_env(env=None) -> dict:
         return {"rank": _env_int(env, "SLURM_PROCID"), "world_size": slurm_ntasks,
                 "local_rank": _env_int(env, "SLURM_LOCALID") or 0, "source": "slurm"}
     return {"rank": 0, "world_size": 1, "local_rank": 0, "source": "single"}
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device='cuda' but no CUDA device is available (use device=cpu)")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if device == "cpu":
-        return torch.device("cpu")
-    raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
 
 
 def init_world(device: str = "auto", backend: str = "auto", env=None) -> World:
