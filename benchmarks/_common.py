@@ -79,7 +79,7 @@ def run_worker(cmd: list[str], timeout: float) -> dict:
         return {"status": "timeout", "reason": f"over {timeout} s"}
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or [f"rc {proc.returncode}"]
-        return {"status": "failed", "reason": tail[0]}
+        return {"status": "failed", "reason": tail[0], "returncode": proc.returncode}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["status"] = "ok"
     return result

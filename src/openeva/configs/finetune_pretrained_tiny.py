@@ -12,9 +12,9 @@ tenth of the lr, no drop path and no label smoothing (both cost points at these 
 sized to the images: flips only. Random-resized crops of 50-100% and colour jitter (sized for 224 px photos) cut
 a 28 px image's content further and cost the student 6-7 points. ``openeva quickstart --data`` starts the head
 from a linear probe of the student's features (LP-FT). Measured on Fashion-MNIST (60k train, 5k val, batch 128,
-``benchmarks/results/user_chain.md``): at 100 steps the student ends 80.6% (its frozen probe 79.8%, the
-from-scratch fine-tune 73.3%); at 400 steps 84.3% (probe 79.8%, from scratch 84.5%): the pretrained start wins
-short runs and the gap closes with steps. For photos at 224 px use ``finetune_eva02_B`` / ``_L``.
+``benchmarks/results/user_chain.md``): at 100 steps the student ends 83.3% (its frozen probe 83.0%, the
+from-scratch fine-tune 73.3%); at 200 steps 85.0% (scratch 81.1%): the pretrained start wins short runs and the
+gap closes with steps. For photos at 224 px use ``finetune_eva02_B`` / ``_L``.
 """
 
 from openeva.train.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
