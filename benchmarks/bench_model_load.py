@@ -141,8 +141,9 @@ def _run_load(kind: str, name: str, path: str, timeout: float) -> dict:
     r = run_worker(python_cmd(__file__, "--worker", kind, name, path), timeout)
     r.setdefault("kind", kind), r.setdefault("model", name)
     if r.get("returncode") == -9:
-        r["reason"] = (f"killed by SIGKILL: out of memory (the kernel's OOM killer; this machine has "
-                       f"{_mem_total_gib():.1f} GiB)")
+        total = _mem_total_gib()
+        r["reason"] = "killed by SIGKILL (the kernel's out-of-memory killer" + (
+            f"; this machine has {total:.1f} GiB)" if total else ")")
     print(r, file=sys.stderr, flush=True)
     return r
 
