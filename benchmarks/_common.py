@@ -59,16 +59,20 @@ def memory_method(reset_worked: bool) -> str:
     return "VmHWM (reset)" if reset_worked else "ru_maxrss"
 
 
-def available_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo, or None where it cannot be read."""
+def meminfo_bytes(field: str) -> int | None:
+    """A /proc/meminfo field ("MemAvailable", "MemTotal") in bytes, or None where it cannot be read."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def available_bytes() -> int | None:
+    return meminfo_bytes("MemAvailable")
 
 
 def run_worker(cmd: list[str], timeout: float) -> dict:

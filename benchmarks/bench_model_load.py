@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from _common import (
-    RESULTS_DIR, environment, memory_method, peak_rss_bytes, python_cmd, reset_peak_rss, rss_bytes, run_worker,
-    write_json,
+    RESULTS_DIR, environment, meminfo_bytes, memory_method, peak_rss_bytes, python_cmd, reset_peak_rss, rss_bytes,
+    run_worker, write_json,
 )
 
 
@@ -79,9 +79,6 @@ def save_checkpoints(name: str, root: Path) -> tuple[str, str]:
     return str(oe_dir), str(oc_file)
 
 
-_SAFETENSORS_NAMES = {"torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16"}
-
-
 def write_random_safetensors(shapes: dict, path: Path, seed: int = 0) -> None:
     """A safetensors file of N(0, 0.02) weights for ``{name: meta tensor}``, generated and written one tensor at
     a time: the checkpoint of a model too big to hold twice, made without ever building the model."""
@@ -89,10 +86,13 @@ def write_random_safetensors(shapes: dict, path: Path, seed: int = 0) -> None:
 
     import torch
 
+    from openeva.checkpoints.io import _SAFETENSORS_DTYPES
+
+    names = {dtype: name for name, dtype in _SAFETENSORS_DTYPES.items()}
     header, offset = {"__metadata__": {"format": "openeva"}}, 0
     for name, t in shapes.items():
         nbytes = t.numel() * t.element_size()
-        header[name] = {"dtype": _SAFETENSORS_NAMES[str(t.dtype)], "shape": list(t.shape),
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape),
                         "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     blob = json.dumps(header).encode()
@@ -128,13 +128,8 @@ def write_big_checkpoints(name: str, root: Path) -> tuple[str, str]:
 
 
 def _mem_total_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return None
+    total = meminfo_bytes("MemTotal")
+    return total / 2**30 if total else None
 
 
 def _run_load(kind: str, name: str, path: str, timeout: float) -> dict:
