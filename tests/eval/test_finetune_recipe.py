@@ -20,7 +20,11 @@ def test_random_weights_get_the_scratch_recipe():
 
 def test_the_two_recipes_differ_where_pretraining_matters():
     pre, scratch = load_finetune_config(PRETRAINED_RECIPE), load_finetune_config(SCRATCH_RECIPE)
-    assert pre.optim.lr < scratch.optim.lr and pre.optim.layer_decay < scratch.optim.layer_decay
+    # the head may train as fast as from scratch (lr 2e-3 measured best at 150 steps, bench_lpft_recipe.py), but every
+    # block below it trains slower: block k from the top gets lr * layer_decay ** k
+    assert pre.optim.lr <= scratch.optim.lr and pre.optim.layer_decay < scratch.optim.layer_decay
+    for k in range(1, 13):
+        assert pre.optim.lr * pre.optim.layer_decay ** k < scratch.optim.lr * scratch.optim.layer_decay ** k
     # measured on Fashion-MNIST (configs/finetune_pretrained_tiny.py): drop path and label smoothing cost the
     # pretrained start points at these run lengths, the slowed patch embedding keeps what MIM learned
     assert pre.model.drop_path_rate == 0.0 and pre.task_options["label_smoothing"] == 0.0

@@ -68,8 +68,12 @@ def test_every_number_is_computed_and_compared(run):
     assert st["finetune_student"]["probe_head"]  # LP-FT for the student, fresh heads for random weights
     assert not st["finetune_random_equal_steps"]["probe_head"] and not st["finetune_random_equal_time"]["probe_head"]
     v = report["verdict"]
-    expected = difference(st["finetune_student"]["acc1"], st["finetune_random_equal_steps"]["acc1"], n)
-    assert v["equal_steps"] == pytest.approx(expected)
+    a_ok, b_ok = st["finetune_student"]["val_correct"], st["finetune_random_equal_steps"]["val_correct"]
+    probe_ok = st["probes"]["student"]["linear_probe_val_correct"]
+    for ok, acc in ((a_ok, st["finetune_student"]["acc1"]), (probe_ok, st["probes"]["student"]["linear_probe_acc1"])):
+        assert len(ok) == n and set(ok) <= {"0", "1"} and ok.count("1") / n == pytest.approx(acc)
+    expected = difference(st["finetune_student"]["acc1"], st["finetune_random_equal_steps"]["acc1"], n, a_ok, b_ok)
+    assert v["equal_steps"] == pytest.approx(expected) and v["equal_steps"]["paired"]
     assert v["equal_steps"]["beyond_noise"] == (abs(expected["diff"]) > NOISE_SIGMAS * expected["se"])
     assert "At equal steps" in v["sentence"] and "at equal CPU time" in v["sentence"]
     assert report["templates"] == ["a photo of a {} square.", "something {}."]
@@ -81,6 +85,18 @@ def test_every_number_is_computed_and_compared(run):
 
 def test_verdict_noise_rule():
     assert difference(0.9, 0.5, 1000)["beyond_noise"] and not difference(0.52, 0.5, 100)["beyond_noise"]
+    # the same 1000 images: b gets 890 right, a those and 10 more. Unpaired, +1 point is inside two binomial
+    # standard errors (+-2.7); paired, only the 10 images they disagree on carry noise (+-0.6)
+    a_ok, b_ok = "1" * 900 + "0" * 100, "1" * 890 + "0" * 110
+    unpaired, paired = difference(0.9, 0.89, 1000), difference(0.9, 0.89, 1000, a_ok, b_ok)
+    assert not unpaired["paired"] and not unpaired["beyond_noise"] and unpaired["se"] == pytest.approx(0.0137, abs=1e-4)
+    assert paired["paired"] and paired["beyond_noise"] and paired["se"] == pytest.approx(0.00315, abs=1e-5)
+    assert paired["se_unpaired"] == pytest.approx(unpaired["se"])
+    # disagreeing on many images in both directions is noise, paired or not
+    mixed = difference(0.5, 0.49, 1000, "10" * 500, "01" * 495 + "00" * 5)
+    assert mixed["paired"] and not mixed["beyond_noise"]
+    # per-image results of different lengths (a skipped image) cannot be paired
+    assert not difference(0.9, 0.89, 1000, a_ok, b_ok[:-1])["paired"]
 
 
 def test_bad_input_gets_a_clear_message(tmp_path, capsys):

@@ -29,6 +29,19 @@ def test_overrides_are_parsed_by_field_type():
     assert cfg.data.train_weights == (0.7, 0.3) and cfg.data.sources() == ["a.csv", "b.csv"]
 
 
+def test_task_option_overrides_are_parsed_by_the_options_type():
+    """``task_options.ema_warmup=true`` is the bool the finetune options declare, as ``model.*=true`` is (it was
+    the string 'true' and then rejected as not a bool); a free-form option keeps the literal-or-string rule."""
+    cfg = apply_overrides(TrainConfig(task="finetune", schedule=ScheduleConfig(total_steps=10, warmup_steps=2)), [
+        "task_options.ema_warmup=true", "task_options.ema_decay=0.99", "task_options.auto_augment=none",
+        "task_options.label_smoothing=0", "task_options.hflip=0.5"])
+    assert cfg.task_options["ema_warmup"] is True and cfg.task_options["ema_decay"] == 0.99
+    assert cfg.task_options["auto_augment"] is None and cfg.task_options["label_smoothing"] == 0.0
+    with pytest.raises(ValueError, match="ema_warmup.*true or false"):
+        apply_overrides(TrainConfig(task="finetune", schedule=ScheduleConfig(total_steps=10, warmup_steps=2)),
+                        ["task_options.ema_warmup=maybe"])
+
+
 @pytest.mark.parametrize("override, words", [
     ("optim.lrr=1", ["optim.lrr", "optim.lr"]),
     ("lr=1", ["'lr'", "optim.lr"]),

@@ -13,7 +13,7 @@
    time of the whole chain (teacher + MIM + fine-tune a).
 
 The report (:mod:`.user_report`) compares (a) with (b) (equal steps) and (a) with (c) (equal time) and says,
-from binomial standard errors on the validation images, whether each difference is beyond noise.
+from standard errors paired over the validation images, whether each difference is beyond noise.
 """
 
 from __future__ import annotations
@@ -304,7 +304,8 @@ def frozen_probes(model, prepared: PreparedData, precision: str, seed: int) -> d
     probe = evaluate_linear_probe(train_x, train_y, val_x, val_y, c, seed=seed)
     knn, _ = knn_classify(train_x, train_y, val_x, val_y, c, ks=(10, 20))
     return {"linear_probe_acc1": probe.metrics["acc1"], "knn10_acc1": knn["knn10_acc1"],
-            "knn20_acc1": knn["knn20_acc1"], "probe_weight_decay": probe.weight_decay}
+            "knn20_acc1": knn["knn20_acc1"], "probe_weight_decay": probe.weight_decay,
+            "linear_probe_val_correct": user_report.correctness(probe.scores, val_y)}
 
 
 def teacher_zeroshot(teacher_dir: Path, prepared: PreparedData, templates, cfg: UserChainConfig) -> dict[str, float]:
@@ -353,11 +354,12 @@ def run_finetune_arm(model: str, recipe: str, steps: int, prepared: PreparedData
     if probe_head:
         model = head_from_probe(model, prepared, cfg)
     torch.manual_seed(cfg.seed)
-    metrics, _, _, extra = run_finetune(model, train, val, cfg=rc, seed=cfg.seed, output_dir=out,
-                                        progress=progress, warmup_fraction=0.1, precision=cfg.precision)
+    metrics, scores, labels, extra = run_finetune(model, train, val, cfg=rc, seed=cfg.seed, output_dir=out,
+                                                  progress=progress, warmup_fraction=0.1, precision=cfg.precision)
     wall = time.perf_counter() - start
     return {"acc1": metrics["acc1"], "acc5": metrics.get("acc5"), "steps": extra["steps"], "recipe": recipe,
-            "wall_s": wall, "probe_head": probe_head, "run_dir": extra["run_dir"], "recipe_values": extra["recipe"]}
+            "wall_s": wall, "probe_head": probe_head, "run_dir": extra["run_dir"], "recipe_values": extra["recipe"],
+            "val_correct": user_report.correctness(scores, labels)}  # per image, for the paired noise
 
 
 def run_user_quickstart(data, out_dir, config: UserChainConfig | None = None, *, val=None, templates=None,

@@ -2,7 +2,11 @@
 
 The verdict compares the fine-tune from the MIM student (a) with the fine-tune from random weights at equal
 steps (b) and at equal CPU time (c). A difference counts as beyond noise when it exceeds two standard errors of
-the difference of two accuracies on the same ``n`` validation images (binomial, sqrt(p(1-p)/n) each).
+the difference of two accuracies on the same ``n`` validation images. Every arm records which validation images
+it got right (``val_correct``, a string of 0/1 in image order), so the standard error is the paired one
+(McNemar's: only the images the two disagree on carry noise); a report without them falls back to two
+independent binomials, sqrt(p(1-p)/n) each, which overstates the noise of two classifiers scored on the same
+images (for a fine-tune against its own probe, about twice).
 """
 
 from __future__ import annotations
@@ -35,11 +39,36 @@ def new_report(cfg, data: str, val: str | None, templates: list[str]) -> dict:
             "data": data, "val": val, "templates": templates, "config": cfg.to_dict(), "stages": {}}
 
 
-def difference(a: float, b: float, n: int) -> dict:
-    """a - b on the same n images, its standard error and whether it is beyond NOISE_SIGMAS of it."""
-    se = math.sqrt(max(a * (1 - a), 1e-12) / n + max(b * (1 - b), 1e-12) / n)
+def correctness(scores: torch.Tensor, labels: torch.Tensor) -> str:
+    """Which of the images an (N, C) score matrix gets right, as an N-character string of 0/1 (compact in JSON)."""
+    return "".join("1" if ok else "0" for ok in (scores.argmax(-1) == labels.to(scores.device)).tolist())
+
+
+def _unpaired_se(a: float, b: float, n: int) -> float:
+    return math.sqrt(max(a * (1 - a), 1e-12) / n + max(b * (1 - b), 1e-12) / n)
+
+
+def _paired_se(correct_a: str, correct_b: str) -> float:
+    """Standard error of the mean per-image difference (1 - 0, 0 - 1 or 0) of two classifiers on the same images."""
+    n = len(correct_a)
+    a_only = sum(1 for x, y in zip(correct_a, correct_b) if x == "1" and y == "0")
+    b_only = sum(1 for x, y in zip(correct_a, correct_b) if x == "0" and y == "1")
+    mean = (a_only - b_only) / n
+    return math.sqrt(max((a_only + b_only) / n - mean * mean, 1e-12) / n)
+
+
+def difference(a: float, b: float, n: int, correct_a: str | None = None, correct_b: str | None = None) -> dict:
+    """a - b on the same n images, its standard error and whether it is beyond NOISE_SIGMAS of it.
+
+    With both arms' per-image correctness over the same n images, the paired standard error; otherwise (or when a
+    skipped image left the two of different lengths) the unpaired one. Both are returned.
+    """
+    unpaired = _unpaired_se(a, b, n)
+    paired = correct_a is not None and correct_b is not None and len(correct_a) == len(correct_b) == n
+    se = _paired_se(correct_a, correct_b) if paired else unpaired
     diff = a - b
-    return {"diff": diff, "se": se, "beyond_noise": abs(diff) > NOISE_SIGMAS * se}
+    return {"diff": diff, "se": se, "paired": paired, "se_unpaired": unpaired,
+            "beyond_noise": abs(diff) > NOISE_SIGMAS * se}
 
 
 def _phrase(name: str, d: dict) -> str:
@@ -54,14 +83,27 @@ def verdict(report: dict) -> dict:
     """Equal-steps and equal-time comparisons of the fine-tunes, and of the frozen probes, as numbers + a sentence."""
     st = report["stages"]
     n = report["data_counts"]["val"]
-    a = st["finetune_student"]["acc1"]
-    steps = difference(a, st["finetune_random_equal_steps"]["acc1"], n)
-    timed = difference(a, st["finetune_random_equal_time"]["acc1"], n)
-    probe = difference(st["probes"]["student"]["linear_probe_acc1"], st["probes"]["random"]["linear_probe_acc1"], n)
-    keeps = difference(a, st["probes"]["student"]["linear_probe_acc1"], n)
+    a, a_ok = st["finetune_student"]["acc1"], st["finetune_student"].get("val_correct")
+
+    def arm(key: str) -> tuple[float, str | None]:
+        return st[key]["acc1"], st[key].get("val_correct")
+
+    def probe_of(who: str) -> tuple[float, str | None]:
+        p = st["probes"][who]
+        return p["linear_probe_acc1"], p.get("linear_probe_val_correct")
+
+    def vs(first: tuple, second: tuple) -> dict:
+        return difference(first[0], second[0], n, first[1], second[1])
+
+    steps = vs((a, a_ok), arm("finetune_random_equal_steps"))
+    timed = vs((a, a_ok), arm("finetune_random_equal_time"))
+    probe = vs(probe_of("student"), probe_of("random"))
+    keeps = vs((a, a_ok), probe_of("student"))
     sentence = (_phrase("At equal steps", steps) + "; " + _phrase("at equal CPU time", timed)
                 + f". The student's frozen linear probe is {100 * probe['diff']:+.1f} points from random features"
-                + f", and its fine-tune is {100 * keeps['diff']:+.1f} points from that probe.")
+                + f", and its fine-tune is {100 * keeps['diff']:+.1f} points from that probe"
+                + ("" if keeps["beyond_noise"] else " (within noise)")
+                + f" (noise +-{200 * keeps['se']:.1f}).")
     return {"equal_steps": steps, "equal_time": timed, "probe_vs_random": probe, "finetune_vs_probe": keeps,
             "noise_sigmas": NOISE_SIGMAS, "n_val": n, "sentence": sentence}
 
@@ -113,6 +155,12 @@ def plot_accuracies(report: dict, path: Path) -> Path | None:
     return path
 
 
+def _noise_model(report: dict) -> str:
+    if report.get("verdict", {}).get("equal_steps", {}).get("paired", True):
+        return "paired over the same validation images (only the images two arms disagree on carry noise)"
+    return "as two independent binomials on the validation images (no per-image results to pair)"
+
+
 def render_html(report: dict, plots: list[str]) -> str:
     e = html.escape
     rows = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in _rows(report))
@@ -122,8 +170,8 @@ def render_html(report: dict, plots: list[str]) -> str:
             f"<h1>{e(report['title'])}</h1><p><b>{e(sentence)}</b></p>"
             f"<p>data: {e(str(report['data']))}; counts: {e(json.dumps(report.get('data_counts', {})))}</p>"
             f"<table border='1' cellpadding='4'><tr><th>stage</th><th>validation top-1</th></tr>{rows}</table>"
-            f"{imgs}<p>Noise: a difference counts when it exceeds {NOISE_SIGMAS:g} binomial standard errors on the "
-            f"validation images. Machine: {e(json.dumps(report['machine']))}.</p></body></html>")
+            f"{imgs}<p>Noise: a difference counts when it exceeds {NOISE_SIGMAS:g} standard errors of the "
+            f"difference, {e(_noise_model(report))}. Machine: {e(json.dumps(report['machine']))}.</p></body></html>")
 
 
 def write_report(report: dict, out_dir) -> dict[str, str]:

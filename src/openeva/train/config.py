@@ -289,6 +289,13 @@ class TrainConfig:
         return apply_overrides(self, overrides)
 
 
+def _task_option_type(task: str, name: str):
+    """The declared type of ``task_options.<name>`` for ``task`` (Any for free-form options or an unknown key,
+    which the options dataclass then rejects with its own message), so ``ema_warmup=true`` parses as a bool."""
+    cls = options_class(task)
+    return field_types(cls).get(name, Any) if cls is not None else Any
+
+
 def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
     """``["optim.lr=1e-4", "name=run2"]`` applied to ``cfg`` (validated again). ``task_options.k=v`` sets one
     custom option."""
@@ -301,7 +308,8 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
         key = key.strip()
         if key.startswith("task_options."):
             options = dict(changes.get("task_options", cfg.task_options))
-            options[key.split(".", 1)[1]] = parse_value(text, Any, key)
+            name = key.split(".", 1)[1]
+            options[name] = parse_value(text, _task_option_type(cfg.task, name), key)
             changes["task_options"] = options
             continue
         if key not in known:
