@@ -57,4 +57,5 @@ def test_bad_precision_is_refused():
 def test_capability_reports_the_cpu():
     info = hardware.cpu_capability()
     assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert isinstance(info["mkldnn_bf16"], bool)
+    assert isinstance(info["mkldnn_bf16"], bool) and isinstance(info["amx"], bool)
+    assert not info["amx"] or info["mkldnn_bf16"]  # oneDNN's bf16 kernels run on AMX wherever it has tiles

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from openeva.cli import quickstart_cmd
+from openeva.quickstart.budget import MIN_FINETUNE_STEPS
 from openeva.quickstart.user_data import UserChainConfig, load_templates_file, run_user_quickstart
 from openeva.quickstart.user_report import NOISE_SIGMAS, difference
 
@@ -114,3 +115,33 @@ def test_a_used_output_folder_is_not_overwritten(run):
     _, out = run
     with pytest.raises(ValueError, match="overwrite"):
         run_user_quickstart(out / "data" / "train", out, UserChainConfig.preset("fast"), progress=False)
+
+
+def test_minutes_plans_the_steps_from_two_timed_runs(tmp_path):
+    """``--minutes``: the steps come from the fitted time model, are the ones that run, and the report keeps the
+    plan next to the time the run took (no timing is asserted: the CPU differs from machine to machine)."""
+    train, val = _folders(tmp_path / "train", 12, 0), _folders(tmp_path / "val", 6, 1)
+    out = tmp_path / "out"
+    assert _cli(["quickstart", "--data", str(train), "--val", str(val), "--fast", "--minutes", "0.75",
+                 "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    b, cfg, fast = report["budget"], report["config"], UserChainConfig.preset("fast")
+    assert b["minutes"] == 0.75 and b["step_s"] > 0 and b["stage_s"] >= 0 and len(b["calibration_s"]) == 2
+    assert b["actual_s"] == report["wall_s"] > 0
+    for key in ("teacher_steps", "mim_steps"):
+        assert cfg[key] == max(1, round(getattr(fast, key) * b["step_factor"]))
+    # the fine-tune is never planned shorter than MIN_FINETUNE_STEPS (or its configured length, if shorter)
+    floor = min(fast.finetune_steps, MIN_FINETUNE_STEPS)
+    assert cfg["finetune_steps"] == max(floor, round(fast.finetune_steps * b["step_factor"]))
+    assert cfg["train_samples"] == fast.train_samples  # --minutes scales steps, not the prepared data
+    assert report["stages"]["teacher"]["steps"] == cfg["teacher_steps"]
+    assert report["stages"]["finetune_student"]["steps"] == cfg["finetune_steps"]
+
+
+def test_a_budget_too_small_for_this_cpu_is_a_clear_error(tmp_path, capsys):
+    train = _folders(tmp_path / "train", 12, 0)
+    assert _cli(["quickstart", "--data", str(train), "--fast", "--minutes", "0", "--out", str(tmp_path / "a")]) == 2
+    assert "--minutes must be > 0" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert _cli(["quickstart", "--data", str(train), "--fast", "--minutes", "0.01", "--out", str(tmp_path / "b"),
+                 "--no-progress"]) == 2
+    assert "leaves no time to train" in capsys.readouterr().err

@@ -13,10 +13,12 @@ def add_arguments(p) -> None:
     g.add_argument("--val", default=None, metavar="PATH", help="labelled validation images (default: 20%% of --data)")
     g.add_argument("--templates", default=None, metavar="FILE",
                    help="caption templates, one a line with {} for the class name (default: 7 photo templates)")
-    g.add_argument("--classnames", default=None, metavar="FILE",
-                   help="class names, one a line, for data whose labels are indices (IDX, numeric CSV labels)")
+    g.add_argument("--classnames", default=None, metavar="FILE|NAME",
+                   help="class names for data whose labels are indices (IDX, numeric CSV labels): a file, one a "
+                        "line, or a builtin list (fashion_mnist, mnist, cifar10, cifar100, imagenet1k)")
     g.add_argument("--minutes", type=float, default=None,
-                   help="scale the steps so that the whole run takes about this long on this CPU")
+                   help="scale every stage's steps so that the whole run takes about this long on this CPU "
+                        "(timed from two short fine-tunes after the data is prepared)")
 
 
 def run(args) -> int:

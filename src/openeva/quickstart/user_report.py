@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from openeva.hardware import cpu_capability
+
 NOISE_SIGMAS = 2.0
 ARMS = (("finetune_student", "(a) fine-tune from the MIM student"),
         ("finetune_random_equal_steps", "(b) from random weights, same steps"),
@@ -34,8 +36,7 @@ def new_report(cfg, data: str, val: str | None, templates: list[str]) -> dict:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": {"openeva": openeva.__version__, "torch": torch.__version__,
                          "python": platform.python_version()},
-            "machine": {"cpu_threads": torch.get_num_threads(), "cpu_capability":
-                        torch.backends.cpu.get_cpu_capability()},
+            "machine": {"cpu_threads": torch.get_num_threads(), **cpu_capability()},
             "data": data, "val": val, "templates": templates, "config": cfg.to_dict(), "stages": {}}
 
 
@@ -102,8 +103,7 @@ def verdict(report: dict) -> dict:
     sentence = (_phrase("At equal steps", steps) + "; " + _phrase("at equal CPU time", timed)
                 + f". The student's frozen linear probe is {100 * probe['diff']:+.1f} points from random features"
                 + f", and its fine-tune is {100 * keeps['diff']:+.1f} points from that probe"
-                + ("" if keeps["beyond_noise"] else " (within noise)")
-                + f" (noise +-{200 * keeps['se']:.1f}).")
+                + f" ({'beyond' if keeps['beyond_noise'] else 'within'} noise, +-{200 * keeps['se']:.1f}).")
     return {"equal_steps": steps, "equal_time": timed, "probe_vs_random": probe, "finetune_vs_probe": keeps,
             "noise_sigmas": NOISE_SIGMAS, "n_val": n, "sentence": sentence}
 
