@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from openeva.quickstart.budget import Plan, StepCost, chain_plan, fit_factor
+from openeva.quickstart.budget import MIN_FINETUNE_STEPS, Plan, StepCost, chain_plan, fit_factor, plan_steps
 
 
 def test_two_timed_runs_separate_the_step_from_the_stage():
@@ -52,3 +52,16 @@ def test_a_fixed_fine_tune_moves_its_cost_out_of_the_factor():
     assert scaled.per_factor_s - fixed.per_factor_s == pytest.approx(3 * 100 * 0.3)
     assert fixed.seconds(1.0) == pytest.approx(scaled.seconds(1.0))  # the same run at factor 1
     assert fit_factor(fixed, 720.0, 12) < fit_factor(scaled, 720.0, 12)
+
+
+def test_a_small_budget_keeps_the_fine_tune_and_shortens_the_pretraining():
+    cost, sizes = StepCost(step_s=0.3, stage_s=4.0), (128, 65000, 60000)
+    # 12 minutes on this cost: one factor would give the 150-step fine-tune about 50 steps
+    one_factor = fit_factor(chain_plan(800, 800, 150, *sizes, cost), 700.0, 12)
+    assert round(150 * one_factor) < MIN_FINETUNE_STEPS
+    factor, finetune = plan_steps(800, 800, 150, *sizes, cost, seconds_left=700.0, minutes=12)
+    assert finetune == MIN_FINETUNE_STEPS and factor < one_factor
+    # a large budget scales every stage by one factor; a configured fine-tune shorter than the floor is kept
+    factor, finetune = plan_steps(800, 800, 150, *sizes, cost, seconds_left=7200.0, minutes=120)
+    assert finetune == round(150 * factor) > 150
+    assert plan_steps(800, 800, 4, *sizes, cost, seconds_left=700.0, minutes=12)[1] >= 4

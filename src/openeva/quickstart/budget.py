@@ -83,3 +83,19 @@ def fit_factor(plan: Plan, seconds_left: float, minutes: float) -> float:
                          f"{seconds_left / 60:.1f} min left after preparing the data; give at least "
                          f"--minutes {math.ceil(need)}, or fewer images with --scale")
     return (seconds_left - plan.fixed_s) / plan.per_factor_s
+
+
+def plan_steps(teacher_steps: int, mim_steps: int, finetune_steps: int, batch_size: int, num_images: int,
+               num_train: int, cost: StepCost, seconds_left: float, minutes: float) -> tuple[float, int]:
+    """-> (factor for the teacher and MIM steps, fine-tune steps) that fill ``seconds_left``.
+
+    Every stage scales by one factor unless that cuts the fine-tune below :data:`MIN_FINETUNE_STEPS` (or its
+    configured length, if shorter); then the fine-tune keeps that floor and the pretraining takes what is left.
+    """
+    sizes = (batch_size, num_images, num_train, cost)
+    factor = fit_factor(chain_plan(teacher_steps, mim_steps, finetune_steps, *sizes), seconds_left, minutes)
+    floor = min(finetune_steps, MIN_FINETUNE_STEPS)
+    if round(finetune_steps * factor) >= floor:
+        return factor, max(1, round(finetune_steps * factor))
+    fixed_finetune = chain_plan(teacher_steps, mim_steps, floor, *sizes, scale_finetune=False)
+    return fit_factor(fixed_finetune, seconds_left, minutes), floor

@@ -103,12 +103,11 @@ class UserChainConfig:
         if not factor > 0:
             raise ValueError(f"scale must be > 0, got {factor!r}")
 
-        def s(v: int, least: int = 1) -> int:
+        def s(v: int, least: int) -> int:
             return max(least, int(round(v * factor)))
 
-        return dataclasses.replace(
-            self, train_samples=s(self.train_samples, self.batch_size), val_samples=s(self.val_samples, 10),
-            teacher_steps=s(self.teacher_steps), mim_steps=s(self.mim_steps), finetune_steps=s(self.finetune_steps))
+        return dataclasses.replace(self.steps_scaled(factor), train_samples=s(self.train_samples, self.batch_size),
+                                   val_samples=s(self.val_samples, 10))
 
     def steps_scaled(self, factor: float) -> "UserChainConfig":
         """Every stage's steps times ``factor`` (at least 1), the sample counts as they are (``--minutes``: the
@@ -380,20 +379,14 @@ def _fit_budget(cfg: UserChainConfig, minutes: float, prepared: PreparedData, ou
     walls = [run_finetune_arm(cfg.student_model, SCRATCH_RECIPE, n, prepared, out / "calibration", cfg,
                               progress=False)["wall_s"] for n in CALIBRATION_STEPS]
     cost = budget.StepCost.from_runs(CALIBRATION_STEPS[0], walls[0], CALIBRATION_STEPS[1], walls[1])
-    sizes = (cfg.batch_size, prepared.num_train + prepared.num_val, prepared.num_train, cost)
     left = 60.0 * minutes - elapsed_s - (time.perf_counter() - start)
-    factor = budget.fit_factor(budget.chain_plan(cfg.teacher_steps, cfg.mim_steps, cfg.finetune_steps, *sizes),
-                               left, minutes)
-    fitted = cfg.steps_scaled(factor)
-    floor = min(cfg.finetune_steps, budget.MIN_FINETUNE_STEPS)
-    if fitted.finetune_steps < floor:  # a fine-tune too short to settle: keep it, shorten the pretraining instead
-        factor = budget.fit_factor(budget.chain_plan(cfg.teacher_steps, cfg.mim_steps, floor, *sizes,
-                                                     scale_finetune=False), left, minutes)
-        fitted = dataclasses.replace(cfg.steps_scaled(factor), finetune_steps=floor)
+    factor, finetune_steps = budget.plan_steps(cfg.teacher_steps, cfg.mim_steps, cfg.finetune_steps, cfg.batch_size,
+                                               prepared.num_train + prepared.num_val, prepared.num_train, cost,
+                                               left, minutes)
+    fitted = dataclasses.replace(cfg.steps_scaled(factor), finetune_steps=finetune_steps)
     report["config"] = fitted.to_dict()
     report["budget"] = {"minutes": minutes, "step_s": cost.step_s, "stage_s": cost.stage_s,
-                        "calibration_s": [round(w, 3) for w in walls], "step_factor": factor,
-                        "planned_s": 60.0 * minutes}
+                        "calibration_s": [round(w, 3) for w in walls], "step_factor": factor}
     log(f"[quickstart --data] {minutes:g} min budget ({cost.step_s:.3f} s a fine-tune step, {cost.stage_s:.1f} s "
         f"a stage on this CPU): teacher {fitted.teacher_steps}, MIM {fitted.mim_steps}, fine-tune "
         f"{fitted.finetune_steps} steps")
