@@ -33,7 +33,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     import openeva
     from openeva.export import OnnxClip, export_onnx
-    from openeva.hardware import cpu_capability
+    from openeva.runtime import cpu_capability
 
     torch.manual_seed(0)
     model = randomize_(openeva.create_model(args.model)).eval()

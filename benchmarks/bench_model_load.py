@@ -169,7 +169,7 @@ def main() -> int:
             shutil.rmtree(oe_dir), os.unlink(oc_file)
     for name in filter(None, args.meta.split(",")):
         rows.append(_run_load("openeva_meta", name, "-", args.timeout))
-    from openeva.hardware import cpu_capability
+    from openeva.runtime import cpu_capability
 
     report = {"environment": {**environment(), **cpu_capability(), "mem_total_gib": _mem_total_gib()},
               "rows": rows}

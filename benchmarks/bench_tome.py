@@ -12,7 +12,7 @@
    openeva unmerged (checked identical in fp32), with ToMe at each r (in ``--precision``), with int8 (fp32
    around the int8 layers); each row's ratio against open_clip in ITS fastest precision on this CPU.
 
-``--precision auto`` (the default) is resolved by ``openeva.hardware.resolve_precision``: bf16 autocast where
+``--precision auto`` (the default) is resolved by ``openeva.runtime.resolve_precision``: bf16 autocast where
 the CPU has native bf16 (AVX-512 BF16, AMX), fp32 elsewhere; training, accuracy and speed of parts 1-2 use it.
 
     python benchmarks/bench_tome.py --steps 600 --threads 2 --quickstart-dir /tmp/qs/
@@ -297,7 +297,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     global PRECISION
-    from openeva.hardware import resolve_precision
+    from openeva.runtime import resolve_precision
 
     PRECISION, why = resolve_precision(args.precision, "cpu")
     print(f"precision {args.precision} -> {PRECISION}: {why}", file=sys.stderr)
@@ -305,7 +305,7 @@ def main() -> int:
     args.b16_rs = [int(v) for v in args.b16_rs.split(",")]
     args.int8_rs = [int(v) for v in args.int8_rs.split(",") if v.strip()] or None
     skip = set(filter(None, args.skip.split(",")))
-    from openeva.hardware import cpu_capability
+    from openeva.runtime import cpu_capability
 
     report = {"environment": {**environment(), "mkldnn_bf16": cpu_capability()["mkldnn_bf16"], "precision": PRECISION},
               "args": {k: v for k, v in vars(args).items()}}

@@ -14,7 +14,7 @@ from torch import nn
 
 from openeva.checkpoints import load_checkpoint, read_config, resolve_model_dir, save_checkpoint
 from openeva.data.transforms import PreprocessConfig, image_transform
-from openeva.hardware import PRECISION_CHOICES, resolve_precision
+from openeva.runtime import PRECISION_CHOICES, dtype_of, resolve_precision
 from openeva.models.clip import CLIP, CLIPConfig
 from openeva.models.int8 import quantize_int8
 from openeva.models.registry import ModelSpec, get_model_spec
@@ -22,7 +22,6 @@ from openeva.models.tokenizer import ClipTokenizer
 from openeva.models.tome import apply_tome
 from openeva.models.vit import EVAViT, ViTConfig
 
-_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _pair(v) -> tuple[int, int] | None:
@@ -95,7 +94,7 @@ def create_model(
     ``device``: parameters are created there ("meta": shapes only, nothing allocated). ``tome_r``: merge that many
     image tokens per block, or one count per block (``openeva.apply_tome``); ``int8``: dynamic int8 Linear layers for CPU inference
     (``openeva.quantize_int8``). ``precision`` is the dtype of the weights; "auto" resolves by the hardware
-    (``openeva.hardware.resolve_precision``: bf16 only where it is native, fp32 with int8).
+    (``openeva.runtime.resolve_precision``: bf16 only where it is native, fp32 with int8).
     """
     if precision not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
@@ -107,7 +106,7 @@ def create_model(
             raise ValueError("num_classes applies to backbones; a CLIP model's head is its projection")
         overrides["num_classes"] = num_classes
     cfg = build_config(spec, img_size=img_size or force_image_size, patch_dropout=force_patch_dropout, **overrides)
-    device, dtype = torch.device(device), _PRECISIONS[precision]
+    device, dtype = torch.device(device), dtype_of(precision)
     weights = pretrained or saved_weights
     if device.type == "meta" and pretrained is not None:
         raise ValueError("device='meta' builds shapes without storage; weights cannot be loaded there (drop "

@@ -40,10 +40,10 @@ def test_meta_build_refuses_weights_and_skips_a_saved_models_file(tmp_path):
 
 
 def test_precision_auto_follows_the_hardware(monkeypatch):
-    from openeva import hardware
+    from openeva import runtime
 
     for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
-        monkeypatch.setattr(hardware, "_mkldnn_bf16", lambda native=native: native)
+        monkeypatch.setattr(runtime, "_mkldnn_bf16", lambda native=native: native)
         model = openeva.create_model("eva02_test_patch8_32", precision="auto")
         assert {p.dtype for p in model.parameters()} == {dtype}
     assert {p.dtype for p in openeva.create_model("EVA02-test", precision="auto", int8=True).visual.parameters()

@@ -69,7 +69,7 @@ def test_rerun_is_a_no_op_and_other_models_are_refused(clip_dir, other_clip_dir,
 def test_resuming_with_auto_precision_keeps_the_runs_precision(clip_dir, shapes_dir, tmp_path, capsys):
     """A run begun on a machine where "auto" meant another precision resumes here in that precision (not
     refused, and not mixed); an explicit other precision is still refused."""
-    from openeva.hardware import resolve_precision
+    from openeva.runtime import resolve_precision
 
     here = resolve_precision("auto", "cpu")[0]
     began = "fp32" if here == "bf16" else "bf16"  # what "auto" would have chosen on the other CPU class

@@ -14,7 +14,7 @@ from running_server import RunningServer, png
 
 from openeva.export import export_onnx
 from openeva.factory import create_model
-from openeva.hardware import resolve_precision
+from openeva.runtime import resolve_precision
 from openeva.serve import Index, embed
 from openeva.serve.app import create_app
 from openeva.serve.encoder import OnnxClipEncoder, TorchClipEncoder, is_onnx_export, load_encoder

@@ -15,7 +15,7 @@ from openeva.train.checkpointing import CheckpointManager
 from openeva.train.config import OptimConfig, ScheduleConfig, TrainConfig, load_config
 from openeva.train.data import ResumableLoader
 from openeva.train.engine import Trainer
-from openeva.train.precision import Precision
+from openeva.runtime import Precision
 from openeva.train.runner import train
 from openeva.train.task import ParamGroupSpec, Task
 

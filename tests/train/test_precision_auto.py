@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from openeva import hardware
+from openeva import runtime
 from openeva.configs import CONFIG_DIR
 from openeva.train.config import load_config
 from openeva.train.runner import train
@@ -15,7 +15,7 @@ SHORT = ["schedule.total_steps=1", "schedule.warmup_steps=0", "data.batch_size=8
 
 @pytest.mark.parametrize("native_bf16,expected", [(False, "fp32"), (True, "bf16")])
 def test_engine_resolves_auto_and_records_it(tmp_path, monkeypatch, capsys, native_bf16, expected):
-    monkeypatch.setattr(hardware, "_mkldnn_bf16", lambda: native_bf16)
+    monkeypatch.setattr(runtime, "_mkldnn_bf16", lambda: native_bf16)
     cfg = load_config(CONFIG_DIR / "clip_tiny.py", [f"output_dir={tmp_path}", "name=r", *QUIET, *SHORT])
     assert cfg.precision == "auto"  # the CPU recipe leaves the choice to the hardware
     train(cfg)
@@ -25,7 +25,7 @@ def test_engine_resolves_auto_and_records_it(tmp_path, monkeypatch, capsys, nati
 
 
 def test_explicit_precision_is_kept_by_the_engine(tmp_path, monkeypatch):
-    monkeypatch.setattr(hardware, "_mkldnn_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "_mkldnn_bf16", lambda: True)
     train(load_config(CONFIG_DIR / "clip_tiny.py", [f"output_dir={tmp_path}", "name=e", "precision=fp32",
                                                       *QUIET, *SHORT]))
     info = json.loads((tmp_path / "e" / "precision.json").read_text())
@@ -35,9 +35,9 @@ def test_explicit_precision_is_kept_by_the_engine(tmp_path, monkeypatch):
 def test_mim_teacher_precision_auto(monkeypatch):
     from openeva.train.mim_task import build_mim_task
 
-    monkeypatch.setattr(hardware, "_mkldnn_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "_mkldnn_bf16", lambda: False)
     cfg = load_config(CONFIG_DIR / "mim_tiny.py", [])
     assert cfg.task_options["teacher_precision"] == "auto"
     assert build_mim_task(cfg, device="cpu").teacher.precision == "fp32"
-    monkeypatch.setattr(hardware, "_mkldnn_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "_mkldnn_bf16", lambda: True)
     assert build_mim_task(cfg, device="cpu").teacher.precision == "bf16"

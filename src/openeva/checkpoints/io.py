@@ -13,7 +13,6 @@ import fnmatch
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from openeva.checkpoints.convert import detect_format, to_openeva, unwrap_state_
 from openeva.layers import resample_patch_kernel, resample_pos_embed
 from openeva.models.clip import CLIP
 from openeva.models.vit import EVAViT
+from openeva.runtime import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -301,22 +301,16 @@ def load_checkpoint(
 
 def save_checkpoint(model: nn.Module, out_dir: str | os.PathLike, config: dict) -> Path:
     """Writes ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (temp file, then rename)."""
+    return save_weights(model.state_dict(), out_dir, config)
+
+
+def save_weights(weights: dict[str, torch.Tensor], out_dir: str | os.PathLike, config: dict) -> Path:
+    """A state dict + its config as an openeva model directory, each file written atomically."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(out_dir / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "openeva"}))
-    _atomic_write(out_dir / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2, default=list)))
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    atomic_write(out_dir / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "openeva"}))
+    atomic_write_text(out_dir / CONFIG_NAME, json.dumps(config, indent=2, default=list))
     return out_dir
-
-
-def _atomic_write(dest: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from openeva.hardware import PRECISION_CHOICES
+from openeva.runtime import PRECISION_CHOICES
 
 
 def add_encoder_arguments(p) -> None:

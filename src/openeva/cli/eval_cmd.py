@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from openeva.data.labelled import DATASET_TYPES
-from openeva.hardware import PRECISION_CHOICES, resolve_precision
+from openeva.runtime import PRECISION_CHOICES, resolve_precision
 from openeva.eval.knn import DEFAULT_KS
 
 

@@ -7,7 +7,6 @@ repeated runs (e.g. a weight-decay sweep, or kNN after a probe).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -19,22 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from openeva.data.loader import collate_skip_none
+from openeva.runtime import atomic_write, autocast, dtype_of
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-
-
-def autocast(device: str | torch.device, precision: str):
-    """Autocast context for ``bf16`` / ``fp16``; a no-op for ``fp32`` (the model stays in fp32)."""
-    check_precision(precision)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 def has_image_tower(model) -> bool:
@@ -87,7 +72,7 @@ def encode_images(
     ``(tensor, position)``, or None for an image that failed to load; the skipping collate drops those)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    check_precision(precision)
+    dtype_of(precision)  # refuses an unknown name
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_skip_none
     )
@@ -96,7 +81,7 @@ def encode_images(
         if batch is None:  # every image of the batch failed
             continue
         images, idx = batch  # (B', 3, H, W), (B',)
-        with autocast(device, precision):
+        with autocast(precision, device):
             out = image_features(model, images.to(device))  # (B, E)
         feats.append(out.float().cpu())
         indices.append(idx)
@@ -126,7 +111,7 @@ def encode_texts(
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
         tokens = tokenizer(list(texts[start:start + batch_size])).to(device)  # (B, 77)
-        with autocast(device, precision):
+        with autocast(precision, device):
             out.append(model.encode_text(tokens, normalize=False).float().cpu())  # (B, E)
     return torch.cat(out)
 
@@ -213,9 +198,7 @@ class FeatureCache:
     def save(self, key: str, encoded: EncodedImages, meta: dict | None = None) -> Path:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        tmp = path.with_suffix(".tmp")
         blob = {"features": encoded.features, "indices": encoded.indices, "skipped": list(encoded.skipped),
                 "meta": json.dumps(meta or {}, default=str)}
-        torch.save(blob, tmp)
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache entry
+        atomic_write(path, lambda tmp: torch.save(blob, tmp))  # a crash never leaves a half-written entry
         return path

@@ -24,7 +24,7 @@ from openeva.data.transforms import PreprocessConfig, image_transform
 from openeva.eval.features import encode_images
 from openeva.eval.results import RUNS_DIR
 from openeva.factory import preprocess_cfg, resolve_spec
-from openeva.hardware import resolve_device
+from openeva.runtime import resolve_device
 from openeva.metrics import classification_metrics
 from openeva.models.vit import EVAViT
 from openeva.train.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig, load_config

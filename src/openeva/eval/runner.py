@@ -21,13 +21,13 @@ from openeva.data.labelled import (
 from openeva.eval import knn as knn_mod
 from openeva.eval import linear_probe as probe_mod
 from openeva.eval.features import (
-    EncodedImages, FeatureCache, cache_key, check_precision, checkpoint_fingerprint, encode_images, has_image_tower,
+    EncodedImages, FeatureCache, cache_key, checkpoint_fingerprint, encode_images, has_image_tower,
     has_text_tower, model_fingerprint,
 )
 from openeva.eval.results import format_table, save_result
 from openeva.eval.tasks import EVAL_TASKS, EvalRun
 from openeva.factory import create_model_and_transforms, get_tokenizer
-from openeva.hardware import resolve_precision
+from openeva.runtime import dtype_of, resolve_precision
 from openeva.models.int8 import is_int8
 from openeva.models.tome import tome_tokens
 
@@ -154,7 +154,7 @@ def evaluate(
     int8 = built is not None and is_int8(built)
     precision, _ = resolve_precision(precision, device, int8=int8)  # "auto": by the hardware; fp32 with int8
     options["precision"] = precision
-    check_precision(precision)
+    dtype_of(precision)  # refuses an unknown name
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if few_shot is not None and few_shot < 1:

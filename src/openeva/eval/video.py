@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from openeva.eval.features import autocast
+from openeva.runtime import autocast
 from openeva.eval.zeroshot import build_zeroshot_classifier, classification_metrics, zeroshot_logits
 
 MAX_LISTED_SKIPS = 20
@@ -20,7 +20,7 @@ MAX_LISTED_SKIPS = 20
 def embed_video(model, frames: list, transform: Callable, device="cpu", precision: str = "fp32") -> torch.Tensor:
     """T PIL frames -> (E,) normalised mean of the normalised frame embeddings."""
     x = torch.stack([transform(f) for f in frames]).to(device)  # (T, 3, H, W)
-    with autocast(device, precision):
+    with autocast(precision, device):
         feats = model.encode_image(x, normalize=True).float()  # (T, E)
     return F.normalize(feats.mean(dim=0), dim=-1).cpu()  # (E,)
 

@@ -28,10 +28,10 @@ from torch import nn
 
 from openeva.checkpoints import load_checkpoint
 from openeva.factory import build_config, resolve_pretrained, resolve_spec
-from openeva.hardware import resolve_precision
+from openeva.runtime import autocast, dtype_of, resolve_precision
 from openeva.models.vit import EVAViT, ViTConfig
 
-TEACHER_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+TEACHER_PRECISIONS = ("fp32", "bf16")
 
 
 class MIMStudent(EVAViT):
@@ -137,7 +137,7 @@ class ClipTeacher(nn.Module):
         if precision not in TEACHER_PRECISIONS:
             raise ValueError(f"teacher precision must be one of {sorted(TEACHER_PRECISIONS)}, got {precision!r}")
         self.precision = precision
-        self.visual = visual.to(TEACHER_PRECISIONS[precision]).requires_grad_(False).eval()
+        self.visual = visual.to(dtype_of(precision)).requires_grad_(False).eval()
         self._renorm = None
         if None not in (mean, std, input_mean, input_std) and (tuple(mean), tuple(std)) != (
                 tuple(input_mean), tuple(input_std)):
@@ -169,9 +169,8 @@ class ClipTeacher(nn.Module):
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         """Teacher targets on its own grid: (B, N_teacher, C) = head(final_norm(tokens))[:, patches]."""
         visual = self.visual
-        dtype = TEACHER_PRECISIONS[self.precision]
-        x = self._prepare(images).to(dtype)
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        x = self._prepare(images).to(dtype_of(self.precision))
+        with torch.no_grad(), autocast(self.precision, x.device):
             tokens = visual.forward_features(x)  # (B, 1 + N_t, D_t), final norm applied for token-pool towers
             patches = tokens[:, visual.num_prefix_tokens:]  # (B, N_t, D_t)
             if visual.cfg.global_pool == "avg":  # a mean-pooling tower keeps its final LN in fc_norm
@@ -213,7 +212,7 @@ def build_teacher(
     vision-tower file, openeva directory, or a published tag. Only the vision tower is built and loaded (no text
     tower in memory). With no weights at all the teacher is random (tests, smoke runs), which is logged loudly
     by the caller's config, not refused. ``precision`` "auto": bf16 where the CPU / GPU has it natively, else
-    fp32 (``openeva.hardware.resolve_precision``).
+    fp32 (``openeva.runtime.resolve_precision``).
     """
     precision, _ = resolve_precision(precision, "cpu")
     spec, saved = resolve_spec(model_name)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from openeva.data.synthetic import ShapesClassification
-from openeva.eval.features import autocast, image_features
+from openeva.eval.features import image_features
+from openeva.runtime import autocast
 from openeva.eval.linear_probe import evaluate_linear_probe
 from openeva.eval.retrieval import evaluate_retrieval
 from openeva.eval.zeroshot import build_zeroshot_classifier, classification_metrics, zeroshot_logits
@@ -61,7 +62,7 @@ def encode_images(model, data: RenderedShapes, batch_size: int = 256, precision:
     out = []
     for start in range(0, len(data), batch_size):
         images = data.images(slice(start, start + batch_size))  # (B, 3, H, W)
-        with autocast("cpu", precision):
+        with autocast(precision, "cpu"):
             out.append(image_features(model, images).float())  # (B, E)
     return torch.cat(out)
 
@@ -98,7 +99,7 @@ def evaluate_clip(model, tokenizer, sets: EvalSets, seed: int = 0, precision: st
 
     n = min(sets.retrieval_samples, len(sets.heldout))
     tokens = tokenizer(sets.heldout.captions[:n])  # (n, L)
-    with autocast("cpu", precision):
+    with autocast(precision, "cpu"):
         text_x = model.encode_text(tokens).float()  # (n, E)
     ret, _ = evaluate_retrieval(heldout_x[:n], text_x, torch.arange(n))
     metrics["retrieval_i2t_r1"] = ret["text_retrieval_recall@1"]

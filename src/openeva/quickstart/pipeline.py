@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 import openeva
-from openeva.hardware import cpu_capability, resolve_precision
+from openeva.runtime import cpu_capability, resolve_precision
 from openeva.factory import create_model, get_model_spec, get_tokenizer
 from openeva.quickstart import evaluation, report as report_mod
 from openeva.train.config import DataConfig, LossConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
@@ -71,7 +71,7 @@ class QuickstartConfig:
     mim_lr: float = 3e-3
     clip_lr: float = 2e-3
     warmup_fraction: float = 0.1
-    precision: str = "auto"  # auto: bf16 only on CPUs with native bf16 (openeva.hardware)
+    precision: str = "auto"  # auto: bf16 only on CPUs with native bf16 (openeva.runtime)
     text_init: str = "teacher"  # EVA-CLIP's text tower: the teacher's ("teacher") or random
     mim_mask_ratio: float = 0.4  # EVA-02: 105 of 256 patches
     mim_min_block: int = 4  # smallest masking block in patches (EVA-02: 16 of 256)

@@ -40,7 +40,7 @@ from openeva.eval.knn import knn_classify
 from openeva.eval.linear_probe import evaluate_linear_probe, fit_linear_head
 from openeva.eval.zeroshot import build_zeroshot_classifier, classification_metrics, zeroshot_logits
 from openeva.factory import create_model, get_model_spec, get_tokenizer, preprocess_cfg
-from openeva.hardware import resolve_precision
+from openeva.runtime import resolve_precision
 from openeva.quickstart import budget, user_report
 from openeva.quickstart.pipeline import QuickstartStageError
 from openeva.train.config import DataConfig, LossConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from openeva.hardware import cpu_capability
+from openeva.runtime import cpu_capability
 
 NOISE_SIGMAS = 2.0
 ARMS = (("finetune_student", "(a) fine-tune from the MIM student"),

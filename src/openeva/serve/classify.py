@@ -17,7 +17,8 @@ import torch
 
 from openeva.data.collection import open_collection
 from openeva.data.classnames import fill_template, load_classnames, load_templates
-from openeva.serve.embed import _collate, _Decoded, atomic_write_bytes
+from openeva.runtime import atomic_write_bytes
+from openeva.serve.embed import _collate, _Decoded
 from openeva.serve.encoder import Encoder, load_encoder
 
 DEFAULT_TEMPLATES = ("a photo of a {c}.", "{c}")

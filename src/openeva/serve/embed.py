@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from openeva.data.collection import DECODE_ERRORS, ImageCollection, open_collection
+from openeva.runtime import atomic_write_bytes, atomic_write_json, precision_of
 from openeva.serve.encoder import Encoder, load_encoder
 
 DTYPES = ("float16", "float32")
@@ -34,19 +34,6 @@ FORMAT_VERSION = 1
 # Settings that must match between a run and the folder it resumes into.
 _IDENTITY_KEYS = ("model", "config_hash", "weights_hash", "preprocess", "dim", "precision", "tome_r", "int8",
                   "runtime", "dtype", "text", "shard_size", "collection")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -98,9 +85,6 @@ class EmbedPlan:
         return [s for s in range(self.num_shards) if s % self.world_size == self.rank]
 
 
-_PRECISION_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-
-
 def resumed_precision(out) -> str | None:
     """The precision (fp32 / bf16 / fp16) of the unfinished torch run in ``out``, or None if there is none."""
     manifest = Path(out).expanduser() / "manifest.json"
@@ -110,7 +94,10 @@ def resumed_precision(out) -> str | None:
         return None
     if old.get("runtime") != "torch" or old.get("int8"):
         return None  # ONNX graphs and int8 are fp32 whatever is asked
-    return _PRECISION_OF_DTYPE.get(old.get("precision"))
+    try:
+        return precision_of(old.get("precision", ""))
+    except ValueError:
+        return None
 
 
 def shard_done(out: Path, s: int) -> bool:

@@ -6,7 +6,7 @@ implementation over any openeva CLIP model (registered name or checkpoint direct
 options of ``create_model`` (token merging, int8); :class:`OnnxClipEncoder` runs a folder written by
 ``openeva export onnx`` on ONNX Runtime. :func:`load_encoder` picks one from what ``model`` names.
 
-Precision: :data:`DEFAULT_PRECISION` ("auto") is resolved by :func:`openeva.hardware.resolve_precision`: bf16
+Precision: :data:`DEFAULT_PRECISION` ("auto") is resolved by :func:`openeva.runtime.resolve_precision`: bf16
 only where the device runs it natively, else fp32. ``info["weights_hash"]`` is taken over the fp32 weights
 before any cast, merge or quantization (and recorded by the ONNX export the same way), so vectors of one
 model made by either runtime can share an index.
@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from openeva.export.onnx import config_hash, weights_hash
-from openeva.hardware import resolve_device, resolve_precision
+from openeva.runtime import dtype_of, resolve_device, resolve_precision
 
 DEFAULT_PRECISION = "auto"  # the one precision switch of serve/
 
@@ -68,7 +68,7 @@ class TorchClipEncoder:
                              "need one (see `openeva models`)")
         weights = weights_hash(self.model)  # before any cast, merge or quantization
         if model is None and resolved != "fp32":
-            self.model = self.model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[resolved])
+            self.model = self.model.to(dtype_of(resolved))
         if tome_r:
             apply_tome(self.model, tome_r)
         if int8:

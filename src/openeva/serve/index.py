@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from openeva.serve.embed import atomic_write_bytes, atomic_write_json, load_embeddings
+from openeva.runtime import atomic_write_bytes, atomic_write_json
+from openeva.serve.embed import load_embeddings
 
 KINDS = ("auto", "flat", "ivf", "hnsw")
 EXACT_MAX = 50_000  # above this many vectors "auto" picks an approximate index

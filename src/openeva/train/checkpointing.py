@@ -10,19 +10,18 @@ replaced atomically) is updated only after that, so it never names a half-writte
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from openeva.checkpoints.io import CONFIG_NAME, WEIGHTS_NAME
+from openeva.checkpoints.io import WEIGHTS_NAME, save_weights
+from openeva.runtime import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -72,23 +71,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_model_dir(out: Path, weights: dict[str, torch.Tensor], config: dict) -> None:
     """``model.safetensors`` + ``config.json`` in openeva's format (as ``openeva.save_model`` writes them)."""
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-    save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "openeva"})
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=list))
+    save_weights(weights, out, config)
 
 
 def split_task_state(task_state: dict[str, torch.Tensor], prefix: str | None):
@@ -133,7 +118,7 @@ class CheckpointManager:
             shutil.rmtree(old)
         else:
             tmp.rename(final)
-        _atomic_text(self.root / LATEST, final.name + "\n")
+        atomic_write_text(self.root / LATEST, final.name + "\n")
         self.prune()
         return final
 

@@ -23,7 +23,7 @@ EVA_CLIP_SKIP_LIST = ("head.weight", "head.bias", "lm_head.weight", "lm_head.bia
                       "text_projection", "logit_scale")
 OPTIMIZERS = ("adamw", "lamb")
 SCHEDULERS = ("cosine", "const", "const-cooldown")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: openeva.hardware.resolve_precision
+from openeva.runtime import PRECISION_CHOICES as PRECISIONS  # auto: openeva.runtime.resolve_precision
 STRATEGIES = ("ddp", "fsdp")
 BACKENDS = ("auto", "gloo", "nccl")
 DEVICES = ("auto", "cpu", "cuda")

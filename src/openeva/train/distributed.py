@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from openeva.hardware import resolve_device
+from openeva.runtime import resolve_device
 from openeva.models.text import TextBlock
 from openeva.models.vit import Block
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from openeva.factory import model_config_dict
-from openeva.hardware import cpu_capability, resolve_precision
+from openeva.runtime import cpu_capability, resolve_precision
 from openeva.train.config import TrainConfig
 from openeva.train.data import batch_size_of, derive_seed, to_device, trim_batch
 from openeva.train.logging import RunLogger, plot_run
 from openeva.train.optim import create_optimizer, describe_groups, param_groups
-from openeva.train.precision import Precision
+from openeva.runtime import Precision
 from openeva.train.schedule import LRSchedule
 from openeva.train.task import Task
 from openeva.train.checkpointing import (

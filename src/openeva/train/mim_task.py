@@ -26,7 +26,7 @@ from openeva.checkpoints import load_checkpoint
 from openeva.data.loader import collate_skip_none
 from openeva.data.transforms import PreprocessConfig, image_transform
 from openeva.factory import build_config, resolve_spec
-from openeva.hardware import resolve_precision
+from openeva.runtime import resolve_precision
 from openeva.losses.mim import mim_cosine_loss, patchify, pixel_regression_loss
 from openeva.models.mim import ClipTeacher, MIMStudent, build_student, build_teacher
 from openeva.train.data import ResumableLoader, build_image_text_dataset, build_val_pairs, check_sources, derive_seed
