@@ -9,13 +9,13 @@ checked by :func:`decode_image` / :func:`check_texts` in the handlers.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 
 from PIL import Image
 
 from openeva.data.collection import DECODE_ERRORS
 from openeva.data.images import ImageShapeError, check_image_shape
+from openeva.serve.errors import ApiError
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 
@@ -35,17 +35,6 @@ class Limits:
         for name, value in self.__dict__.items():
             if value <= 0:
                 raise ValueError(f"limit {name} must be > 0, got {value}")
-
-
-class ApiError(Exception):
-    """An error the client caused (or a saturated server): status code, machine-readable code, message."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-    def body(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
 
 
 def decode_image(data: bytes, limits: Limits, name: str = "image") -> Image.Image:
@@ -105,14 +94,6 @@ def check_image_count(n: int, limits: Limits) -> None:
         raise ApiError(413, "too_many_images", f"{n} images; the limit is {limits.max_images} per request")
 
 
-async def _send_json(send, status: int, body: dict, headers: list | None = None) -> None:
-    payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode()), *(headers or [])]})
-    await send({"type": "http.response.body", "body": payload})
-
-
 PROBE_PATHS = ("/healthz", "/readyz", "/metrics")  # answered even when saturated: health checks must not fail
 
 
@@ -120,7 +101,8 @@ class LimitsMiddleware:
     """ASGI middleware: a cap on requests in flight (503 + Retry-After) and on the body size (413).
 
     The body is read here, counted as it streams (a missing or lying Content-Length does not get around the
-    cap), and replayed to the app, so handlers never see more than the limit.
+    cap), and replayed to the app, so handlers never see more than the limit. Refusals are the same
+    :meth:`ApiError.response` the routes' errors get. ``state`` counts the requests in flight (``in_flight``).
     """
 
     def __init__(self, app, limits: Limits, state):
@@ -132,10 +114,10 @@ class LimitsMiddleware:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
-            return await _send_json(send, 413, ApiError(413, "body_too_large", self._body_message()).body())
+            return await self._too_large().response()(scope, receive, send)
         if self.state.in_flight >= self.limits.max_concurrent and scope.get("path") not in PROBE_PATHS:
-            return await _send_json(send, 503, ApiError(503, "saturated", "too many requests in flight; retry "
-                                                        "shortly").body(), [(b"retry-after", b"1")])
+            saturated = ApiError(503, "saturated", "too many requests in flight; retry shortly")
+            return await saturated.response()(scope, receive, send)
         self.state.in_flight += 1
         try:
             chunks, size, more = [], 0, True
@@ -146,7 +128,7 @@ class LimitsMiddleware:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > self.limits.max_body_bytes:
-                    return await _send_json(send, 413, ApiError(413, "body_too_large", self._body_message()).body())
+                    return await self._too_large().response()(scope, receive, send)
                 chunks.append(chunk)
                 more = message.get("more_body", False)
             body = b"".join(chunks)
@@ -163,5 +145,6 @@ class LimitsMiddleware:
         finally:
             self.state.in_flight -= 1
 
-    def _body_message(self) -> str:
-        return f"request body larger than the limit of {self.limits.max_body_bytes} bytes"
+    def _too_large(self) -> ApiError:
+        return ApiError(413, "body_too_large", f"request body larger than the limit of {self.limits.max_body_bytes} "
+                        "bytes")

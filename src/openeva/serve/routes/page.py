@@ -1,0 +1,17 @@
+"""``GET /``: the web page; its script and style are under ``/static`` (``serve/static/``, mounted by create_app)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
+
+router = APIRouter()
+
+
+@router.get("/", include_in_schema=False)
+async def page():
+    return FileResponse(STATIC_DIR / "index.html")
