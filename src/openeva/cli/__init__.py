@@ -1,4 +1,10 @@
-"""``openeva <command>``: one entry point, one module per command (each defines ``register(subparsers)``)."""
+"""``openeva <command>``: one entry point, one module per command (each defines ``register(subparsers)`` over the
+shared option groups of :mod:`openeva.cli.options`).
+
+:func:`main` is the one error boundary: a command raises on bad input (a ValueError or a missing / misplaced
+file, whose message names the fix) and ``main`` prints it as one line, ``openeva CMD: error: ...``, and returns 2
+(argparse's code for a usage error); an interrupt returns 130. Commands do not catch these themselves.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +45,12 @@ def _version() -> str:
     return __version__
 
 
+# what a command raises for bad input: the user can fix these, so they get one line instead of a traceback
+BAD_INPUT = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``openeva ARGV``; returns the exit code (argparse itself exits 2 on an unknown option or value)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -47,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as e:  # bad input: a clear message
-        print(f"openeva {args.command}: error: {e}", file=sys.stderr)
+    except BAD_INPUT as e:
+        message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message holds
+        print(f"openeva {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"openeva {args.command}: interrupted", file=sys.stderr)

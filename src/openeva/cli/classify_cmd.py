@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 
-from openeva.cli.encoder_options import add_encoder_arguments, encoder_options
+from openeva.cli.options import (add_data_options, add_inference_options, add_model_options, add_output_options,
+                                 add_prompt_options, encoder_options)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("classify", help="zero-shot label every image of a collection")
     p.add_argument("src", help="a folder of images, a .csv/.tsv/.jsonl index, or .tar shards")
-    p.add_argument("--model", required=True)
-    p.add_argument("--pretrained")
+    p.add_argument("-k", type=int, default=5, help="top-k probabilities per image")
+    add_model_options(p)
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--labels", help="comma-separated labels, e.g. 'cat,dog,car'")
-    q.add_argument("--classnames", help="builtin list (imagenet1k, cifar10, ...) or a file")
-    p.add_argument("--templates", help="builtin name, file, or '|'-separated templates with {c}")
-    p.add_argument("--out", required=True, help="predictions CSV")
-    p.add_argument("-k", type=int, default=5, help="top-k probabilities per image")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("--image-key", help="image column of a CSV/JSONL index")
-    p.add_argument("--no-progress", action="store_true")
-    add_encoder_arguments(p)
+    add_prompt_options(p, classnames_in=q, templates_help="builtin name, file, or '|'-separated templates with {c}")
+    add_data_options(p, image_key=True)
+    add_output_options(p, required=True, help="predictions CSV", progress=True)
+    add_inference_options(p)
     p.set_defaults(func=run)
 
 

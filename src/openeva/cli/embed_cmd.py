@@ -6,38 +6,42 @@ import json
 import os
 import sys
 
-from openeva.cli.encoder_options import add_encoder_arguments, encoder_options
+from openeva.cli.options import (add_data_options, add_inference_options, add_model_options, add_output_options,
+                                 encoder_options)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("embed", help="embed a collection of images into vector shards (resumable)")
     p.add_argument("src", help="a folder of images, a .csv/.tsv/.jsonl index, or .tar shards ('{000..099}.tar')")
-    p.add_argument("--model", required=True, help="a registered CLIP name or an openeva checkpoint directory")
-    p.add_argument("--pretrained", help="checkpoint file or published tag")
-    p.add_argument("--out", required=True, help="output folder (rerun with the same arguments to resume)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored vector dtype")
     p.add_argument("--text", action="store_true", help="also embed the captions")
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=4096, help="vectors per output shard")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader decode workers")
-    p.add_argument("--image-key", help="image column of a CSV/JSONL index")
-    p.add_argument("--caption-key", help="caption column of a CSV/JSONL index")
-    p.add_argument("--no-progress", action="store_true")
-    add_encoder_arguments(p)
+    add_model_options(p, model_help="a registered CLIP name or an openeva checkpoint directory")
+    add_data_options(p, image_key=True, caption_key=True)
+    add_output_options(p, required=True, help="output folder (rerun with the same arguments to resume)",
+                       progress=True)
+    add_inference_options(p)
     p.set_defaults(func=run)
 
 
-def launch_rank() -> tuple[int, int]:
-    """(rank, world_size) under torchrun (its RANK / WORLD_SIZE variables), else (0, 1)."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+def launch_rank() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) under torchrun, or plain ``srun`` (SLURM_PROCID / SLURM_NTASKS /
+    SLURM_LOCALID), else (0, 1, 0): each task embeds its own output shards on its own GPU."""
+    from openeva.train.distributed import detect_env
+
+    info = detect_env(dict(os.environ))
+    return info["rank"], info["world_size"], info["local_rank"]
 
 
 def run(args) -> int:
+    from openeva.runtime import resolve_device
     from openeva.serve.embed import embed, resumed_precision
     from openeva.serve.encoder import load_encoder
 
-    rank, world = launch_rank()
+    rank, world, local_rank = launch_rank()
     options = encoder_options(args)
+    if options.get("device") == "auto" and world > 1 and not args.int8:
+        options["device"] = str(resolve_device("auto", local_rank))  # this task's GPU (srun sets no LOCAL_RANK)
     resumed = resumed_precision(args.out) if args.precision == "auto" else None
     if resumed is not None:
         # "auto" may resolve otherwise on this machine than on the one that began the run; the run keeps its

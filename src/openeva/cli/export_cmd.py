@@ -7,7 +7,7 @@ ONNX Runtime and checks them against PyTorch (fp32, max difference <= 1e-4 relat
 
 from __future__ import annotations
 
-import sys
+from openeva.cli.options import add_model_options, add_output_options
 
 
 def register(subparsers) -> None:
@@ -15,9 +15,8 @@ def register(subparsers) -> None:
                               description=__doc__.splitlines()[0])
     fmt = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
     o = fmt.add_parser("onnx", help="image and text towers as ONNX graphs, checked against PyTorch")
-    o.add_argument("--model", required=True, help="model name or openeva checkpoint directory")
-    o.add_argument("--pretrained", default=None, help="checkpoint path or tag (default: the name's own weights)")
-    o.add_argument("--out", required=True, help="output folder")
+    add_model_options(o)
+    add_output_options(o, required=True, help="output folder")
     o.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17; default 17)")
     o.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs PyTorch parity check")
     o.set_defaults(func=run_onnx)
@@ -28,19 +27,14 @@ def run_onnx(args) -> int:
         import onnx  # noqa: F401  (the exporter needs it)
         if not args.no_check:
             import onnxruntime  # noqa: F401
-    except ImportError as e:
-        print(f"openeva export: error: {e.name} is not installed; `pip install openeva[onnx]`", file=sys.stderr)
-        return 2
+    except ImportError as e:  # an optional extra: a usage error with its fix, like any bad input
+        raise ValueError(f"{e.name} is not installed; `pip install openeva[onnx]`") from None
     from openeva.export import export_onnx
     from openeva.factory import create_model
 
-    try:
-        model = create_model(args.model, pretrained=args.pretrained)
-        manifest = export_onnx(model, args.out, opset=args.opset, check=not args.no_check, model_name=args.model,
-                               pretrained=args.pretrained)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"openeva export: error: {e}", file=sys.stderr)
-        return 2
+    model = create_model(args.model, pretrained=args.pretrained)
+    manifest = export_onnx(model, args.out, opset=args.opset, check=not args.no_check, model_name=args.model,
+                           pretrained=args.pretrained)
     for name, graph in manifest["graphs"].items():
         checks = manifest.get("parity", {}).get(name, [])
         worst = max((c["max_rel_diff"] for c in checks), default=None)

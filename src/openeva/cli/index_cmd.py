@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 
+from openeva.cli.options import add_output_options
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("index", help="build or grow a FAISS index from `openeva embed` output")
     sub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
     b = sub.add_parser("build", help="build an index from an embedding folder")
     b.add_argument("embeddings", help="an `openeva embed` output folder")
-    b.add_argument("--out", required=True, help="index folder (replaced atomically)")
+    add_output_options(b, required=True, help="index folder (replaced atomically)")
     b.add_argument("--kind", choices=["auto", "flat", "ivf", "hnsw"], default="auto",
                    help="auto: exact up to 50k vectors, IVF above")
     b.add_argument("--target-recall", type=float, default=0.9,

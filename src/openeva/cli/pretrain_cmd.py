@@ -12,8 +12,8 @@ from it, ``create_model(RUN/final, num_classes=K)`` a classifier.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+from openeva.cli.options import add_overrides
+from openeva.cli.train_cmd import dry_run, run_config
 
 
 def register(subparsers) -> None:
@@ -21,35 +21,23 @@ def register(subparsers) -> None:
                               description=__doc__.splitlines()[0])
     p.add_argument("config", help="a Python file defining `config = TrainConfig(task='mim', ...)` "
                                   "(see mim_* recipes in openeva.configs), or a MIM run's config.json")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
-                   help="override config fields: optim.lr=1e-3 task_options.teacher=EVA01-g-14 resume=latest")
+    add_overrides(p, positional=True)
     p.add_argument("--dry-run", action="store_true",
-                   help="validate the config, teacher, student and data paths, print the resolved config, train "
-                        "nothing (may also follow the overrides)")
+                   help="validate the config, teacher, student and data paths, print the resolved precision and "
+                        "config, train nothing (may also follow the overrides)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from openeva.train.config import load_config
     from openeva.train.mim_task import pretrain
     from openeva.train.options import canonical_task
-    from openeva.train.runner import preflight
 
-    overrides = [o for o in args.overrides if o != "--dry-run"]
-    dry_run = args.dry_run or len(overrides) < len(args.overrides)
-    flags = [o for o in overrides if o.startswith("-")]
-    if flags:
-        raise ValueError(f"unknown option {flags[0]!r}; overrides are key=value")
-    cfg = load_config(args.config, overrides)
+    cfg = run_config(args)
     if canonical_task(cfg.task) != "mim":
         raise ValueError(f"{args.config} configures task={cfg.task!r}, not MIM pretraining (task='mim'); "
                          "use `openeva train` for it")
-    if cfg.name is None:  # runs are named after their config file unless told otherwise
-        cfg = cfg.replace(name=Path(args.config).stem if Path(args.config).suffix in (".py", "") else "run")
-    if dry_run:
-        preflight(cfg)
-        print(cfg.to_json())
-        return 0
+    if args.dry_run:
+        return dry_run(cfg)
     run_dir = pretrain(cfg)
     final = run_dir / "final"
     if final.is_dir():

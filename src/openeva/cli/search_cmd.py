@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from openeva.cli.encoder_options import add_encoder_arguments, encoder_options
+from openeva.cli.options import add_inference_options, add_model_options, encoder_options
 
 
 def register(subparsers) -> None:
@@ -14,11 +14,11 @@ def register(subparsers) -> None:
     q.add_argument("--text", help="a text query, e.g. 'a red car'")
     q.add_argument("--image", help="an image file as the query")
     p.add_argument("-k", type=int, default=10, help="number of results")
-    p.add_argument("--model", help="model (default: the one the index was built with)")
-    p.add_argument("--pretrained", help="checkpoint (default: the index's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--grid", help="also draw the result thumbnails with scores into this PNG")
-    add_encoder_arguments(p)
+    add_model_options(p, required=False, model_help="model (default: the one the index was built with)",
+                      pretrained_help="checkpoint (default: the index's)")
+    add_inference_options(p)
     p.set_defaults(func=run)
 
 

@@ -14,6 +14,9 @@ import json
 import sys
 from pathlib import Path
 
+from openeva.cli.options import (add_inference_options, add_model_options, add_output_options, add_prompt_options,
+                                 inference_device, precision_line)
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("segment", help="open-vocabulary segmentation of an image with an EVA-CLIP",
@@ -22,20 +25,19 @@ def register(subparsers) -> None:
     p.add_argument("image", help="image file")
     p.add_argument("--labels", required=True,
                    help="comma-separated class names ('sky,road,car') or a text file with one name per line")
-    p.add_argument("--model", required=True, help="CLIP model name (e.g. EVA02-B-16) or a checkpoint folder")
-    p.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path")
-    p.add_argument("--out", required=True, help="label map PNG to write")
-    p.add_argument("--overlay", default=None, help="overlay PNG (default: <out>_overlay.png)")
+    add_model_options(p, model_help="CLIP model name (e.g. EVA02-B-16) or a checkpoint folder")
+    g = add_output_options(p, required=True, help="label map PNG to write")
+    g.add_argument("--overlay", default=None, help="overlay PNG (default: <out>_overlay.png)")
     p.add_argument("--bg-threshold", type=float, default=None,
                    help="pixels whose top class probability is below this are background (0..1)")
     p.add_argument("--background", action="append", default=[], metavar="PROMPT",
                    help="a background prompt (repeatable, e.g. 'an empty background'): pixels it wins are 0")
-    p.add_argument("--templates", default=None,
-                   help="prompt templates: a JSON/text file or builtin name ('{c}' marks the class)")
+    add_prompt_options(p, classnames=False,
+                       templates_help="prompt templates: a JSON/text file or builtin name ('{c}' marks the class)")
     p.add_argument("--method", default=None, choices=("maskclip", "value"), help="dense feature path")
     p.add_argument("--refine", default=None, choices=("none", "fusion", "smooth", "fusion+smooth"),
                    help="training-free refinement (default: the measured best)")
-    p.add_argument("--device", default="cpu")
+    add_inference_options(p, tome=False, int8=False)
     p.set_defaults(func=run)
 
 
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from openeva.data.images import load_image
     from openeva.dense.segment import DEFAULT_TEMPLATES, DenseOptions
     from openeva.dense.segmenter import OpenVocabSegmenter, label_image, overlay
+    from openeva.runtime import autocast, resolve_precision
 
     # every input checked before the model is built
     names = _labels(args.labels)
@@ -78,13 +81,17 @@ def run(args: argparse.Namespace) -> int:
     overlay_path = Path(args.overlay) if args.overlay else out.with_name(out.stem + "_overlay.png")
     for p in (out, overlay_path):
         p.parent.mkdir(parents=True, exist_ok=True)
+    device = inference_device(args)
+    precision, _ = resolve_precision(args.precision, device)
+    print(precision_line(args, device), file=sys.stderr)
 
     try:
         seg = OpenVocabSegmenter.from_pretrained(args.model, args.pretrained, templates=templates, options=options,
-                                                 device=args.device)
+                                                 device=device)
     except TypeError as e:  # not a CLIP (no text tower / not an EVA tower)
         raise ValueError(str(e)) from None
-    result = seg.segment(image, names, bg_threshold=args.bg_threshold, background=args.background)
+    with autocast(precision, device):  # weights stay fp32; labels and areas are computed in fp32
+        result = seg.segment(image, names, bg_threshold=args.bg_threshold, background=args.background)
     label_image(result.labels, len(names)).save(out)
     overlay(result).save(overlay_path)
     for name, area in result.areas().items():

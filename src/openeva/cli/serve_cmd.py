@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 
-from openeva.cli.encoder_options import add_encoder_arguments, encoder_options
+from openeva.cli.options import add_inference_options, add_model_options, encoder_options
 
 API_KEY_ENV = "OPENEVA_API_KEY"
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve embed / search / classify over HTTP, with a web page at /")
-    p.add_argument("--model", help="CLIP model (default: the index's)")
-    p.add_argument("--pretrained")
+    add_model_options(p, required=False, model_help="CLIP model (default: the index's)")
     p.add_argument("--index", help="an index folder to search (and add to, with an API key)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -27,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-text-chars", type=int, default=1000)
     p.add_argument("--max-concurrent", type=int, default=64, help="requests in flight before 503")
     p.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout")
-    add_encoder_arguments(p)
+    add_inference_options(p)
     p.set_defaults(func=run)
 
 

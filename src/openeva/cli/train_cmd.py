@@ -1,4 +1,5 @@
-"""``openeva train CONFIG [key=value ...]``: train from a Python config, writing to ``output_dir/name``.
+"""``openeva train CONFIG [key=value ...]``: train from a Python config, writing to ``output_dir/name``
+(``--set key=value`` is the same override, the form every command that overrides a config takes).
 
 One process: ``openeva train clip_tiny``. Several: ``torchrun --nproc_per_node 8 -m openeva train
 clip_eva02_b16 data.train=/data/shards-{0000..2047}.tar``, or the same under ``srun`` (SLURM).
@@ -6,9 +7,12 @@ clip_eva02_b16 data.train=/data/shards-{0000..2047}.tar``, or the same under ``s
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
+import sys
 from pathlib import Path
+
+from openeva.cli.options import add_overrides, overrides
 
 
 def register(subparsers) -> None:
@@ -16,30 +20,42 @@ def register(subparsers) -> None:
                               description=__doc__.splitlines()[0])
     p.add_argument("config", help="a shipped recipe (clip_tiny, clip_eva02_b16, ...; see openeva.configs), a Python "
                                   "file defining `config = TrainConfig(...)`, or a run's config.json")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
-                   help="override config fields, dotted for sections: optim.lr=1e-4 data.batch_size=64 resume=latest")
+    add_overrides(p, positional=True)
     p.add_argument("--dry-run", action="store_true",
-                   help="validate the config and data paths, print the resolved config, train nothing (may also "
-                        "follow the overrides)")
+                   help="validate the config and data paths, print the resolved precision and config, train nothing "
+                        "(may also follow the overrides)")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from openeva.train.config import load_config
-    from openeva.train.runner import preflight, train
+def run_config(args):
+    """The run's config: CONFIG with the overrides, named after its file unless the config names it."""
+    from openeva.configs import load_config
 
-    overrides = [o for o in args.overrides if o != "--dry-run"]
-    dry_run = args.dry_run or len(overrides) < len(args.overrides)
-    flags = [o for o in overrides if o.startswith("-")]
-    if flags:
-        raise ValueError(f"unknown option {flags[0]!r}; overrides are key=value")
-    cfg = load_config(args.config, overrides)
-    if cfg.name is None:  # runs are named after their config file unless told otherwise
+    cfg = load_config(args.config, overrides(args))
+    if cfg.name is None:
         cfg = cfg.replace(name=Path(args.config).stem if Path(args.config).suffix in (".py", "") else "run")
-    if dry_run:
-        preflight(cfg)
-        print(cfg.to_json())
-        return 0
+    return cfg
+
+
+def dry_run(cfg) -> int:
+    """Every check that needs no compute, then the precision the run would use (and why) on stderr and the
+    resolved config as JSON on stdout."""
+    from openeva.runtime import describe_precision, resolve_device
+    from openeva.train.runner import preflight
+
+    preflight(cfg)
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    print(describe_precision(cfg.precision, device), file=sys.stderr)
+    print(cfg.to_json())
+    return 0
+
+
+def run(args) -> int:
+    from openeva.train.runner import train
+
+    cfg = run_config(args)
+    if args.dry_run:
+        return dry_run(cfg)
     summary = train(cfg)
     if summary.get("rank", 0) == 0:
         print(json.dumps(summary, indent=1))
