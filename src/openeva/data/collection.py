@@ -2,9 +2,10 @@
 
 ``open_collection(src)`` reads a folder of images (recursive, same-name ``.txt`` captions), a CSV/TSV/JSONL
 index (an image column, an optional caption column) or WebDataset shards (``a-{000..009}.tar``, a ``.tar``,
-or a folder of them). Every source gives the same small interface (:class:`ImageCollection`): a stable key
-per item, a path (a file, or ``shard.tar/member-key``), an optional caption and a ``load(i)`` that decodes an
-RGB image or raises one of :data:`DECODE_ERRORS`.
+or a folder of them; local files or URLs in the grammar of :mod:`openeva.data.sources`). Every source gives
+the same small interface (:class:`ImageCollection`): a stable key per item, a path (a file, or
+``shard.tar/member-key``), an optional caption and a ``load(i)`` that decodes an RGB image or raises one of
+:data:`DECODE_ERRORS`.
 
 Built on the data layer's readers, the ones training and evaluation use (format detection, index rows and
 column choice, the one shard grammar and tar member index, the image opener and its decode errors); this
@@ -24,6 +25,7 @@ from openeva.data.captions import clean_caption
 from openeva.data.images import DECODE_ERRORS, IMAGE_EXTENSIONS, open_rgb
 from openeva.data.index import CAPTION_COLUMNS, IMAGE_COLUMNS, pick_column, read_index, resolve_listed_path
 from openeva.data.labelled import detect_format
+from openeva.data.sources import is_local
 from openeva.data.webdataset import TarMember, image_member, index_shard, shard_paths
 
 __all__ = ["DECODE_ERRORS", "ImageCollection", "load_source", "open_collection", "read_source_bytes"]
@@ -124,11 +126,11 @@ def open_collection(src, image_key: str | None = None, caption_key: str | None =
     Raises FileNotFoundError / ValueError with the path for a missing source, an unknown format, a missing
     column or an empty collection, before any compute.
     """
-    src_str = os.path.expanduser(str(src))  # "~/Pictures" from Python (a shell expands it for the CLI)
+    src_str = str(src) if not is_local(str(src)) else os.path.expanduser(str(src))  # "~/Pictures" from Python
     p = Path(src_str)
-    if "{" not in src_str and not p.exists():
+    if "{" not in src_str and is_local(src_str) and not p.exists():
         raise FileNotFoundError(f"source not found: {src_str}")
-    if p.is_dir() and not any(e.is_file() and e.name.endswith(".tar") for e in p.iterdir()):
+    if is_local(src_str) and p.is_dir() and not any(e.is_file() and e.name.endswith(".tar") for e in p.iterdir()):
         coll: ImageCollection = _open_folder(p)
     else:
         kind = detect_format(src_str)

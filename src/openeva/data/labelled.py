@@ -32,6 +32,7 @@ from openeva.data.images import IMAGE_EXTENSIONS, list_images
 from openeva.data.index import (
     CAPTION_COLUMNS, IMAGE_COLUMNS, LABEL_COLUMNS, pick_column, read_index, resolve_listed_path,
 )
+from openeva.data.sources import is_local, list_files, source_exists, source_is_dir
 from openeva.data.webdataset import image_member, index_shard, shard_paths
 
 DATASET_TYPES = ("auto", "folder", "csv", "jsonl", "wds", "idx", "coco")
@@ -68,8 +69,10 @@ class RetrievalData:
 def detect_format(path: str | os.PathLike) -> str:
     """Guess the dataset type from a path; raises ValueError naming the path when it cannot."""
     path_str = str(path)
-    if ".tar" in path_str and ("{" in path_str or "::" in path_str):
+    if ".tar" in path_str and ("{" in path_str or "::" in path_str or ";" in path_str):
         return "wds"
+    if not is_local(path_str):
+        return _detect_remote(path_str)
     p = Path(path_str)
     if not p.exists():
         raise FileNotFoundError(f"dataset path does not exist: {p}")
@@ -103,13 +106,29 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
+def _detect_remote(url: str) -> str:
+    """A URL or ``pipe:`` source: tar shards (one, or a folder / prefix holding them); other kinds need a disk."""
+    name = url.rstrip("/").rsplit("/", 1)[-1].lower()
+    if name.endswith(".tar") or url.startswith("pipe:"):
+        return "wds"
+    if not source_exists(url):
+        raise FileNotFoundError(f"dataset path does not exist: {url}")
+    if source_is_dir(url) and list_files(url, ".tar"):
+        return "wds"
+    raise ValueError(f"{url}: from a URL, openeva reads WebDataset .tar shards (a .tar, a '{{000..099}}' pattern "
+                     "or a folder of them); copy other kinds (image folders, caption indexes, IDX, COCO) to a local "
+                     "disk, or write them as shards (img2dataset, openeva.data.webdataset.write_shards)")
+
+
 def _resolve_type(path, dataset_type: str) -> str:
     if dataset_type not in DATASET_TYPES:
         raise ValueError(f"unknown dataset type {dataset_type!r}; expected one of {', '.join(DATASET_TYPES)}")
     if dataset_type == "auto":
         return detect_format(path)
-    if "{" not in str(path) and not Path(path).exists():
+    if "{" not in str(path) and not source_exists(path):
         raise FileNotFoundError(f"dataset path does not exist: {path}")
+    if dataset_type != "wds" and not is_local(str(path)):
+        _detect_remote(str(path))  # raises: only shards are read from a URL
     return dataset_type
 
 

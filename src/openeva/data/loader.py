@@ -13,16 +13,69 @@ The skip design, shared by every openeva data source:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
+import os
+import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import default_collate
 
 logger = logging.getLogger(__name__)
 _WARN_FIRST_N = 5
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (``(seed, epoch, index)``), stable across processes."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int):
+    """Run a block under its own torch (CPU), numpy and Python random state, restoring the caller's after.
+
+    Loading a sample under ``seeded_rng(derive_seed(seed, epoch, index))`` makes its augmentation a function
+    of where the run is, whatever process, worker or earlier batch loads it (what exact resume needs)."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    torch_state = torch.get_rng_state()
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+class SharedInt:
+    """An integer in shared memory (the epoch, a resume position): set in the main process, read by persistent
+    DataLoader workers (their copy of a dataset is made once, so a plain attribute set later never reaches them)."""
+
+    def __init__(self, value: int = 0):
+        self._value = multiprocessing.Value("q", int(value), lock=False)
+
+    def set(self, value: int) -> None:
+        self._value.value = int(value)
+
+    def get(self) -> int:
+        return int(self._value.value)
+
+
+def default_num_workers() -> int:
+    """DataLoader workers when none are asked for: the CPUs this process may use, less one for the main
+    process (at least 1 where there are two or more, 0 on a single CPU)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(0, cpus - 1)
 
 
 def record_skip(skipped: Counter, reason: str, detail: str) -> None:

@@ -1,8 +1,18 @@
-"""Several data sources mixed with weights (e.g. 70% web pairs, 30% curated captions).
+"""Several data sources mixed with weights (e.g. 70% web pairs, 30% curated captions): the one mixer.
 
-A weight is the fraction of the mixed stream drawn from that source, independent of the source's size:
-a small source with a large weight is repeated (each pass over it is a fresh permutation), a large source
-with a small weight is subsampled.
+Two modes (``mode=``):
+
+* ``sample`` (the default): each sample comes from source ``k`` with probability proportional to its weight;
+  weights default to the sources' sizes (map-style lengths; for tar shard sets the shard count stands for the
+  size, as counting samples would read every byte of remote shards);
+* ``batch``: whole batches come from one source, the source of each batch drawn at the weights (EVA-CLIP's
+  mixing of LAION and other sets). Only for iterable sources (tar shards): each consumer yields runs of
+  ``batch_size`` samples from one source, which the DataLoader collates into one batch.
+
+For map-style sources (:class:`MixedDataset`) a weight is the fraction of the mixed epoch drawn from that
+source, independent of its size: a small source with a large weight is repeated (each pass a fresh
+permutation), a large source with a small weight is subsampled. The choices are seeded by ``(seed, epoch)``
+and, for iterable sources, by rank and worker too, so no two consumers draw the same sequence.
 """
 
 from __future__ import annotations
@@ -14,7 +24,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from openeva.data.loader import SharedInt, derive_seed
+
+MIX_MODES = ("sample", "batch")
 
 
 def _check_weights(weights: Sequence[float], num_sources: int) -> np.ndarray:
@@ -68,11 +83,23 @@ class MixedDataset(Dataset):
             raise ValueError(f"num_samples must be an int >= 0, got {num_samples!r}")
         self.num_samples = total
         self.seed = int(seed)
+        self._epoch, self._plan_epoch = SharedInt(), None
         self.set_epoch(0)
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
     def set_epoch(self, epoch: int) -> None:
-        """Draw the plan for ``epoch``."""
-        self.epoch = int(epoch)
+        """Use the plan of ``epoch`` (persistent DataLoader workers follow: the epoch is in shared memory and each
+        process draws the plan again when it changes)."""
+        self._epoch.set(epoch)
+        self._draw_plan()
+
+    def _draw_plan(self) -> None:
+        if self._plan_epoch == self.epoch:
+            return
+        self._plan_epoch = self.epoch
         rng = np.random.default_rng((self.seed, self.epoch))
         counts = _split_counts(self.probs, self.num_samples)
         sources = np.repeat(np.arange(len(self.datasets)), counts)
@@ -95,6 +122,7 @@ class MixedDataset(Dataset):
         """``(dataset number, index within it)`` feeding position ``index`` this epoch."""
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for MixedDataset of {self.num_samples} samples")
+        self._draw_plan()
         return int(self._sources[index]), int(self._indices[index])
 
     def __getitem__(self, index: int) -> Any:
@@ -110,40 +138,75 @@ class MixedDataset(Dataset):
         return total
 
 
+def source_size(ds: Any) -> int:
+    """The size that default mixing weights use: ``len(ds)``, or the number of tar shards of a shard set."""
+    if hasattr(ds, "shards"):
+        return len(ds.shards)
+    try:
+        return len(ds)
+    except TypeError:
+        raise ValueError(f"cannot tell the size of {type(ds).__name__} for mixing; give the weights") from None
+
+
 class MixedIterableDataset(IterableDataset):
-    """Interleave iterable sources (e.g. tar shard sets): each next sample comes from source k with
-    probability proportional to ``weights[k]`` among the sources not yet exhausted; ends when all are.
+    """Interleave iterable sources (e.g. tar shard sets) in ``sample`` or ``batch`` mode (module docstring),
+    among the sources not yet exhausted; ends when all are.
 
     Each source splits itself across ranks and workers; the choice sequence is a function of
-    ``(seed, epoch, worker id)``. :meth:`set_epoch` is forwarded to the sources.
+    ``(seed, epoch, rank, worker)``. :meth:`set_epoch` is forwarded to the sources and reaches persistent
+    DataLoader workers. ``rank`` defaults to torch.distributed's when initialized, else 0.
     """
 
-    def __init__(self, datasets: Sequence[IterableDataset], weights: Sequence[float] | None = None, seed: int = 0):
+    def __init__(self, datasets: Sequence[IterableDataset], weights: Sequence[float] | None = None, seed: int = 0,
+                 mode: str = "sample", batch_size: int | None = None, rank: int | None = None):
         if not datasets:
             raise ValueError("MixedIterableDataset needs at least one dataset")
+        if mode not in MIX_MODES:
+            raise ValueError(f"mix mode must be one of {MIX_MODES}, got {mode!r}")
+        if mode == "batch" and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"mix mode 'batch' needs the batch size (an int >= 1), got {batch_size!r}")
         self.datasets = list(datasets)
-        self.probs = _check_weights([1.0] * len(datasets) if weights is None else weights, len(datasets))
-        self.seed = int(seed)
-        self.epoch = 0
+        sizes = [source_size(ds) for ds in self.datasets] if weights is None else weights
+        self.probs = _check_weights(sizes, len(datasets))
+        self.seed, self.mode, self.batch_size, self.rank = int(seed), mode, batch_size, rank
+        self._epoch = SharedInt()
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._epoch.set(epoch)
         for ds in self.datasets:
             if hasattr(ds, "set_epoch"):
                 ds.set_epoch(epoch)
 
+    def _rank(self) -> int:
+        if self.rank is not None:
+            return self.rank
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank()
+        return 0
+
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 65_537 + worker)
+        rng = random.Random(derive_seed(self.seed, self.epoch, self._rank(), worker))
         iterators = {k: iter(ds) for k, ds in enumerate(self.datasets) if self.probs[k] > 0}
+        run = 1 if self.mode == "sample" else self.batch_size
         while iterators:
-            keys = list(iterators)
-            k = rng.choices(keys, weights=[self.probs[i] for i in keys])[0]
-            try:
-                yield next(iterators[k])
-            except StopIteration:
-                del iterators[k]
+            need = run  # batch mode: a whole batch from one source; where a source ends, the next fills it up
+            while need and iterators:
+                keys = list(iterators)
+                k = rng.choices(keys, weights=[self.probs[i] for i in keys])[0]
+                while need:
+                    try:
+                        item = next(iterators[k])
+                    except StopIteration:
+                        del iterators[k]
+                        break
+                    yield item
+                    need -= 1
 
     @property
     def skipped(self) -> Counter:

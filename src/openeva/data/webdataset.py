@@ -1,27 +1,38 @@
 """Tar shards in the webdataset / img2dataset layout, read with Python's ``tarfile`` (no extra dependency).
 
 A shard holds samples as consecutive files sharing a key: ``KEY.jpg`` (or png/webp), ``KEY.txt`` caption,
-optional ``KEY.json`` metadata and ``KEY.cls`` class label. :class:`TarShardDataset` is an
-``IterableDataset`` that splits the work across DDP ranks and DataLoader workers ("consumers"):
+optional ``KEY.json`` metadata and ``KEY.cls`` class label. Shards are local files or URLs in the one source
+grammar (:mod:`openeva.data.sources`: fsspec URLs, ``pipe:`` commands, braces) and are read as streams.
 
-* at least as many shards as consumers: consumer ``c`` of ``n`` reads shards ``c, c + n, ...``;
-* fewer shards than consumers (the case that makes other loaders hang or duplicate data): every consumer
-  scans all shards and keeps sample ``k`` (counting across shards in order) when ``k % n == c``.
+:class:`TarShardDataset` is an ``IterableDataset`` that splits the work across DDP ranks and DataLoader workers
+("consumers", ``rank * num_workers + worker``) by :func:`split_shards`, so each sample is read exactly once
+per epoch:
 
-Either way each sample is read exactly once per epoch. Ranks may get different sample counts when shards
-differ in size; cap the steps per epoch in the engine for DDP. The order is a function of
-``(seed, epoch)``: optional shard shuffle (same permutation on every rank) and an optional per-consumer
-shuffle buffer. Bad samples yield ``None`` and are counted (see :mod:`openeva.data.loader`); an
-unreadable shard is logged and counted in ``skipped["corrupt_shard"]`` (samples read before the damage
-are kept; a shard truncated exactly at a file boundary reads as a shorter shard, as tar cannot tell).
+* at least as many shards as consumers: consumer ``c`` of ``n`` reads shards ``c, c + n, ...``. When the
+  count does not divide, some consumers get one shard more; their rank's stream is longer, and the training
+  loader (:mod:`openeva.train.data`) ends the epoch of a short rank with empty batches, never re-reading;
+* fewer shards than consumers: every consumer streams all shards and keeps sample ``k`` (counting across
+  shards in order) when ``k % n == c``: exact, but every consumer reads every byte. Said in the log at start;
+* ``resampled=True`` (open_clip's ``--dataset-resampled``): each consumer draws shards with replacement, an
+  endless stream whose epochs are cut by the number of samples per epoch. Said in the log at start.
+
+The order is a function of ``(seed, epoch)``: optional shard shuffle (same permutation on every rank) and an
+optional per-consumer shuffle buffer. The epoch lives in shared memory (:class:`~openeva.data.loader.SharedInt`)
+so that :meth:`TarShardDataset.set_epoch` reaches persistent DataLoader workers. Bad samples yield ``None``
+and are counted (see :mod:`openeva.data.loader`). A read error on a remote shard (connection reset, 5xx, a
+stream cut short) is retried with backoff, resuming after the last sample read; a shard that still fails, or
+any unreadable local shard, is named in the log and counted in ``skipped["corrupt_shard"]`` (and listed in
+``failed_shards``); the samples read before the damage are kept and the epoch goes on. A shard truncated
+exactly at a file boundary reads as a shorter shard, as tar cannot tell.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import logging
 import random
-import re
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,67 +47,64 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from openeva.data.captions import clean_caption
 from openeva.data.images import IMAGE_EXTENSIONS, open_rgb, prepare_sample
-from openeva.data.loader import record_skip
+from openeva.data.loader import SharedInt, derive_seed, record_skip, seeded_rng
+from openeva.data.sources import (
+    RetryPolicy, expand_sources, is_local, is_transient, list_files, open_source, read_range, source_exists,
+    source_is_dir,
+)
 
+logger = logging.getLogger(__name__)
 # tar member extensions that hold an image, in order of preference
 IMAGE_EXTS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 SHARD_ERRORS = (tarfile.TarError, OSError, EOFError)
-_BRACE = re.compile(r"\{([^{}]*)\}")
-_RANGE = re.compile(r"^(\d+)\.\.(\d+)$")
+INLINE_MAX = 1 << 16  # non-image members up to this size are kept in memory by index_shard (captions, labels)
 
 RawSample = tuple[str, dict[str, bytes]]
 
 
 def expand_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
-    """Expand ``"a-{000..009}.tar::b-{x,y}.tar"`` style patterns into paths: the one shard grammar.
+    """Expand ``"a-{000..009}.tar;b-{x,y}.tar"`` into shard sources (the grammar of :mod:`openeva.data.sources`).
 
-    ``{000..009}`` is a numeric range keeping the zero padding of its first number, ``{x,y}`` a list, ``::``
-    joins patterns; braces may repeat and nest left to right."""
-    if isinstance(urls, (str, Path)):
-        patterns = str(urls).split("::")
-    else:
-        patterns = [str(u) for u in urls]
-    out: list[str] = []
-    for pattern in patterns:
-        out.extend(_expand_braces(pattern))
-    return out
-
-
-def _expand_braces(pattern: str) -> list[str]:
-    match = _BRACE.search(pattern)
-    if match is None:
-        return [pattern]
-    body = match.group(1)
-    numeric = _RANGE.match(body)
-    if numeric:
-        first, last = numeric.groups()
-        if int(last) < int(first):
-            raise ValueError(f"empty brace range {{{body}}} in shard pattern {pattern!r}")
-        width = len(first)
-        options = [str(i).zfill(width) for i in range(int(first), int(last) + 1)]
-    else:
-        options = body.split(",")
-    head, tail = pattern[: match.start()], pattern[match.end() :]
-    return [expanded for option in options for expanded in _expand_braces(head + option + tail)]
+    ``{000..009}`` is a numeric range keeping the zero padding of its first number, ``{x,y}`` a list, ``;``
+    (or ``::`` between plain paths) joins patterns; braces may repeat and nest left to right."""
+    return expand_sources(urls)
 
 
 def shard_paths(source: str | Path | Sequence[str | Path]) -> list[str]:
-    """The shard files of a source: a pattern (:func:`expand_urls`), a folder of ``.tar`` files, or one ``.tar``.
+    """The shard sources of ``source``: a pattern (:func:`expand_urls`), a folder (or URL prefix) of ``.tar``
+    files, or one ``.tar``.
 
-    Raises FileNotFoundError naming the missing shards (or the empty folder) before anything is read."""
-    if isinstance(source, (str, Path)) and "{" not in str(source) and Path(source).is_dir():
-        shards = sorted(str(s) for s in Path(source).glob("*.tar"))
+    Raises FileNotFoundError naming the missing shards (or the empty folder) before anything is read. Local
+    shards are all checked; of remote ones the first and last (checking thousands of objects costs minutes)."""
+    if isinstance(source, (str, Path)) and "{" not in str(source) and ";" not in str(source) \
+            and source_is_dir(source):
+        shards = list_files(source, ".tar")
         if not shards:
             raise FileNotFoundError(f"no .tar shards found in folder {source}")
         return shards
     shards = expand_urls(source)
     if not shards:
         raise ValueError(f"no shards given: {source!r}")
-    missing = [s for s in shards if not Path(s).is_file()]
+    local = [s for s in shards if is_local(s)]
+    remote = [s for s in shards if not is_local(s)]
+    checked = local + ([remote[0], remote[-1]] if len(remote) > 1 else remote)
+    missing = [s for s in dict.fromkeys(checked) if not source_exists(s)]
     if missing:
         shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
         raise FileNotFoundError(f"{len(missing)} of {len(shards)} shard files not found: {shown}")
     return shards
+
+
+def split_shards(num_shards: int, consumer: int, num_consumers: int) -> tuple[list[int], int, int]:
+    """Consumer ``consumer`` of ``num_consumers``'s part of one epoch: ``(shard positions, stride, offset)``.
+
+    It reads the shards at those positions of the epoch's order and keeps the samples ``k`` (counted over
+    what it reads) with ``k % stride == offset``. Over all consumers every sample is taken exactly once."""
+    if not 0 <= consumer < num_consumers:
+        raise ValueError(f"consumer must be in [0, {num_consumers}), got {consumer}")
+    if num_shards >= num_consumers:
+        return list(range(consumer, num_shards, num_consumers)), 1, 0
+    return list(range(num_shards)), num_consumers, consumer
 
 
 def sample_key(name: str) -> tuple[str, str]:
@@ -109,8 +117,10 @@ def sample_key(name: str) -> tuple[str, str]:
 
 def iter_tar_members(shard: str | Path) -> Iterator[tuple[str, str, tarfile.TarInfo, tarfile.TarFile]]:
     """``(sample key, extension, member, open tar)`` for each file of a shard, in tar order (members without an
-    extension are left out). Raises :data:`SHARD_ERRORS` on an unreadable shard, after the members before it."""
-    with tarfile.open(shard, "r:*") as tar:
+    extension are left out). The shard is read as a stream (no seeks: a URL or a ``pipe:`` works), so a
+    member's bytes must be read (``tar.extractfile``) before the next one. Raises :data:`SHARD_ERRORS` on an
+    unreadable shard, after the members before it."""
+    with open_source(shard) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -121,25 +131,35 @@ def iter_tar_members(shard: str | Path) -> Iterator[tuple[str, str, tarfile.TarI
 
 @dataclass(frozen=True)
 class TarMember:
-    """Where a file's bytes sit inside an uncompressed tar, to read them later without extracting."""
+    """Where a file's bytes sit inside an uncompressed tar, to read them later without extracting.
+
+    ``data`` holds the bytes of small members read while indexing (captions, labels), so that reading them
+    from a remote shard costs no request."""
 
     tar_path: str
     offset: int  # byte offset of the member's data inside the tar
     size: int
     name: str
+    data: bytes | None = None
 
     def read(self) -> bytes:
-        with open(self.tar_path, "rb") as f:
-            f.seek(self.offset)
-            return f.read(self.size)
+        if self.data is not None:
+            return self.data
+        return read_range(self.tar_path, self.offset, self.size)
 
 
 def index_shard(shard: str) -> dict[str, dict[str, TarMember]]:
-    """Sample key -> {extension: TarMember} of one shard (headers only; ValueError naming an unreadable shard)."""
+    """Sample key -> {extension: TarMember} of one shard (one streamed read; small non-image members are kept
+    in memory). ValueError naming an unreadable shard."""
     groups: dict[str, dict[str, TarMember]] = {}
     try:
-        for key, ext, member, _ in iter_tar_members(shard):
-            groups.setdefault(key, {})[ext] = TarMember(str(shard), member.offset_data, member.size, member.name)
+        for key, ext, member, tar in iter_tar_members(shard):
+            data = None
+            if ext not in IMAGE_EXTS and member.size <= INLINE_MAX:
+                handle = tar.extractfile(member)
+                data = handle.read() if handle is not None else b""
+            groups.setdefault(key, {})[ext] = TarMember(str(shard), member.offset_data, member.size, member.name,
+                                                        data)
     except SHARD_ERRORS as err:
         raise ValueError(f"cannot read webdataset shard {shard}: {err}") from err
     return groups
@@ -154,8 +174,9 @@ class TarShardDataset(IterableDataset):
     """Iterate ``(image, caption)`` (``target="txt"``) or ``(image, class_index)`` (``target="cls"``).
 
     ``transform`` maps the PIL image; ``tokenizer`` maps ``[caption]`` to a token row. ``rank`` /
-    ``world_size`` default to torch.distributed's when initialized, else a single process.
-    Call :meth:`set_epoch` before each epoch (with non-persistent DataLoader workers).
+    ``world_size`` default to torch.distributed's when initialized, else a single process. ``resampled``
+    draws shards with replacement (endless; see the module docstring). ``retry`` sets how remote read errors
+    are retried. :meth:`set_epoch` reaches persistent DataLoader workers.
     """
 
     def __init__(
@@ -170,6 +191,8 @@ class TarShardDataset(IterableDataset):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        resampled: bool = False,
+        retry: RetryPolicy = RetryPolicy(),
     ) -> None:
         self.shards = shard_paths(urls)
         if target not in ("txt", "cls", "none"):
@@ -190,11 +213,33 @@ class TarShardDataset(IterableDataset):
         self.seed = int(seed)
         self.rank = rank
         self.world_size = world_size
-        self.epoch = 0
+        self.resampled = bool(resampled)
+        self.retry = retry
+        self._epoch, self._start, self._batch_size = SharedInt(), SharedInt(), SharedInt()
         self.skipped: Counter = Counter()
+        self.failed_shards: list[str] = []
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._epoch.set(epoch)
+        self._start.set(0)
+
+    def set_position(self, epoch: int, start_batch: int, batch_size: int) -> None:
+        """Resume epoch ``epoch`` at batch ``start_batch`` of a DataLoader with this ``batch_size``.
+
+        The DataLoader takes batches from its workers in turn, so batch ``k`` came from worker ``k % W``; a
+        resumed iteration starts at worker 0, which therefore plays consumer ``(0 + start) % W`` and so on,
+        each passing over the samples of its batches before ``start`` without decoding them (but streaming
+        their bytes, and through its shuffle buffer, as the uninterrupted run did). Exact while every worker
+        still had samples at ``start``."""
+        if start_batch < 0 or batch_size < 1:
+            raise ValueError(f"start_batch must be >= 0 and batch_size >= 1, got {start_batch}, {batch_size}")
+        self._epoch.set(epoch)
+        self._start.set(start_batch)
+        self._batch_size.set(batch_size)
 
     def _distributed(self) -> tuple[int, int]:
         if self.world_size is not None:
@@ -202,6 +247,22 @@ class TarShardDataset(IterableDataset):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
+
+    def describe_split(self, num_workers: int) -> str:
+        """One line for the log at start: how this epoch's shards reach the ranks x workers."""
+        _, world_size = self._distributed()
+        n, s = world_size * max(1, num_workers), len(self.shards)
+        where = f"{s} shards over {world_size} ranks x {max(1, num_workers)} workers"
+        if self.resampled:
+            return f"{where}: resampled (shards drawn with replacement per consumer; epochs cut by sample count)"
+        if s < n:
+            return (f"{where}: exactly once, each consumer streams all {s} shards and keeps 1 sample in {n} "
+                    "(every byte read by every consumer; give more shards or data.resampled=true)")
+        if s % n:
+            return (f"{where}: exactly once, {s % n} consumers read one shard more; a rank that runs short ends "
+                    "its epoch with empty batches (shard count divisible by consumers, or data.resampled=true, "
+                    "avoids it)")
+        return f"{where}: exactly once, {s // n} shards per consumer"
 
     def shard_order(self) -> list[str]:
         """Shards in this epoch's order (identical on every rank and worker)."""
@@ -214,51 +275,71 @@ class TarShardDataset(IterableDataset):
         rank, world_size = self._distributed()
         info = get_worker_info()
         worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return self.iter_consumer(rank * num_workers + worker_id, world_size * num_workers)
+        start = self._start.get()
+        role = (worker_id + start) % num_workers  # the worker whose batch comes next (set_position)
+        batches_before = -(-(start - role) // num_workers) if start > role else 0  # its batches j < start
+        return self.iter_consumer(rank * num_workers + role, world_size * num_workers,
+                                  skip=batches_before * self._batch_size.get())
 
-    def iter_consumer(self, consumer: int, num_consumers: int) -> Iterator[tuple[Any, Any] | None]:
-        """The samples of consumer ``consumer`` of ``num_consumers`` (rank * num_workers + worker id)."""
+    def iter_consumer(self, consumer: int, num_consumers: int, skip: int = 0) -> Iterator[tuple[Any, Any] | None]:
+        """The samples of consumer ``consumer`` of ``num_consumers`` (rank * num_workers + worker id), after
+        passing over the first ``skip`` undecoded."""
         if not 0 <= consumer < num_consumers:
             raise ValueError(f"consumer must be in [0, {num_consumers}), got {consumer}")
         raw = self._raw_samples(consumer, num_consumers)
         if self.shuffle_buffer > 1:
             rng = random.Random((self.seed * 1_000_003 + self.epoch) * 65_537 + consumer)
             raw = _buffer_shuffle(raw, self.shuffle_buffer, rng)
-        for key, files in raw:
-            yield self._decode(key, files)
+        epoch = self.epoch
+        for index, (key, files) in enumerate(raw):
+            if index < skip:
+                continue
+            # each sample's augmentation is a function of (seed, epoch, consumer, index), as map-style sources
+            # get from the training loader: the same in any worker process, and on resume
+            with seeded_rng(derive_seed(self.seed, epoch, consumer, index)):
+                sample = self._decode(key, files)
+            yield sample
 
     def _raw_samples(self, consumer: int, num_consumers: int) -> Iterator[RawSample]:
+        if self.resampled:
+            rng = random.Random((self.seed * 1_000_003 + self.epoch) * 65_537 + consumer)
+            while True:
+                yield from self._read_shard(rng.choice(self.shards), lambda _: True)
         order = self.shard_order()
-        if len(order) >= num_consumers:
-            for shard in order[consumer::num_consumers]:
-                yield from self._read_shard(shard, lambda _: True)
-            return
-        counter = [0]  # samples seen so far across shards, in order
-
-        def mine(_: str) -> bool:
-            index = counter[0]
-            counter[0] += 1
-            return index % num_consumers == consumer
-
-        for shard in order:
-            yield from self._read_shard(shard, mine)
+        positions, stride, offset = split_shards(len(order), consumer, num_consumers)
+        counter = itertools.count()  # samples seen so far across this consumer's shards, in order
+        keep = (lambda _: True) if stride == 1 else (lambda _: next(counter) % stride == offset)
+        for p in positions:
+            yield from self._read_shard(order[p], keep)
 
     def _read_shard(self, shard: str, keep: Callable[[str], bool]) -> Iterator[RawSample]:
-        """Group consecutive tar members by key; read the bytes only of samples ``keep(key)`` accepts."""
-        key, files, wanted = None, {}, False
-        try:
-            for member_key, ext, member, tar in iter_tar_members(shard):
-                if member_key != key:
-                    if key is not None and wanted:
+        """Samples of one shard whose bytes ``keep(key)`` wants (it is asked once per key, in order).
+
+        A remote read error is retried from the start of the stream, passing over the samples already
+        seen without asking ``keep`` again; when the retries are spent (or at once for a local file) the
+        shard's remaining samples are skipped and the shard is counted and named."""
+        seen = 0  # samples whose fate is decided (yielded or left out)
+        for attempt in itertools.count():
+            try:
+                for key, files in _group_samples(shard, keep, skip=seen):
+                    seen += 1
+                    if files is not None:
                         yield key, files
-                    key, files, wanted = member_key, {}, keep(member_key)
-                if wanted:
-                    handle = tar.extractfile(member)
-                    files[ext] = handle.read() if handle is not None else b""
-            if key is not None and wanted:
-                yield key, files
-        except SHARD_ERRORS as err:
-            record_skip(self.skipped, "corrupt_shard", f"{shard}: {err}")
+                return
+            except Exception as err:  # noqa: BLE001 - a store's own error types too (aiohttp, botocore)
+                remote = not is_local(shard)
+                if remote and attempt < self.retry.retries and (is_transient(err) or isinstance(
+                        err, tarfile.TarError)):
+                    logger.warning("shard %s: %s: %s after %d samples; retry %d of %d", shard,
+                                   type(err).__name__, err, seen, attempt + 1, self.retry.retries)
+                    self.retry.wait(attempt)
+                    continue
+                self.failed_shards.append(shard)
+                record_skip(self.skipped, "corrupt_shard", f"{shard}: {type(err).__name__}: {err} (after {seen} "
+                                                           "samples; the rest of the shard is skipped)")
+                logger.error("shard %s failed (%s); skipped, %d failed shard(s) in this process so far", shard,
+                             err, len(self.failed_shards))
+                return
 
     def _decode(self, key: str, files: dict[str, bytes]) -> tuple[Any, Any] | None:
         image_bytes = next((files[e] for e in self.image_exts if e in files), None)  # this dataset's preference
@@ -289,8 +370,27 @@ class TarShardDataset(IterableDataset):
         return None if image is None else (image, label)
 
     def count_samples(self) -> int:
-        """Number of sample keys in all shards (reads tar headers only)."""
+        """Number of sample keys in all shards (reads tar headers only; streams every byte of remote shards)."""
         return sum(_count_keys(shard) for shard in self.shards)
+
+
+def _group_samples(shard: str, keep: Callable[[str], bool], skip: int = 0) -> Iterator[tuple[str, dict | None]]:
+    """``(key, {extension: bytes})`` per sample of a shard, or ``(key, None)`` for one ``keep`` refuses.
+
+    The first ``skip`` samples are passed over unread and unasked (a resumed stream)."""
+    key, files, wanted, index = None, {}, False, -1
+    for member_key, ext, member, tar in iter_tar_members(shard):
+        if member_key != key:
+            if key is not None and index >= skip:
+                yield key, files if wanted else None
+            index += 1
+            key, files = member_key, {}
+            wanted = index >= skip and keep(member_key)
+        if wanted:
+            handle = tar.extractfile(member)
+            files[ext] = handle.read() if handle is not None else b""
+    if key is not None and index >= skip:
+        yield key, files if wanted else None
 
 
 def _count_keys(shard: str) -> int:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from openeva.data.collection import DECODE_ERRORS, ImageCollection, open_collection
+from openeva.data.sources import fetch_files, is_local, local_mirror, upload_file
 from openeva.runtime import atomic_write_bytes, atomic_write_json, precision_of
 from openeva.serve.encoder import Encoder, load_encoder
 
@@ -134,7 +135,8 @@ def embed(src, model: str | None = None, out=None, *, pretrained: str | None = N
         raise ValueError("batch_size and shard_size must be >= 1, workers >= 0")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-    out = Path(out).expanduser()
+    remote = None if is_local(str(out)) else str(out).rstrip("/")
+    out = _pull_remote_state(remote) if remote else Path(out).expanduser()
     collection = open_collection(src, image_key=image_key, caption_key=caption_key)
     if encoder is None:
         if model is None:
@@ -147,17 +149,47 @@ def embed(src, model: str | None = None, out=None, *, pretrained: str | None = N
     if not (out / "manifest.json").is_file():
         atomic_write_json(out / "manifest.json", {**identity, "source": str(src), "status": "running",
                                                    "count": None, "total": len(collection)})
+        if remote:
+            upload_file(out / "manifest.json", f"{remote}/manifest.json")
     plan = EmbedPlan(collection, shard_size, world_size, rank)
     todo = [s for s in plan.my_shards() if not shard_done(out, s)]
     for s in todo:  # half-written files of a killed run (only this rank writes these shards)
         for leftover in (out / "shards").glob(f".{s:05d}.*.tmp-*"):
             leftover.unlink(missing_ok=True)
-    _run_shards(plan, todo, encoder, out, dtype, text, batch_size, workers, progress)
-    return finalize(out, plan)
+    publish = (lambda s: _push_shard(out, remote, s)) if remote else None
+    _run_shards(plan, todo, encoder, out, dtype, text, batch_size, workers, progress, publish)
+    if not remote:
+        return finalize(out, plan)
+    fetch_files(remote, out, "shards/*.done.json")  # the other ranks' shards
+    manifest = finalize(out, plan)
+    if manifest.get("status") == "complete":
+        upload_file(out / "manifest.json", f"{remote}/manifest.json")
+    return manifest
+
+
+def _pull_remote_state(remote: str) -> Path:
+    """A fresh local staging folder for an output URL, holding the remote run's manifest and done markers (what
+    resuming needs); shards are written there and uploaded as each completes."""
+    import shutil
+
+    local = local_mirror(remote) / "staging"
+    shutil.rmtree(local, ignore_errors=True)  # never trust a stale mirror: the remote folder is the truth
+    local.mkdir(parents=True)
+    fetch_files(remote, local, "manifest.json")
+    fetch_files(remote, local, "shards/*.done.json")
+    return local
+
+
+def _push_shard(out: Path, remote: str, s: int) -> None:
+    """Upload a finished shard's files, its ``.done.json`` marker last (a reader trusts a shard by its marker)."""
+    for suffix in (".npy", ".text.npy", ".jsonl", ".done.json"):
+        path = out / "shards" / f"{s:05d}{suffix}"
+        if path.is_file():
+            upload_file(path, f"{remote}/shards/{path.name}")
 
 
 def _run_shards(plan: EmbedPlan, todo: list[int], encoder: Encoder, out: Path, dtype: str, text: bool,
-                batch_size: int, workers: int, progress: bool) -> None:
+                batch_size: int, workers: int, progress: bool, publish=None) -> None:
     if not todo:
         return
     batches = [list(r[i:i + batch_size]) for s in todo for r in [plan.shard_range(s)]
@@ -184,6 +216,8 @@ def _run_shards(plan: EmbedPlan, todo: list[int], encoder: Encoder, out: Path, d
         last = max([k[0] for k in kept] + [b[0] for b in bad])
         if last == end - 1:
             _write_shard(plan.collection, encoder, out, shard, vectors, rows, skipped, dtype, text)
+            if publish is not None:
+                publish(shard)
             vectors, rows, skipped = [], [], []
             shard = next(pending, None)
             end = plan.shard_range(shard).stop if shard is not None else -1
@@ -232,8 +266,10 @@ def finalize(out: Path, plan: EmbedPlan) -> dict:
 
 
 def load_embeddings(out, text: bool = False) -> tuple[np.ndarray, list[dict], dict]:
-    """(vectors (N, D) float32, metadata rows, manifest) of a complete embedding folder, in collection order."""
-    out = Path(out).expanduser()
+    """(vectors (N, D) float32, metadata rows, manifest) of a complete embedding folder, in collection order.
+
+    An embedding folder at a URL is copied to a local mirror first (an index memory-maps local files)."""
+    out = fetch_embeddings(out)
     if not (out / "manifest.json").is_file():
         raise FileNotFoundError(f"{out} is not an embedding folder (no manifest.json); run `openeva embed` first")
     manifest = json.loads((out / "manifest.json").read_text())
@@ -249,3 +285,19 @@ def load_embeddings(out, text: bool = False) -> tuple[np.ndarray, list[dict], di
         meta += [json.loads(line) for line in base.with_suffix(".jsonl").read_text().splitlines() if line]
     vectors = np.concatenate(arrays) if arrays else np.zeros((0, manifest["dim"]), np.float32)
     return vectors, meta, manifest
+
+
+def fetch_embeddings(out) -> Path:
+    """The local folder of an embedding output: ``out`` itself, or for a URL a fresh local copy of it."""
+    if is_local(str(out)):
+        return Path(out).expanduser()
+    import shutil
+
+    remote = str(out).rstrip("/")
+    local = local_mirror(remote) / "copy"
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True)
+    if not fetch_files(remote, local, "manifest.json"):
+        raise FileNotFoundError(f"{remote} is not an embedding folder (no manifest.json); run `openeva embed` first")
+    fetch_files(remote, local, "shards/*")
+    return local

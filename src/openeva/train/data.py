@@ -10,52 +10,41 @@ not of what happened before. So:
 * Each sample is loaded under its own random stream seeded by ``(seed, epoch, index)`` (torch, numpy and
   Python RNGs forked and restored), so augmentations do not depend on workers, ranks or earlier batches,
   and never consume the training RNG (dropout, patch dropout).
-* Iterable datasets (tar shards) are ordered by ``(seed, epoch)`` themselves; a resumed run re-reads and drops
-  the batches before its position (tar streams cannot seek), under the same seeded streams.
+* Iterable datasets (tar shards) are ordered by ``(seed, epoch)`` themselves and load each sample under its own
+  seeded stream too. A resumed run continues at the sample: each consumer streams its shards from the start of
+  the epoch (tar streams cannot seek), refilling its shuffle buffer as the uninterrupted run did, and passes over
+  the samples it had already given without decoding them (:meth:`TarShardDataset.set_position`); the resumed
+  batches equal an uninterrupted run's. Other iterable datasets (mixes) decode and drop the batches before.
+* Tar shards are split exactly once per epoch over ranks x workers (:func:`~openeva.data.webdataset.split_shards`).
+  A rank whose shards run out before ``len(loader)`` batches ends its epoch with ``None`` batches (the engine
+  skips those steps on every rank together, counting the samples as skipped), never re-reading what it already
+  gave; ``data.resampled=true`` draws shards with replacement instead, an endless stream cut into epochs.
+
+One DataLoader serves the whole run: its workers persist across epochs (``persistent_workers``), the epoch
+reaching them through shared memory (:class:`~openeva.data.loader.SharedInt`) and, for map-style data,
+through the batch sampler, which lives in this process.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from openeva.data.captions import CaptionDataset, ImageTextFolder
 from openeva.data.labelled import detect_format
-from openeva.data.loader import collate_skip_none
+from openeva.data.loader import collate_skip_none, default_num_workers, derive_seed, seeded_rng
 from openeva.data.mix import MixedDataset, MixedIterableDataset
 from openeva.data.synthetic import ShapesDataset
 from openeva.data.webdataset import TarShardDataset, shard_paths
 
+__all__ = ["ResumableLoader", "build_image_text_dataset", "build_val_pairs", "check_sources", "derive_seed",
+           "seeded_rng"]
 logger = logging.getLogger(__name__)
-
-
-def derive_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers (``(seed, epoch, index)``), stable across processes."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
-
-
-@contextlib.contextmanager
-def seeded_rng(seed: int):
-    """Run a block under its own torch (CPU), numpy and Python random state, restoring the caller's after."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    torch_state = torch.get_rng_state()
-    torch.default_generator.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(torch_state)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
 
 
 class _SeededItems(Dataset):
@@ -74,7 +63,8 @@ class _SeededItems(Dataset):
 
 
 class _EpochBatches:
-    """Batch sampler: this rank's slice of global batches ``start .. n - 1`` of one epoch's order."""
+    """Batch sampler: this rank's slice of global batches ``start .. n - 1`` of one epoch's order (the loader
+    points it at another epoch before each pass; it stays in this process, so persistent workers follow)."""
 
     def __init__(self, order: torch.Tensor, epoch: int, start: int, num_batches: int, batch_size: int,
                  rank: int, world_size: int):
@@ -96,7 +86,9 @@ class ResumableLoader:
 
     ``len(loader)`` is the number of batches per epoch (the same on every rank: the tail that does not fill
     a global batch is dropped). Iterable datasets need ``samples_per_epoch``. The collate function returns
-    ``None`` for a batch whose every sample failed (see :mod:`openeva.data.loader`).
+    ``None`` for a batch whose every sample failed (see :mod:`openeva.data.loader`). ``num_workers=None``
+    takes :func:`~openeva.data.loader.default_num_workers`; one DataLoader, its workers persistent, serves
+    every epoch.
     """
 
     def __init__(
@@ -108,7 +100,7 @@ class ResumableLoader:
         world_size: int = 1,
         seed: int = 0,
         shuffle: bool = True,
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         collate_fn: Callable = collate_skip_none,
         pin_memory: bool = False,
         samples_per_epoch: int | None = None,
@@ -117,6 +109,10 @@ class ResumableLoader:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        if num_workers is None:
+            num_workers = default_num_workers()
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 (or None: one per CPU but one), got {num_workers}")
         self.dataset, self.batch_size, self.rank, self.world_size = dataset, batch_size, rank, world_size
         self.seed, self.shuffle, self.num_workers = seed, shuffle, num_workers
         self.collate_fn, self.pin_memory = collate_fn, pin_memory
@@ -133,6 +129,14 @@ class ResumableLoader:
         if self.num_batches == 0:
             raise ValueError(f"the training data has {total} samples, fewer than one global batch "
                              f"(batch_size {batch_size} x {world_size} processes = {global_batch})")
+        self._sampler: _EpochBatches | None = None
+        self._loader: DataLoader | None = None
+        if rank == 0:  # said at start: resampling, and an exact split that leaves ranks uneven, are warnings
+            for ds in getattr(dataset, "datasets", None) or [getattr(dataset, "dataset", dataset)]:  # mix, wrapper
+                if hasattr(ds, "describe_split"):
+                    uneven = ds.resampled or len(ds.shards) % (world_size * max(1, num_workers)) != 0
+                    logger.log(logging.WARNING if uneven else logging.INFO, "training shards: %s",
+                               ds.describe_split(num_workers))
 
     def __len__(self) -> int:
         return self.num_batches
@@ -144,45 +148,49 @@ class ResumableLoader:
             return torch.arange(n)
         return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch)))
 
+    def _build(self) -> DataLoader:
+        """The run's one DataLoader (workers persist across epochs); an explicit generator, so creating
+        iterators never draws from the global (training) RNG."""
+        common = dict(collate_fn=self.collate_fn, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                      persistent_workers=self.num_workers > 0,
+                      generator=torch.Generator().manual_seed(derive_seed(self.seed, self.rank)))
+        if self.iterable:
+            return DataLoader(self.dataset, batch_size=self.batch_size, **common)
+        self._sampler = _EpochBatches(self.order(0), 0, 0, self.num_batches, self.batch_size, self.rank,
+                                      self.world_size)
+        return DataLoader(_SeededItems(self.dataset, self.seed), batch_sampler=self._sampler, **common)
+
     def batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
         if not 0 <= start <= self.num_batches:
             raise ValueError(f"batch position {start} outside the epoch's {self.num_batches} batches")
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
+        if self._loader is None:
+            self._loader = self._build()
         if self.iterable:
             yield from self._iterable_batches(epoch, start)
             return
-        sampler = _EpochBatches(self.order(epoch), epoch, start, self.num_batches, self.batch_size, self.rank,
-                                self.world_size)
-        # An explicit generator: creating the iterator must not draw from the global (training) RNG.
-        loader = DataLoader(_SeededItems(self.dataset, self.seed), batch_sampler=sampler,
-                            collate_fn=self.collate_fn, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch, self.rank)))
-        yield from loader
+        self._sampler.order, self._sampler.epoch, self._sampler.start = self.order(epoch), epoch, start
+        yield from self._loader
 
     def _iterable_batches(self, epoch: int, start: int) -> Iterator[Any]:
-        k, passes = 0, 0
-        while k < self.num_batches:
-            loader = DataLoader(self.dataset, batch_size=self.batch_size, collate_fn=self.collate_fn,
-                                num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch, self.rank,
-                                                                                    passes)))
-            it = iter(loader)
-            produced = 0
-            while k < self.num_batches:
-                with seeded_rng(derive_seed(self.seed, epoch, self.rank, k)):  # workers=0: transforms in here
-                    batch = next(it, StopIteration)
-                if batch is StopIteration:
-                    break
-                produced += 1
-                if k >= start:
-                    yield batch
-                k += 1
-            if k < self.num_batches:
-                if produced == 0:
+        skips_itself = hasattr(self.dataset, "set_position")
+        if skips_itself:  # the consumers pass over the first `start` batches' samples without decoding them
+            self.dataset.set_position(epoch, start, self.batch_size)
+        it = iter(self._loader)
+        for k in range(start if skips_itself else 0, self.num_batches):
+            batch = next(it, StopIteration)
+            if batch is StopIteration:
+                if k == 0:
                     raise ValueError("the iterable training dataset produced no batch")
-                passes += 1
-                logger.info("training stream ran out after %d batches in epoch %d; reading it again", k, epoch)
+                logger.warning("rank %d: its shards gave %d of the epoch's %d batches in epoch %d; the remaining "
+                               "steps are skipped on every rank, never re-reading samples (data.resampled=true or "
+                               "a shard count divisible by ranks x workers avoids this)", self.rank, k,
+                               self.num_batches, epoch)
+                yield from (None for _ in range(max(k, start), self.num_batches))
+                return
+            if k >= start:
+                yield batch
 
 
 # --------------------------------------------------------------------------------------------- batches
@@ -275,14 +283,18 @@ def build_image_text_dataset(cfg, transform, tokenizer, image_size: int, seed: i
         else:
             datasets.append(TarShardDataset(source, transform=transform, tokenizer=tokenizer, shuffle_shards=True,
                                             shuffle_buffer=1000, seed=seed, rank=rank, world_size=world_size,
-                                            target="none" if images_only else "txt"))
+                                            target="none" if images_only else "txt", resampled=cfg.resampled))
     if len(datasets) == 1:
         return datasets[0]
     iterable = [isinstance(d, IterableDataset) for d in datasets]
     if all(iterable):
-        return MixedIterableDataset(datasets, cfg.train_weights, seed=seed)
+        return MixedIterableDataset(datasets, cfg.train_weights, seed=seed, mode=cfg.mix, batch_size=cfg.batch_size,
+                                    rank=rank)
     if any(iterable):
         raise ValueError("data.train mixes tar shards with map-style sources; convert them to one kind")
+    if cfg.mix != "sample":
+        raise ValueError(f"data.mix={cfg.mix!r} mixes whole batches of tar shard sources; map-style sources "
+                         "(caption indexes, folders) mix per sample: use data.mix=sample")
     return MixedDataset(datasets, cfg.train_weights, num_samples=cfg.train_num_samples, seed=seed)
 
 

@@ -8,6 +8,7 @@ at import.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import re
 from dataclasses import dataclass
@@ -50,23 +51,58 @@ def _env_int(env, *names: str) -> int | None:
     return None
 
 
-def _first_slurm_host(nodelist: str) -> str:
-    """``node[03-05,07],gpu1`` -> ``node03`` (enough for MASTER_ADDR without calling scontrol)."""
-    m = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist)
-    if not m:
-        return nodelist
-    prefix, ranges = m.group(1), m.group(3)
-    if not ranges:
-        return prefix
-    first = ranges.split(",")[0].split("-")[0]
-    return prefix + first
+def expand_hostlist(nodelist: str) -> list[str]:
+    """A SLURM node list as ``scontrol show hostnames`` expands it, without calling scontrol.
+
+    ``rack[1-2]-n[01-02],gpu7`` -> ``rack1-n01, rack1-n02, rack2-n01, rack2-n02, gpu7``: commas outside
+    brackets separate names, each bracket holds numbers and zero-padded ranges, several brackets multiply."""
+    names, depth, current = [], 0, ""
+    for c in nodelist.strip():
+        if c == "," and depth == 0:
+            names.append(current)
+            current = ""
+            continue
+        depth += (c == "[") - (c == "]")
+        if depth < 0 or depth > 1:
+            raise ValueError(f"malformed SLURM node list {nodelist!r} (unbalanced or nested brackets)")
+        current += c
+    if depth:
+        raise ValueError(f"malformed SLURM node list {nodelist!r} (unclosed bracket)")
+    names.append(current)
+    return [host for name in names if name for host in _expand_host(name, nodelist)]
+
+
+def _expand_host(name: str, nodelist: str) -> list[str]:
+    m = re.search(r"\[([^\]]*)\]", name)
+    if m is None:
+        return [name]
+    options = []
+    for part in m.group(1).split(","):
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or (dash and int(hi) < int(lo)):
+            raise ValueError(f"malformed range {part!r} in SLURM node list {nodelist!r}")
+        options += [str(i).zfill(len(lo)) for i in range(int(lo), int(hi if dash else lo) + 1)]
+    head, tail = name[: m.start()], name[m.end():]
+    return [host for option in options for host in _expand_host(head + option + tail, nodelist)]
+
+
+def slurm_master_port(job_id: str | int | None) -> int:
+    """A rendezvous port derived from the job id, so jobs sharing a node do not collide on a fixed port
+    (10000 + id mod 20000: below Linux's ephemeral range); 29500 without a job id."""
+    if job_id in (None, ""):
+        return 29500
+    digits = re.sub(r"\D", "", str(job_id))  # array jobs: "1234_7"
+    return 10000 + int(digits) % 20000 if digits else 29500
 
 
 def detect_env(env=None) -> dict:
     """``{rank, world_size, local_rank, source}`` from torchrun's or SLURM's variables (torchrun wins).
 
-    Under SLURM without torchrun (``srun python -m openeva train ...``), MASTER_ADDR defaults to the first
-    node of the allocation and MASTER_PORT to 29500; both are set in the environment for ``init_process_group``.
+    Under plain ``srun`` (no torchrun), the rank, local rank and world size come from ``SLURM_PROCID``,
+    ``SLURM_LOCALID`` and ``SLURM_NTASKS``; MASTER_ADDR defaults to the first host of ``SLURM_JOB_NODELIST``
+    (expanded as ``scontrol show hostnames`` does) and MASTER_PORT to :func:`slurm_master_port` of
+    ``SLURM_JOB_ID``; both are set in the environment (when it is ``os.environ``) for ``init_process_group``,
+    and returned as ``master_addr`` / ``master_port``.
     """
     env = os.environ if env is None else env
     world_size = _env_int(env, "WORLD_SIZE")
@@ -75,18 +111,23 @@ def detect_env(env=None) -> dict:
                 "local_rank": _env_int(env, "LOCAL_RANK") or 0, "source": "torchrun"}
     slurm_ntasks = _env_int(env, "SLURM_NTASKS")
     if slurm_ntasks is not None and slurm_ntasks > 1 and _env_int(env, "SLURM_PROCID") is not None:
+        hosts = expand_hostlist(env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1")
+        addr = env.get("MASTER_ADDR") or hosts[0]
+        port = env.get("MASTER_PORT") or str(slurm_master_port(env.get("SLURM_JOB_ID")))
         if env is os.environ:
-            os.environ.setdefault("MASTER_ADDR", _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")))
-            os.environ.setdefault("MASTER_PORT", "29500")
+            os.environ.setdefault("MASTER_ADDR", addr)
+            os.environ.setdefault("MASTER_PORT", port)
         return {"rank": _env_int(env, "SLURM_PROCID"), "world_size": slurm_ntasks,
-                "local_rank": _env_int(env, "SLURM_LOCALID") or 0, "source": "slurm"}
+                "local_rank": _env_int(env, "SLURM_LOCALID") or 0, "source": "slurm", "master_addr": addr,
+                "master_port": int(port)}
     return {"rank": 0, "world_size": 1, "local_rank": 0, "source": "single"}
 
 
-def init_world(device: str = "auto", backend: str = "auto", env=None) -> World:
+def init_world(device: str = "auto", backend: str = "auto", env=None, timeout_s: float | None = None) -> World:
     """Detect the layout and join the process group (if several processes and none is initialised yet).
 
-    An already initialised default group (a test harness, a notebook) is used as is.
+    An already initialised default group (a test harness, a notebook) is used as is. ``timeout_s``: how long a
+    collective waits for the other ranks (None: torch's default, 10 minutes under NCCL).
     """
     if dist.is_available() and dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -103,14 +144,22 @@ def init_world(device: str = "auto", backend: str = "auto", env=None) -> World:
         raise ValueError("backend nccl needs CUDA devices; use dist.backend=gloo on CPU")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    dist.init_process_group(backend=backend, rank=info["rank"], world_size=info["world_size"])
+    timeout = None if timeout_s is None else datetime.timedelta(seconds=timeout_s)
+    dist.init_process_group(backend=backend, rank=info["rank"], world_size=info["world_size"], timeout=timeout)
     return World(info["rank"], info["world_size"], info["local_rank"], dev, backend)
 
 
 def wrap_task(task: nn.Module, world: World, strategy: str = "ddp", find_unused_parameters: bool = False,
-              static_graph: bool = False) -> nn.Module:
+              static_graph: bool = False, param_dtype: torch.dtype | None = None) -> nn.Module:
     """The module the engine calls: the Task itself (one process), DDP around it, or the Task sharded in place
-    by FSDP2 (each transformer block its own unit, then the whole Task)."""
+    by FSDP2.
+
+    FSDP2 as current practice: each transformer block with trained parameters is its own unit, then the Task
+    (the root unit: embeddings, heads); ``param_dtype`` (bf16 runs) all-gathers and computes in that dtype while
+    gradients are reduced in fp32 (``MixedPrecisionPolicy``). Frozen parameters outside those blocks (a MIM
+    teacher, a locked tower, an EMA copy) are left out of the root unit: a replica on every rank, never
+    all-gathered nor kept through backward; so are the 0-dim parameters (:func:`replicated_params`).
+    """
     if not world.distributed:
         return task
     if strategy == "ddp":
@@ -119,12 +168,17 @@ def wrap_task(task: nn.Module, world: World, strategy: str = "ddp", find_unused_
         ids = [world.device.index] if world.device.type == "cuda" else None
         return DDP(task, device_ids=ids, find_unused_parameters=find_unused_parameters, static_graph=static_graph)
     if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        mp = MixedPrecisionPolicy() if param_dtype is None else MixedPrecisionPolicy(
+            param_dtype=param_dtype, reduce_dtype=torch.float32)
+        sharded: set[nn.Parameter] = set()
         for module in list(task.modules()):
             if _is_block(module) and any(p.requires_grad for p in module.parameters()):
-                fully_shard(module)
-        fully_shard(task, ignored_params=set(replicated_params(task)) or None)
+                fully_shard(module, mp_policy=mp)
+                sharded.update(module.parameters())
+        outside = {p for p in task.parameters() if p not in sharded and (not p.requires_grad or p.ndim == 0)}
+        fully_shard(task, mp_policy=mp, ignored_params=outside or None)
         return task
     raise ValueError(f"dist.strategy must be ddp or fsdp, got {strategy!r}")
 
