@@ -16,6 +16,25 @@ def test_cosine_loss_formula_and_extremes():
     assert mim_cosine_loss(pred, -pred).item() == pytest.approx(1.0, abs=1e-6)
 
 
+def test_cosine_loss_with_a_mask_averages_over_all_masked_tokens_of_the_batch():
+    """EVA-02's loss is ``-cos(lm_head(x[mask]), target[mask]).mean()``: the mean over every masked token of the
+    batch, so images with more masked patches weigh more. Weighting all patches by the mask gives exactly that,
+    whatever the count per image (BEiT's masks vary), and ignores what unmasked positions hold."""
+    gen = torch.Generator().manual_seed(3)
+    pred, target = torch.randn(3, 8, 5, generator=gen), torch.randn(3, 8, 5, generator=gen)
+    mask = torch.zeros(3, 8, dtype=torch.bool)
+    mask[0, :6], mask[1, 2:3], mask[2, 1:5] = True, True, True  # 6, 1 and 4 masked tokens
+    weighted = mim_cosine_loss(pred, target, mask=mask)
+    torch.testing.assert_close(weighted, mim_cosine_loss(pred[mask], target[mask]))
+    per_image = torch.stack([mim_cosine_loss(pred[i][mask[i]], target[i][mask[i]]) for i in range(3)]).mean()
+    assert not torch.allclose(weighted, per_image)  # token-weighted, not a mean of per-image means
+    noisy = torch.where(mask.unsqueeze(-1), pred, torch.randn(3, 8, 5, generator=gen))
+    torch.testing.assert_close(mim_cosine_loss(noisy, target, mask=mask), weighted)
+    assert mim_cosine_loss(pred, target, mask=torch.zeros_like(mask)).item() == 0.0
+    with pytest.raises(ValueError, match="mask shape"):
+        mim_cosine_loss(pred, target, mask=mask[:, :7])
+
+
 def test_cosine_loss_is_fp32_for_bf16_inputs_and_differentiable():
     pred = torch.randn(5, 4, dtype=torch.bfloat16, requires_grad=True)
     loss = mim_cosine_loss(pred, torch.randn(5, 4, dtype=torch.bfloat16))
@@ -47,8 +66,10 @@ def test_pixel_loss_mask_averages_masked_patches_only():
     torch.testing.assert_close(pixel_regression_loss(pred, target, mask=mask), expected)
     with pytest.raises(ValueError, match="mask shape"):
         pixel_regression_loss(pred, target, mask=mask[:, :3])
-    with pytest.raises(ValueError, match="no patches"):
-        pixel_regression_loss(pred, target, mask=torch.zeros_like(mask))
+    # a mask selecting nothing: zero loss and zero gradient (refusing it would need the count on the host)
+    empty = pixel_regression_loss(pred.requires_grad_(), target, mask=torch.zeros_like(mask))
+    empty.backward()
+    assert empty.item() == 0.0 and not pred.grad.any()
     with pytest.raises(ValueError, match="pixel_regression_loss"):
         pixel_regression_loss(pred, target[..., :5])
 

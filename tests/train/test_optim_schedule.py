@@ -38,12 +38,13 @@ def test_clip_groups_follow_the_eva_clip_recipe(clip):
     assert lr("model.text.transformer.resblocks.1.mlp.c_fc.weight") == pytest.approx(2e-5 * 0.5 ** (T - 3))
     assert lr("model.text.text_projection") == pytest.approx(2e-5)
     assert lr("model.logit_scale") == pytest.approx(5e-4)  # the rest: base lr, no layer decay
-    # no weight decay on biases, norms, position embeddings, class token, token embedding, logit scale
+    # no weight decay on biases, norms, position embeddings, class token, logit scale; EVA-CLIP decays the token
+    # embedding (its text tower's no_weight_decay() is {positional_embedding})
     for name in ("model.visual.blocks.0.attn.q_bias", "model.visual.blocks.0.norm1.weight",
                  "model.visual.blocks.1.mlp.fc2.bias", "model.visual.pos_embed", "model.visual.cls_token",
-                 "model.text.positional_embedding", "model.text.token_embedding.weight",
-                 "model.text.ln_final.weight", "model.logit_scale"):
+                 "model.text.positional_embedding", "model.text.ln_final.weight", "model.logit_scale"):
         assert g[name]["weight_decay"] == 0.0, name
+    assert g["model.text.token_embedding.weight"]["weight_decay"] == 0.1
     assert g["model.visual.blocks.0.attn.qkv.weight"]["weight_decay"] == 0.05
     assert g["model.text.transformer.resblocks.0.attn.in_proj_weight"]["weight_decay"] == 0.1
 
@@ -133,3 +134,25 @@ def test_adamw_keeps_the_default_kernel_for_parameters_fused_does_not_take():
     groups = [{"name": "all", "params": [meta], "param_names": ["w"], "lr_scale": 1.0, "base_lr": 1e-3,
                "weight_decay": 0.0}]
     assert not create_optimizer(groups, "adamw", lr=1e-3).defaults["fused"]
+
+
+def test_betas_preset_names_eva_clip_paper_and_release_values():
+    """The paper's (0.9, 0.98) / 1e-6 is the default; the released EVA-CLIP command's (0.9, 0.999) / 1e-8 is a
+    named preset that sets both, survives a config round trip, and refuses a contradicting explicit value."""
+    from openeva.configs import load_config
+    from openeva.train.config import BETAS_PRESETS, OptimConfig, TrainConfig, apply_overrides
+
+    assert (OptimConfig().betas, OptimConfig().eps) == BETAS_PRESETS["eva_clip_paper"] == ((0.9, 0.98), 1e-6)
+    release = OptimConfig(optimizer="lamb", betas_preset="eva_clip_release")
+    assert (release.betas, release.eps) == ((0.9, 0.999), 1e-8)
+    recipe = load_config("clip_eva02_b16")
+    assert (recipe.optim.betas, recipe.optim.eps) == ((0.9, 0.98), 1e-6)
+    cfg = apply_overrides(recipe, ["optim.betas_preset=eva_clip_release"])
+    assert (cfg.optim.betas, cfg.optim.eps) == ((0.9, 0.999), 1e-8)
+    assert TrainConfig.from_dict(cfg.to_dict()).optim == cfg.optim
+    with pytest.raises(ValueError, match="drop one"):
+        OptimConfig(betas=(0.9, 0.95), betas_preset="eva_clip_release")
+    with pytest.raises(ValueError, match="drop one"):
+        apply_overrides(cfg, ["optim.eps=1e-7"])
+    with pytest.raises(ValueError, match="betas_preset"):
+        recipe.replace(optim=OptimConfig(betas_preset="timm"))

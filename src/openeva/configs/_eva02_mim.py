@@ -4,6 +4,19 @@ Every size: EVA01-CLIP-g/14 teacher (frozen, bf16), 224 px, block masks of 105 /
 aspect 0.3-3.33), RandomResizedCrop (0.2, 1) + flip, AdamW (0.9, 0.98) eps 1e-6, weight decay 0.05, grad clip
 3.0, one warmup epoch, cosine to 1e-5, 0.1 gradient scale on the patch embedding. Sizes differ in peak lr,
 global batch, epochs and drop path.
+
+What follows EVA-02's code (``EVA-02/asuka``) and what departs:
+
+* Masks are drawn as BEiT's generator draws them (``masking_generator.py``): 104.4 masked patches on average,
+  exactly 105 in ~65% of masks, no scattered top-up; the loss is the mean over every masked patch of the batch,
+  as EVA's ``-cos(lm_head(x[mask]), target[mask]).mean()``.
+* Initialisation is EVA's ``jax_init``, matrix by matrix (separate q/k/v and w1/w2 for B/L, fused for Ti/S), with
+  the sub-LN rescale and tokens trunc-normal(0.02) cut at one std; parameter groups are EVA's (no decay for
+  ndim <= 1, biases, ``pos_embed``, ``cls_token``; the ``mask_token`` is decayed).
+* Precision: bf16 autocast instead of DeepSpeed fp16 with dynamic loss scaling (bf16 needs no loss scale);
+  the teacher's weights are bf16 (``teacher_precision``; EVA keeps fp32 weights under fp16 autocast;
+  ``teacher_precision=fp32`` computes the targets in fp32). Neither effect has been measured here.
+* EVA restarts from the last checkpoint when the loss turns NaN; openeva has no such guard yet.
 """
 
 from openeva.train.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig

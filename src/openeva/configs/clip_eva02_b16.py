@@ -14,9 +14,29 @@ Set the paths (every one is checked before any compute):
         model.pretrained_image=/ckpt/eva02_B_psz14to16.pt model.pretrained_text=/ckpt/openai_clip_b16.pt \\
         data.zeroshot=/data/imagenet/val data.zeroshot_classnames=imagenet1k data.zeroshot_templates=imagenet1k
 
-With fewer GPUs keep the global batch with ``optim.accum_steps`` (e.g. 8 GPUs: accum_steps=8).
-Betas / eps: the paper lists (0.9, 0.98) / 1e-6, used here; the released command resolves to PyTorch-style
-defaults (0.9, 0.999) / 1e-8 because its default table keys on "vit" in the model name.
+With fewer GPUs keep the global batch with ``optim.accum_steps`` (e.g. 8 GPUs: accum_steps=8): the contrastive
+loss of a step then covers all 131,072 samples (features of each micro-batch are cached and the loss's gradient
+sent back through each one, GradCache), at the cost of one extra forward pass per micro-batch.
+
+What follows EVA-CLIP's code (``EVA-CLIP/rei/training``) and what departs:
+
+* LAMB is DeepSpeed's ``FusedLamb`` formula (:class:`openeva.train.optim.Lamb`): trust ratio clamped to
+  [0.01, 10] and applied to every tensor (biases, norms, ``logit_scale`` included), bias correction folded into
+  the step size. The global clip of 5.0 is the only clip (no second clip inside LAMB, as with DeepSpeed).
+  Departure: the ratio is computed per tensor; under ZeRO-1 DeepSpeed computes it per flattened slice of a
+  parameter group on each GPU, which makes the update depend on the GPU count.
+* Parameter groups are EVA-CLIP's (``training/optim.py``): per-tower lr and layer decay, no decay for ndim <= 1,
+  biases, ``pos_embed``, ``cls_token``, ``positional_embedding`` and ``logit_scale``; the text
+  ``token_embedding`` is decayed (``tests/train/data/eva02_b16_param_groups.json`` lists every parameter).
+* The new vision head starts at trunc-normal(0.02) x 0.001 (``eva_vit_model.py``).
+* Betas / eps: the paper and the repository's DeepSpeed config say (0.9, 0.98) / 1e-6, used here. The released
+  command resolves to (0.9, 0.999) / 1e-8, because ``training/params.py`` keys its defaults on "vit" in the
+  model name and EVA's names lack it; ``optim.betas_preset=eva_clip_release`` selects those.
+* Precision: bf16 autocast instead of EVA-CLIP's fp16 with DeepSpeed's dynamic loss scaling. bf16 has fp32's
+  exponent range, so no loss scale is needed and no step is skipped on overflow; fp16 with a loss scaler stays
+  available (``precision=fp16``). Its effect on the published numbers has not been measured.
+* Data: EVA-CLIP alternates whole batches between LAION-2B and COYO (``data.mix=batch``); the default mixes
+  per sample.
 """
 
 from openeva.train.config import (

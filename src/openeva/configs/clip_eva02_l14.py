@@ -11,7 +11,8 @@ cosine; global batch 131,072 (1,024 per GPU x 128 GPUs); 100 "epochs" of 40M sam
         model.pretrained_image=/ckpt/eva02_L_psz14.pt model.pretrained_text=/ckpt/openai_clip_l14.pt
 
 The 304M-parameter vision tower fits DDP on 80 GB GPUs with grad checkpointing; ``dist.strategy=fsdp`` shards
-parameters, gradients and optimizer state when memory is short. Betas / eps: see clip_eva02_b16.py.
+parameters, gradients and optimizer state when memory is short. LAMB, betas / eps, precision and what else
+follows or departs from EVA-CLIP's code: see clip_eva02_b16.py.
 """
 
 import dataclasses

@@ -4,6 +4,11 @@
   cosine similarity (Fang et al. 2023, arXiv 2303.11331).
 * :func:`pixel_regression_loss`: MAE's per-patch normalised pixel MSE (He et al. 2021, arXiv 2111.06377),
   with :func:`patchify` / :func:`unpatchify` to turn images into patch vectors and back.
+
+Both take every patch with a ``mask`` that weights the masked ones, because EVA's block masks hold a varying
+number of patches per image (:mod:`openeva.data.masking`): the loss is the mean over all masked patches of the
+batch, as EVA-02 computes it (``lm_head(x[bool_masked_pos])`` then ``.mean()``: an image with more masked
+patches weighs more), with static shapes and no host sync (selecting ``x[mask]`` needs the count on the host).
 """
 
 from __future__ import annotations
@@ -23,14 +28,29 @@ def _check_same_shape(pred: torch.Tensor, target: torch.Tensor, name: str) -> No
         raise ValueError(f"{name}: empty input {tuple(pred.shape)} (no masked tokens?)")
 
 
-def mim_cosine_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``-cosine_similarity(pred, target).mean()`` over tokens, in fp32.
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None, name: str) -> torch.Tensor:
+    """Mean of ``values`` (...,) over the entries ``mask`` (same shape, True / 1 = masked) selects, or over all.
 
-    pred, target: (M, C) features of the M masked tokens (any leading dims are averaged too). fp32 because
-    bf16 cosine similarities of near-parallel vectors lose the signal the loss is trying to climb.
+    No host sync: a mask selecting nothing gives 0 (and a zero gradient) instead of an error.
+    """
+    if mask is None:
+        return values.mean()
+    if mask.shape != values.shape:
+        raise ValueError(f"{name}: mask shape {tuple(mask.shape)} must be {tuple(values.shape)} (pred without last dim)")
+    weight = mask.to(values.dtype)  # (...,)
+    return (values * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def mim_cosine_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``-cosine_similarity(pred, target)`` averaged over the masked tokens, in fp32.
+
+    pred, target: (..., C), e.g. (B, N, C) for every patch with ``mask`` (B, N) (True = masked), or (M, C) for
+    the M masked tokens alone without ``mask``. fp32 because bf16 cosine similarities of near-parallel vectors
+    lose the signal the loss is trying to climb.
     """
     _check_same_shape(pred, target, "mim_cosine_loss")
-    return -F.cosine_similarity(pred.float(), target.float(), dim=-1).mean()
+    cos = F.cosine_similarity(pred.float(), target.float(), dim=-1)  # (...,)
+    return -_masked_mean(cos, mask, "mim_cosine_loss")
 
 
 def pixel_regression_loss(
@@ -44,8 +64,8 @@ def pixel_regression_loss(
 
     pred, target_patches: (..., P) with P = p * p * C patch vectors (see :func:`patchify`). ``norm_pix``
     normalises each target patch by its own mean and (unbiased) variance, as MAE does. ``mask`` (same shape as
-    ``pred`` without the last dim, 1 = masked) restricts the average to masked patches; without it every patch
-    counts (pass only the masked patches). Computed in fp32.
+    ``pred`` without the last dim, 1 = masked) restricts the average to masked patches (a mask selecting none
+    gives 0); without it every patch counts (pass only the masked patches). Computed in fp32.
     """
     _check_same_shape(pred, target_patches, "pixel_regression_loss")
     target = target_patches.float()
@@ -54,15 +74,7 @@ def pixel_regression_loss(
         var = target.var(dim=-1, keepdim=True)
         target = (target - mean) / (var + eps).sqrt()
     per_patch = (pred.float() - target).pow(2).mean(dim=-1)  # (...,)
-    if mask is None:
-        return per_patch.mean()
-    if mask.shape != per_patch.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} must be {tuple(per_patch.shape)} (pred without last dim)")
-    mask = mask.float()
-    num_masked = mask.sum()
-    if num_masked == 0:
-        raise ValueError("mask selects no patches")
-    return (per_patch * mask).sum() / num_masked
+    return _masked_mean(per_patch, mask, "pixel_regression_loss")
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:

@@ -118,7 +118,8 @@ class TextTransformer(nn.Module):
         nn.init.normal_(self.text_projection, std=w ** -0.5)
 
     def no_weight_decay(self) -> set[str]:
-        return {"positional_embedding", "token_embedding.weight"}
+        """EVA-CLIP's ``{positional_embedding}``: the token embedding is decayed (2-D, not listed), as in EVA."""
+        return {"positional_embedding"}
 
     @property
     def num_layers(self) -> int:

@@ -21,6 +21,17 @@ from openeva.layers import Attention, DropPath, Mlp, PatchEmbed, RotaryEmbedding
 from openeva.layers import patch_keep_indices, resample_pos_embed
 
 
+TOKEN_INIT_STD = 0.02  # class / mask token and position embedding (EVA-02 MIM, cut at one std)
+HEAD_INIT_SCALE = 1e-3  # EVA-CLIP's vision head: trunc-normal(0.02) x 0.001 (eva_vit_model.py ``init_scale``)
+
+
+def _xavier_normal_per_matrix(weight: torch.Tensor, parts: int) -> None:
+    """Xavier-normal on each of ``parts`` equal row blocks of a fused (parts * H, D) weight, in place: the init
+    each block gets as a separate (H, D) Linear."""
+    for block in weight.chunk(parts, dim=0):  # (H, D) views
+        nn.init.xavier_normal_(block)
+
+
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
 
@@ -154,8 +165,18 @@ class EVAViT(nn.Module):
     # ----------------------------------------------------------------------------------------------- init
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """EVA-02 MIM initialisation: Xavier-normal Linear, Xavier-uniform patch kernel, trunc-normal tokens,
-        and for sub-LN models the residual-branch weights scaled by sqrt(ln(2 * depth)) (EVA-02 code)."""
+        """EVA-02's MIM initialisation (``modeling_pretrain.py``, ``jax_init``), matrix by matrix as EVA's modules.
+
+        Xavier-normal for every Linear, zero biases, unit LayerNorms; Xavier-uniform patch kernel; class / mask
+        token and position embedding trunc-normal(0.02) cut at one std (EVA's ``trunc_normal_`` passes
+        ``a=-std, b=std``). Xavier's std depends on the matrix shape, so fused matrices are initialised as the
+        matrices EVA has: sub-LN models (B, L) have separate ``q/k/v_proj`` and ``w1/w2`` in EVA, so each third of
+        ``qkv`` and each half of the SwiGLU ``fc1`` gets its own Xavier-normal (std ``1/sqrt(D)`` for a D x D
+        projection); Ti / S have EVA's fused ``qkv`` and xformers' packed ``w12``, initialised whole. Sub-LN
+        models then scale the residual-branch weights (``w1/w2/w3``, ``proj``, the v projection) by
+        sqrt(ln(2 * depth)). A projection ``head`` (EVA-CLIP's vision tower, ``eva_vit_model.py``) starts at
+        trunc-normal(0.02) x 0.001 with a zero bias.
+        """
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_normal_(m.weight)
@@ -169,7 +190,7 @@ class EVAViT(nn.Module):
         nn.init.zeros_(self.patch_embed.proj.bias)
         for p in (self.cls_token, self.mask_token, self.pos_embed):
             if p is not None:
-                nn.init.trunc_normal_(p, std=0.02)
+                nn.init.trunc_normal_(p, std=TOKEN_INIT_STD, a=-TOKEN_INIT_STD, b=TOKEN_INIT_STD)
         for blk in self.blocks:
             for name in ("q_bias", "v_bias"):
                 if getattr(blk.attn, name) is not None:
@@ -178,17 +199,21 @@ class EVAViT(nn.Module):
             scale = math.sqrt(math.log(2 * self.cfg.depth))
             D = self.embed_dim
             for blk in self.blocks:
+                _xavier_normal_per_matrix(blk.attn.qkv.weight, 3)  # q, k, v: (D, D) each
+                _xavier_normal_per_matrix(blk.mlp.fc1.weight, 2)  # gate w1, value w2: (H, D) each (sub-LN is SwiGLU)
                 blk.attn.qkv.weight[2 * D:].mul_(scale)  # v rows of the fused qkv
                 blk.attn.proj.weight.mul_(scale)
                 blk.mlp.fc1.weight.mul_(scale)
                 blk.mlp.fc2.weight.mul_(scale)
         if isinstance(self.head, nn.Linear):
             nn.init.trunc_normal_(self.head.weight, std=0.02)
+            self.head.weight.mul_(HEAD_INIT_SCALE)
 
     # ------------------------------------------------------------------------------ hooks for the trainer
     def no_weight_decay(self) -> set[str]:
-        """Parameter names exempt from weight decay besides biases and norms (which optimizers detect by ndim)."""
-        return {n for n in ("cls_token", "pos_embed", "mask_token") if getattr(self, n) is not None}
+        """Parameter names exempt from weight decay besides biases and norms (which optimizers detect by ndim):
+        EVA's ``{pos_embed, cls_token}``. The MIM mask token is decayed, as in EVA-02's pretraining."""
+        return {n for n in ("cls_token", "pos_embed") if getattr(self, n) is not None}
 
     @property
     def num_layers(self) -> int:

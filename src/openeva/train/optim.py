@@ -1,10 +1,13 @@
-"""Optimizer parameter groups from the Task's hooks, and the optimizers (AdamW, timm's LAMB).
+"""Optimizer parameter groups from the Task's hooks, and the optimizers (AdamW, and EVA-CLIP's LAMB).
 
 Groups follow EVA-CLIP's recipe: each trained module (vision tower, text tower, the rest) has its own lr and
 weight decay; with layer decay ``ld < 1`` a parameter in layer ``i`` of ``L`` gets ``lr * ld ** (L - 1 - i)``
 (embeddings decay most, the head not at all). No weight decay on biases, norms (every tensor with ndim <= 1)
-and the names a module lists in ``no_weight_decay()`` (position embeddings, class / mask tokens, logit scale).
+and the names a module lists in ``no_weight_decay()`` (position embeddings, the class token, the logit scale;
+EVA decays the text token embedding and the MIM mask token, so they are not listed).
 The optimizer never inspects module names itself; the modules' hooks decide.
+
+:class:`Lamb` is LAMB as DeepSpeed's ``FusedLamb`` computes it, which is what EVA-CLIP trains with.
 """
 
 from __future__ import annotations
@@ -82,18 +85,106 @@ def param_groups(
 
 
 def create_optimizer(groups: list[dict], name: str, lr: float, betas=(0.9, 0.98), eps: float = 1e-6,
-                     weight_decay: float = 0.05, lamb_max_grad_norm: float | None = 1.0) -> torch.optim.Optimizer:
-    """AdamW (torch) or LAMB (timm, the optimizer EVA-CLIP trains with)."""
+                     weight_decay: float = 0.05) -> torch.optim.Optimizer:
+    """AdamW (torch) or :class:`Lamb` (DeepSpeed's formula, the optimizer EVA-CLIP trains with).
+
+    Neither clips gradients: the run's one global clip (``optim.grad_clip``, 5.0 in the EVA-CLIP recipes) is the
+    engine's, as in EVA-CLIP's DeepSpeed run.
+    """
     groups = [{k: v for k, v in g.items() if k != "param_names"} for g in groups]
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                  fused=_fused_adamw_ok(groups) or None)
     if name == "lamb":
-        from timm.optim import Lamb
-
-        return Lamb(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                    max_grad_norm=lamb_max_grad_norm)
+        return Lamb(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be adamw or lamb, got {name!r}")
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB (You et al., 2019, arXiv 1904.00962) as DeepSpeed's ``FusedLamb`` computes it; EVA-CLIP trains with it.
+
+    For every parameter tensor ``p`` with gradient ``g`` at its step ``t`` (``m = v = 0`` before the first)::
+
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g ** 2
+        u = m / (sqrt(v) + eps) + weight_decay * p
+        r = clamp(||p|| / ||u||, min_coeff, max_coeff), or 1 when ||p|| or ||u|| is 0
+        p = p - lr * sqrt(1 - b2 ** t) / (1 - b1 ** t) * r * u
+
+    As in DeepSpeed (``csrc/lamb/fused_lamb_cuda_kernel.cu``; defaults ``max_coeff=10``, ``min_coeff=0.01``,
+    ``eps`` outside the square root): the trust ratio ``r`` is clamped to [0.01, 10] and applied to every tensor,
+    biases, norms and the logit scale included (timm's ``Lamb`` skips tensors without weight decay and leaves
+    the ratio unclamped); the bias correction is folded into the step size, so ``eps`` is added to the
+    uncorrected ``sqrt(v)`` and the decay term is scaled with the step. There is no clipping here (timm's and
+    apex's LAMB clip the global gradient norm to 1.0 again): the engine's ``optim.grad_clip`` is the only clip.
+
+    The ratio is computed per tensor, so a step does not depend on how many processes train. Under ZeRO stage 1,
+    as EVA-CLIP ran, DeepSpeed computes it per flattened slice of a parameter group owned by each GPU (a slice
+    can span several tensors or part of one), which ties the update to the GPU count; that is not copied.
+
+    Plain tensor ops only, so parameters may be FSDP2 ``DTensor`` shards: the norms are then of the whole
+    tensor (the DTensor reduces them over the shards), and nothing reads a device value on the host (the step
+    count lives on the CPU, as in torch's Adam; the clamp and the zero-norm case are ``torch.where``).
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6,
+                 weight_decay: float = 0.0, bias_correction: bool = True, max_coeff: float = 10.0,
+                 min_coeff: float = 0.01):
+        if not lr >= 0.0:
+            raise ValueError(f"Lamb lr must be >= 0, got {lr}")
+        if not (len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas)):
+            raise ValueError(f"Lamb betas must be two numbers in [0, 1), got {betas}")
+        if not eps > 0.0:
+            raise ValueError(f"Lamb eps must be > 0, got {eps}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"Lamb weight_decay must be >= 0, got {weight_decay}")
+        if not 0.0 < min_coeff <= max_coeff:
+            raise ValueError(f"Lamb needs 0 < min_coeff <= max_coeff, got {min_coeff}, {max_coeff}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        bias_correction=bias_correction, max_coeff=max_coeff, min_coeff=min_coeff)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("Lamb does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)  # on the CPU: reading it is no device sync
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                step_size = group["lr"]
+                if group["bias_correction"]:
+                    t = float(state["step"])
+                    step_size *= math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+                _lamb_update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], beta1, beta2, group["eps"],
+                             group["weight_decay"], group["min_coeff"], group["max_coeff"], step_size)
+        return loss
+
+
+def _lamb_update(p: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, beta1: float,
+                 beta2: float, eps: float, weight_decay: float, min_coeff: float, max_coeff: float,
+                 step_size: float) -> None:
+    """One tensor's LAMB update in place (see :class:`Lamb`); every operand has ``p``'s shape."""
+    exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    update = exp_avg / exp_avg_sq.sqrt().add_(eps)
+    if weight_decay != 0.0:
+        update.add_(p, alpha=weight_decay)
+    w_norm, u_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(update)  # () each
+    ratio = torch.where((w_norm > 0) & (u_norm > 0), (w_norm / u_norm).clamp(min_coeff, max_coeff),
+                        torch.ones_like(w_norm))  # (): the division's inf / nan where a norm is 0 is never taken
+    p.add_(update.mul_(ratio), alpha=-step_size)
 
 
 def _fused_adamw_ok(groups: list[dict]) -> bool:
