@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from openeva.data.masking import BlockMaskGenerator
-from openeva.models.mim import build_student, build_teacher
+from openeva.factory import build_student, build_teacher
 from openeva.train.mim_task import MIMTask
 
 from _common import environment, peak_rss_bytes

@@ -219,7 +219,7 @@ def test_non_square_checkpoint_loads_at_another_resolution(tmp_path, name):
         else square(torch.randn(1, 3, 40, 40))
     assert torch.isfinite(out).all()
     # the fine-tuning classifier and the CLIP tower init read weights through their own loaders: same grid
-    from openeva.train.classifier import build_classifier
+    from openeva.factory import build_classifier
 
     clf = build_classifier(str(tmp_path / "wide"), 3, img_size=(40, 40))
     torch.testing.assert_close(clf.pos_embed.detach(), expected)

@@ -9,7 +9,8 @@ import pytest
 
 from openeva.data.segmentation import write_segmentation_folder
 from openeva.data.synthetic import ShapeScenes
-from openeva.train import load_config, train
+from openeva.configs import load_config
+from openeva.train import train
 from openeva.train.runner import preflight
 
 

@@ -8,10 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openeva.factory import create_model, save_model
-from openeva.models.mim import (
-    ClipTeacher, MIMStudent, build_student, build_teacher, resample_target_grid,
-)
+from openeva.factory import build_student, build_teacher, create_model, save_model
+from openeva.models.mim import ClipTeacher, MIMStudent, resample_target_grid
 
 STUDENT = "eva02_test_patch8_32"
 TEACHER = "EVA02-test"

@@ -6,9 +6,7 @@ import pytest
 import torch
 
 from openeva.checkpoints import read_config, read_state_dict
-from openeva.factory import create_model, save_model
-from openeva.models.mim import build_student
-from openeva.train.clip_task import load_tower
+from openeva.factory import build_student, create_model, load_tower, save_model
 
 STUDENT = "eva02_test_patch8_32"
 MIM_ONLY = {"mask_token", "lm_head.weight", "lm_head.bias"}
@@ -90,7 +88,7 @@ def test_mim_to_clip_vision_tower_key_by_key(mim_dir):
         torch.testing.assert_close(v, student_sd[name], msg=k)  # norm -> norm, blocks identical
         used.add(name)
     assert set(student_sd) - used == MIM_ONLY
-    assert any("attn.norm" in k for k in report["missing"]) and "head.weight" in report["missing"]
+    assert any("attn.norm" in k for k in report.missing) and "head.weight" in report.missing
     assert clip.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 32)
 
 
@@ -102,7 +100,7 @@ def test_mim_to_clip_tower_with_another_patch_size_resamples_kernel_and_grid(mim
     assert vis["patch_embed.proj.weight"].shape[-1] == 16 and vis["pos_embed"].shape[1] == 1 + 4
     torch.testing.assert_close(vis["pos_embed"][:, 0], student_sd["pos_embed"][:, 0])  # CLS slot kept
     torch.testing.assert_close(vis["blocks.1.mlp.fc2.weight"], student_sd["blocks.1.mlp.fc2.weight"])
-    assert any("patch kernel" in n for n in report["notes"]) and any("resampled pos_embed" in n for n in report["notes"])
+    assert any("patch kernel" in n for n in report.notes) and any("resampled pos_embed" in n for n in report.notes)
 
 
 def test_mim_into_a_mismatched_tower_is_refused(mim_dir):

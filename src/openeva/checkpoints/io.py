@@ -3,8 +3,10 @@
 openeva's own format is a directory with ``model.safetensors`` (weights) and ``config.json`` (model name,
 model config, preprocessing, and anything the writer adds). Loading accepts that, a bare ``.safetensors``, or a
 ``.pt/.pth/.bin`` file (read with ``weights_only=True``) in any layout ``convert.detect_format`` knows. A
-checkpoint that does not fit is refused with every missing, unexpected and mis-shaped key named; nothing is
-loaded unless everything fits.
+checkpoint is read into openeva's keys and fitted to the model's layout here (:func:`read_weights`), then checked
+and loaded under a :class:`~openeva.checkpoints.policy.LoadPolicy` by the one loader,
+:func:`~openeva.checkpoints.policy.load_weights`: a checkpoint that does not fit is refused with every missing,
+unexpected and mis-shaped key named, and nothing is loaded unless everything fits.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from openeva.checkpoints.convert import detect_format, to_openeva, unwrap_state_dict
+from openeva.checkpoints.convert import detect_format, text_to_openeva, to_openeva, unwrap_state_dict
+from openeva.checkpoints.policy import CheckpointMismatchError, LoadPolicy, load_weights  # noqa: F401 (re-export)
 from openeva.layers import resample_patch_kernel, resample_pos_embed
 from openeva.models.clip import CLIP
 from openeva.models.vit import EVAViT
@@ -32,23 +35,8 @@ CONFIG_NAME = "config.json"
 MIM_ONLY_KEYS = ("mask_token", "lm_head.*")
 
 
-class CheckpointMismatchError(ValueError):
-    """The checkpoint does not fit the model; lists what is missing, unexpected and mis-shaped."""
-
-    def __init__(self, path, missing, unexpected, mismatched):
-        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        lines = [f"checkpoint {path} does not fit the model (nothing was loaded):"]
-        for title, items in (("missing", missing), ("unexpected", unexpected)):
-            if items:
-                lines.append(f"  {len(items)} {title} keys: {_preview(items)}")
-        if mismatched:
-            shown = [f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in mismatched[:8]]
-            lines.append(f"  {len(mismatched)} mis-shaped keys: " + "; ".join(shown))
-        super().__init__("\n".join(lines))
-
-
-def _preview(items: list[str], n: int = 8) -> str:
-    return ", ".join(items[:n]) + (f", ... (+{len(items) - n})" if len(items) > n else "")
+# Top-level keys of a CLIP text tower in an OpenAI-layout state dict (no ``text.`` prefix).
+_TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
 
 
 _SAFETENSORS_DTYPES = {
@@ -188,17 +176,28 @@ def saved_grid(config: dict | None) -> tuple[int, int] | None:
         return None
 
 
-def read_backbone_weights(path, model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """A backbone checkpoint (any supported format) converted to openeva's keys and fitted to ``model`` (a
-    backbone or a CLIP vision tower): ``(state dict, notes)``. The one reader behind fine-tuning's backbone init
-    and CLIP training's vision-tower init; a mean-pooling backbone's ``fc_norm`` becomes a token-pooling
-    tower's ``norm`` (EVA-CLIP's hand-off)."""
+def read_weights(path, model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str], str]:
+    """Any supported checkpoint converted to openeva's keys and fitted to ``model`` (a CLIP model, a backbone or
+    a CLIP vision tower: a CLIP checkpoint then gives its vision tower): ``(state dict, notes, format)``."""
     raw = read_state_dict(path)
-    sd = to_openeva(raw, detect_format(raw), is_clip=False)
-    target = model.state_dict()
-    if "norm.weight" in target and "norm.weight" not in sd and "fc_norm.weight" in sd and "fc_norm.weight" not in target:
-        sd["norm.weight"], sd["norm.bias"] = sd.pop("fc_norm.weight"), sd.pop("fc_norm.bias")
-    return adapt_to_model(sd, model, config_beside(path))
+    fmt = detect_format(raw)
+    sd = to_openeva(raw, fmt, is_clip=isinstance(model, CLIP))
+    del raw
+    sd, notes = adapt_to_model(sd, model, config_beside(path))
+    return sd, notes, fmt
+
+
+def read_text_tower(path) -> dict[str, torch.Tensor]:
+    """The CLIP text tower of an open_clip / EVA-CLIP / openeva CLIP checkpoint (``text.*``), or of an
+    OpenAI-layout state dict (text keys at the top level), in the tower's own keys."""
+    raw = read_state_dict(path)
+    if any(k.startswith("text.") for k in raw):
+        sd = {k[len("text."):]: v for k, v in raw.items() if k.startswith("text.")}
+    else:
+        sd = {k: v for k, v in raw.items() if k.startswith(_TEXT_KEYS)}
+    if not sd:
+        raise ValueError(f"{path} holds no CLIP text tower (no text.* or token_embedding keys)")
+    return text_to_openeva(sd)
 
 
 def adapt_to_model(sd: dict[str, torch.Tensor], model: nn.Module,
@@ -217,6 +216,13 @@ def adapt_to_model(sd: dict[str, torch.Tensor], model: nn.Module,
             for part in ("weight", "bias"):
                 sd[f"{prefix}fc_norm.{part}"] = sd.pop(f"{prefix}norm.{part}")
             notes.append("renamed norm -> fc_norm (MIM checkpoint into a mean-pooling backbone)")
+        # ... and the other way: a mean-pooling backbone's ``fc_norm`` is a token-pooling tower's ``norm``
+        # (an EVA-CLIP vision tower or a MIM student from a plain EVA-02 backbone)
+        if f"{prefix}fc_norm.weight" in sd and f"{prefix}fc_norm.weight" not in target \
+                and f"{prefix}norm.weight" in target and f"{prefix}norm.weight" not in sd:
+            for part in ("weight", "bias"):
+                sd[f"{prefix}norm.{part}"] = sd.pop(f"{prefix}fc_norm.{part}")
+            notes.append("renamed fc_norm -> norm (mean-pooling backbone into a token-pooling tower)")
         for pattern in MIM_ONLY_KEYS:
             for k in [k for k in sd if fnmatch.fnmatch(k, prefix + pattern) and k not in target]:
                 sd.pop(k)
@@ -247,56 +253,25 @@ def _vision_towers(model: nn.Module):
         yield "visual.", model.visual
 
 
-def check_fit(path, sd: dict, model: nn.Module, ignore_missing: tuple[str, ...] = ()) -> None:
-    target = model.state_dict()
-    missing = [k for k in target if k not in sd and not any(fnmatch.fnmatch(k, p) for p in ignore_missing)]
-    unexpected = [k for k in sd if k not in target]
-    mismatched = [(k, sd[k].shape, target[k].shape) for k in sd if k in target and sd[k].shape != target[k].shape]
-    if missing or unexpected or mismatched:
-        raise CheckpointMismatchError(path, missing, unexpected, mismatched)
-
-
-def _adoptable(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``t`` in ``like``'s dtype (and device, unless meta), in its own 64-byte aligned storage.
-
-    safetensors hands out tensors at 32-byte offsets; matmul kernels round differently on those than on the
-    aligned memory torch allocates, so such tensors are copied (one at a time) to give the same outputs as a
-    copy-in load.
-    """
-    device = like.device if like.device.type != "meta" else t.device
-    out = t.to(device=device, dtype=like.dtype if t.is_floating_point() else t.dtype)
-    if out.data_ptr() % 64 or not out.is_contiguous():
-        out = out.clone(memory_format=torch.contiguous_format)
-    return out
-
-
 def load_checkpoint(
     model: nn.Module, path: str | os.PathLike, strict: bool = True, ignore_missing: tuple[str, ...] = (),
-    assign: bool = False,
+    assign: bool = False, policy: LoadPolicy | None = None,
 ) -> dict:
     """Loads any supported checkpoint into ``model``; returns ``{"format", "notes", "missing"}``.
 
-    ``strict``: refuse (CheckpointMismatchError) unless every model key is supplied with the right shape;
-    ``ignore_missing``: glob patterns of model keys allowed to stay as initialised (e.g. ``("head.*",)`` when a
-    new head is trained). With ``strict=False`` missing keys are allowed but shapes must still match.
+    ``policy``: which keys may differ (:mod:`openeva.factory.policies` states openeva's own). Without one,
+    ``strict`` refuses (CheckpointMismatchError) unless every model key is supplied with the right shape, and
+    ``ignore_missing`` names glob patterns of model keys allowed to stay as initialised (e.g. ``("head.*",)``
+    when a new head is trained); with ``strict=False`` missing keys are allowed but shapes must still match.
     ``assign``: the checkpoint's tensors become the model's parameters (cast to each parameter's dtype and
     device) instead of being copied into them, so a model built on the meta device is loaded holding one copy.
     """
-    raw = read_state_dict(path)
-    fmt = detect_format(raw)
-    sd = to_openeva(raw, fmt, is_clip=isinstance(model, CLIP))
-    sd, notes = adapt_to_model(sd, model, config_beside(path))
-    if not strict:
-        ignore_missing = ("*",)
-    check_fit(path, sd, model, ignore_missing)
-    target = model.state_dict()
-    missing = [k for k in target if k not in sd]
-    del raw
-    if assign:
-        for k in list(sd):  # one tensor at a time, so at most one extra tensor is alive
-            sd[k] = _adoptable(sd.pop(k), target[k])
-    model.load_state_dict(sd, strict=False, assign=assign)
-    return {"format": fmt, "notes": notes, "missing": missing}
+    if policy is None:
+        policy = LoadPolicy("model", may_be_missing=tuple(ignore_missing) if strict else ("*",))
+    elif not strict or ignore_missing:
+        raise ValueError("pass either policy= or strict=/ignore_missing=, not both")
+    sd, notes, fmt = read_weights(path, model)
+    return load_weights(model, sd, policy, path, notes=notes, fmt=fmt, assign=assign).as_dict()
 
 
 def save_checkpoint(model: nn.Module, out_dir: str | os.PathLike, config: dict) -> Path:

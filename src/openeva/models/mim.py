@@ -16,7 +16,10 @@ The saved student (``openeva.save_model(student, dir)``, as every training check
 tensor plus ``norm``, ``mask_token`` and ``lm_head``, with a ``config.json`` describing the plain mean-pooling
 backbone. ``create_model(dir)`` / ``create_model(name, pretrained=dir, num_classes=K)`` then load it as a
 classifier (``norm`` -> ``fc_norm``, MIM-only keys dropped) and CLIP training's ``model.pretrained_image=dir``
-(:func:`openeva.train.clip_task.load_tower`) as a CLIP vision tower (``norm`` -> ``norm``, ``head`` new).
+(:func:`openeva.factory.load_tower`) as a CLIP vision tower (``norm`` -> ``norm``, ``head`` new).
+
+This module holds the modules only; :mod:`openeva.factory` builds them (``build_student``, ``build_teacher``)
+and loads their weights.
 """
 
 from __future__ import annotations
@@ -26,9 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openeva.checkpoints import load_checkpoint
-from openeva.factory import build_config, resolve_pretrained, resolve_spec
-from openeva.runtime import autocast, dtype_of, resolve_precision
+from openeva.runtime import autocast, dtype_of
 from openeva.models.vit import EVAViT, ViTConfig
 
 TEACHER_PRECISIONS = ("fp32", "bf16")
@@ -69,6 +70,15 @@ class MIMStudent(EVAViT):
         patches = tokens[:, self.num_prefix_tokens:]  # (B, N, D)
         return self.lm_head(patches[mask])  # (M, C)
 
+    def predict_all(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Normalised tokens (B, 1 + N, D) -> predictions (B, N, C) for every patch.
+
+        What training uses: the loss weights the masked patches (``mim_cosine_loss(..., mask=)``), so the shapes
+        are static and no count is read on the host, whatever each image's number of masked patches (BEiT's
+        masks vary). ``lm_head`` on the visible patches as well costs little next to the blocks.
+        """
+        return self.lm_head(tokens[:, self.num_prefix_tokens:])  # (B, N, C)
+
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) + bool mask (B, N), True = masked -> predictions (M, C) for the masked patches."""
         return self.predict(self.forward_features(images, mask), mask)
@@ -85,37 +95,13 @@ def plain_backbone(cfg: ViTConfig) -> ViTConfig:
                        patch_embed_grad_scale=1.0, patch_drop_rate=0.0)
 
 
-def build_student(
-    model_name: str,
-    target_dim: int,
-    img_size=None,
-    drop_path_rate: float = 0.0,
-    patch_embed_grad_scale: float = 0.1,
-) -> MIMStudent:
-    """A registered backbone (e.g. ``eva02_base_patch14_224``) as a freshly initialised MIM student."""
-    spec, _ = resolve_spec(model_name)
-    if spec.is_clip:
-        raise ValueError(f"student {model_name!r} is a CLIP model; the MIM student is a backbone "
-                         "(e.g. eva02_base_patch14_224; see `openeva models`)")
-    cfg = build_config(spec, img_size=img_size, drop_path_rate=drop_path_rate,
-                       patch_embed_grad_scale=patch_embed_grad_scale)
-    student = MIMStudent(cfg, target_dim)
-    student.spec = spec
-    return student
-
-
-# Tensors an EVA-CLIP vision tower has and a MIM backbone does not: the projection head (new) and EVA-CLIP's
-# sub-LN on the merged attention heads (``inner_attn_ln``, B/L towers), both left at their fresh init.
-CLIP_TOWER_NEW_KEYS = ("head.*", "blocks.*.attn.norm.*")
-
-
 class ClipTeacher(nn.Module):
     """A frozen CLIP vision tower turned into per-patch MIM targets (B, N_student, C).
 
     ``visual``: the tower (an ``EVAViT``, e.g. ``CLIP.visual``); its parameters are frozen and cast to
     ``precision`` ("bf16" halves memory and is faster on GPUs and CPUs with native bf16, but is emulated and
     several times slower on AVX2-only CPUs; targets come back fp32). The choice is the caller's
-    (:func:`build_teacher` and the MIM task resolve "auto" by the hardware).
+    (:func:`openeva.factory.build_teacher` and the MIM task resolve "auto" by the hardware).
     ``input_mean``/``input_std``: the normalisation of the images it is given; when they differ from the
     teacher's own ``mean``/``std`` the images are re-normalised for it.
     """
@@ -196,35 +182,3 @@ def resample_target_grid(
     fmap = target.transpose(1, 2).reshape(B, C, *grid)  # (B, C, h, w)
     fmap = F.interpolate(fmap, size=tuple(new_grid), mode="bilinear", align_corners=False)  # (B, C, h', w')
     return fmap.flatten(2).transpose(1, 2)  # (B, h' * w', C)
-
-
-def build_teacher(
-    model_name: str,
-    pretrained: str | None = None,
-    precision: str = "auto",
-    input_mean: tuple[float, float, float] | None = None,
-    input_std: tuple[float, float, float] | None = None,
-) -> ClipTeacher:
-    """A CLIP model's vision tower as a teacher, weights from any format ``load_checkpoint`` reads.
-
-    ``model_name``: a registered CLIP name (``EVA02-B-16``, ``EVA01-g-14``) or an openeva CLIP checkpoint
-    directory (then ``pretrained`` defaults to it). ``pretrained``: an EVA-CLIP ``.pt``, open_clip ``.bin``, timm
-    vision-tower file, openeva directory, or a published tag. Only the vision tower is built and loaded (no text
-    tower in memory). With no weights at all the teacher is random (tests, smoke runs), which is logged loudly
-    by the caller's config, not refused. ``precision`` "auto": bf16 where the CPU / GPU has it natively, else
-    fp32 (``openeva.runtime.resolve_precision``).
-    """
-    precision, _ = resolve_precision(precision, "cpu")
-    spec, saved = resolve_spec(model_name)
-    if not spec.is_clip:
-        raise ValueError(f"teacher {model_name!r} is not a CLIP model; the target needs the CLIP projection head "
-                         "(use e.g. EVA02-B-16 or EVA01-g-14)")
-    visual = EVAViT(spec.config.vision)
-    weights = pretrained or saved
-    if weights is not None:
-        load_checkpoint(visual, resolve_pretrained(spec, weights), strict=True)
-    teacher = ClipTeacher(visual, precision=precision, mean=spec.mean, std=spec.std,
-                          input_mean=input_mean, input_std=input_std)
-    teacher.spec = spec
-    teacher.pretrained = weights
-    return teacher

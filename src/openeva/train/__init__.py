@@ -1,13 +1,15 @@
 """Training: one engine that runs a Task (CLIP here; MIM and fine-tuning reuse it), configs, checkpoints.
 
-    from openeva.train import load_config, train
+    from openeva.configs import load_config  # a shipped recipe by name, or a config file
+    from openeva.train import train
     train(load_config("clip_tiny", ["optim.lr=1e-3"]))
 
 Lower level: ``Trainer(cfg, task, ResumableLoader(dataset, batch_size, ...), world).fit()`` runs any
 :class:`Task`.
 """
 
-from openeva.train.clip_task import CLIPTask, build_clip, build_clip_model, load_tower
+from openeva.factory import load_tower  # the CLIP tower init, built by the factory; kept here for its users
+from openeva.train.clip_task import CLIPTask, build_clip, build_clip_model
 from openeva.train.config import (
     DataConfig, DistConfig, LossConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig, apply_overrides,
     load_config,

@@ -10,39 +10,32 @@ validation (contrastive loss, image<->text retrieval R@1/5/10, zero-shot accurac
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from openeva.checkpoints import read_state_dict
-from openeva.checkpoints.io import check_fit, read_backbone_weights
-from openeva.data.classnames import fill_template, load_classnames, load_templates
+from openeva.data.classnames import load_classnames, load_templates
 from openeva.data.image_lists import LabelledImages
 from openeva.data.labelled import load_classification_dataset
-from openeva.data.loader import collate_skip_none
 from openeva.data.synthetic import ShapesClassification
 from openeva.data.transforms import PreprocessConfig, image_transform
-from openeva.factory import create_model, get_tokenizer, preprocess_cfg
+from openeva.factory import create_clip, get_tokenizer, preprocess_cfg
 from openeva.losses import ClipLoss, SigLipLoss
-from openeva.metrics import classification_metrics, retrieval_metrics, retrieval_ranks, zeroshot_head, zeroshot_logits
-from openeva.models.mim import CLIP_TOWER_NEW_KEYS
+from openeva.evaluators import Batching, Labelled, Retrieval, RetrievalOptions, ZeroShot, ZeroShotOptions
+from openeva.train.evals import select_evals
 from openeva.train.data import ResumableLoader, build_image_text_dataset, build_val_pairs, check_sources
 from openeva.train.preflight import check_weights, resolve_model
 from openeva.train.task import ParamGroupSpec, Task
-
-_TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
-
 
 class CLIPTask(Task):
     """A CLIP model trained on ``(images (B, 3, H, W), tokens (B, L))`` batches.
 
     ``loss`` "clip" uses :class:`~openeva.losses.ClipLoss`; "siglip" adds a learned ``logit_bias`` (init -10,
-    with the logit scale reset to ln 10, as SigLIP) kept in the Task's state. ``evaluator`` is called as
-    ``evaluator(model, logit_scale, logit_bias)`` by :meth:`evaluate`. Every option is keyword-only.
+    with the logit scale reset to ln 10, as SigLIP) kept in the Task's state. ``evaluator`` (a
+    :class:`ClipValidation`, or any ``evaluator(model) -> metrics``) is what :meth:`evaluate` reports. Every option
+    is keyword-only.
     """
 
     def __init__(self, model: nn.Module, *, loss: str = "clip", local_loss: bool = True, gather_with_grad: bool = True,
@@ -79,16 +72,28 @@ class CLIPTask(Task):
             self.loss_fn = ClipLoss(local_loss=self.local_loss, gather_with_grad=self.gather_with_grad, rank=rank,
                                     world_size=world_size, tiled=self.tiled)
 
-    def forward(self, batch) -> tuple[torch.Tensor, dict]:
+    accumulate_features = True  # the contrastive loss of a step must see every sample of it
+
+    def forward(self, batch, features_only: bool = False, valid: torch.Tensor | None = None):
+        """``(loss, metrics)``, or with ``features_only`` the features the loss reads: ``{"image": (B, E),
+        "text": (B, E), "scale": ()[, "bias": ()][, "valid": (B,)]}`` (see :class:`~openeva.train.task.Task`).
+        ``valid`` (B,) bool marks the rows of a padded fixed-shape batch that are samples (None: all)."""
         if batch is None or len(batch) < 2:
             raise ValueError("a CLIP batch is (images, tokens)")
         images, texts = batch[0], batch[1]
         image_features, text_features, scale = self.model(images, texts)  # (B, E), (B, E), ()
+        features = {"image": image_features, "text": text_features, "scale": scale}
         if self.logit_bias is not None:
-            loss = self.loss_fn(image_features, text_features, scale, self.logit_bias)
-        else:
-            loss = self.loss_fn(image_features, text_features, scale)
-        return loss, {"logit_scale": scale.detach()}
+            features["bias"] = self.logit_bias
+        if valid is not None:
+            features["valid"] = valid
+        return features if features_only else self.loss_from_features(features)
+
+    def loss_from_features(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        bias = (features["bias"],) if "bias" in features else ()
+        loss = self.loss_fn(features["image"], features["text"], features["scale"], *bias,
+                            valid=features.get("valid"))
+        return loss, {"logit_scale": features["scale"].detach()}
 
     def param_group_specs(self) -> list[ParamGroupSpec]:
         """Vision tower and text tower with their own lr / layer decay / weight decay, then the rest (logit
@@ -109,61 +114,16 @@ class CLIPTask(Task):
     def evaluate(self, step: int) -> dict[str, float]:
         if self.evaluator is None:
             return {}
-        return self.evaluator(self.model, self.model.logit_scale.exp().item(), self.logit_bias)
+        return self.evaluator(self.model)
 
 
 # -------------------------------------------------------------------------------------- model building
-def load_tower(tower: nn.Module, path: str, which: str, skip_list=()) -> dict:
-    """Initialise one CLIP tower from a checkpoint, leaving the ``skip_list`` keys (globs relative to the
-    tower, e.g. ``head.*``, ``text_projection``) as initialised. Returns ``{"loaded", "skipped", "missing",
-    "notes"}`` (notes: what was adapted, e.g. a resampled patch kernel or position grid).
-
-    ``which="visual"``: EVA-02 MIM / backbone checkpoints (EVA native, timm, openeva) or any CLIP's vision tower;
-    position embeddings and patch kernels are resampled to the tower (the patch 14 -> 16 step of B/16), a
-    backbone's final ``fc_norm`` becomes the tower's ``norm``, and what a MIM backbone lacks (the projection
-    head, EVA-CLIP's inner attention LN) keeps its fresh init. ``which="text"``: the text tower of an
-    open_clip / EVA-CLIP / openeva CLIP checkpoint, or an OpenAI-layout state dict (text keys at the top level).
-    Anything else missing, unexpected or mis-shaped is refused (``CheckpointMismatchError``).
-    """
-    allowed_missing = tuple(skip_list)
-    if which == "visual":
-        sd, notes = read_backbone_weights(path, tower)
-        allowed_missing += CLIP_TOWER_NEW_KEYS
-    elif which == "text":
-        raw, notes = read_state_dict(path), []
-        if any(k.startswith("text.") for k in raw):
-            sd = {k[len("text."):]: v for k, v in raw.items() if k.startswith("text.")}
-        else:
-            sd = {k: v for k, v in raw.items() if k.startswith(_TEXT_KEYS)}
-        sd = {k: v for k, v in sd.items() if not k.endswith("attn_mask")}
-        if not sd:
-            raise ValueError(f"{path} holds no CLIP text tower (no text.* or token_embedding keys)")
-    else:
-        raise ValueError(f"which must be 'visual' or 'text', got {which!r}")
-    skipped = [k for k in sd if any(fnmatch.fnmatch(k, p) for p in skip_list)]
-    sd = {k: v for k, v in sd.items() if k not in skipped}
-    check_fit(path, sd, tower, ignore_missing=allowed_missing)
-    tower.load_state_dict(sd, strict=False)
-    missing = [k for k in tower.state_dict() if k not in sd]
-    return {"loaded": len(sd), "skipped": skipped, "missing": missing, "notes": list(notes)}
-
-
 def build_clip_model(mcfg) -> nn.Module:
-    """The CLIP model of a :class:`~openeva.train.config.ModelConfig`: weights, tower inits, locks, checkpointing."""
-    overrides = {} if mcfg.drop_path_rate is None else {"drop_path_rate": mcfg.drop_path_rate}
-    model = create_model(mcfg.name, pretrained=mcfg.pretrained, img_size=mcfg.img_size,
-                         force_patch_dropout=mcfg.patch_dropout, **overrides)
-    if not hasattr(model, "text"):
-        raise ValueError(f"model.name={mcfg.name!r} is a backbone; CLIP training needs a CLIP model "
-                         "(see `openeva models --kind clip`)")
-    if mcfg.pretrained_image:
-        load_tower(model.visual, mcfg.pretrained_image, "visual", mcfg.skip_list)
-    if mcfg.pretrained_text:
-        load_tower(model.text, mcfg.pretrained_text, "text", mcfg.skip_list)
-    if mcfg.pretrained_image or mcfg.pretrained_text:
-        if "logit_scale" in mcfg.skip_list:
-            with torch.no_grad():
-                model.logit_scale.fill_(model.cfg.init_logit_scale)
+    """The CLIP model of a :class:`~openeva.train.config.ModelConfig`: built with its tower inits by the factory
+    (:func:`openeva.factory.create_clip`), then the run's tower locks and gradient checkpointing."""
+    model = create_clip(mcfg.name, mcfg.pretrained, pretrained_image=mcfg.pretrained_image,
+                        pretrained_text=mcfg.pretrained_text, skip_list=tuple(mcfg.skip_list), img_size=mcfg.img_size,
+                        patch_dropout=mcfg.patch_dropout, drop_path_rate=mcfg.drop_path_rate)
     if mcfg.lock_image:
         model.lock_image_tower(mcfg.lock_image_unlocked_groups)
     if mcfg.lock_text:
@@ -174,58 +134,42 @@ def build_clip_model(mcfg) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------- validation
-class ClipEvaluator:
-    """Validation loss and image<->text retrieval on held-out pairs; zero-shot accuracy on a labelled set."""
+class ClipValidation:
+    """The run's evaluators (:mod:`openeva.evaluators`, as ``openeva eval`` runs them) on their data: retrieval and
+    the contrastive validation loss on held-out pairs, zero-shot accuracy (``zeroshot_*``) on a labelled set.
 
-    def __init__(self, tokenizer, val_pairs=None, zeroshot=None, batch_size: int = 64):
-        self.tokenizer, self.val_pairs, self.zeroshot, self.batch_size = tokenizer, val_pairs, zeroshot, batch_size
+    It runs where the engine evaluates (rank 0; every rank, on all of the data, under FSDP) as one process
+    (``group=None``), in fp32; the evaluators' rank rules let a later engine give each rank its part."""
 
-    def _loader(self, ds):
-        return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, shuffle=False, collate_fn=collate_skip_none,
-                                           generator=torch.Generator().manual_seed(0))
+    def __init__(self, runs):
+        self.runs = list(runs)  # (evaluator, data, metric prefix)
 
     @torch.no_grad()
-    def __call__(self, model, logit_scale: float, logit_bias=None) -> dict[str, float]:
+    def __call__(self, model) -> dict[str, float]:
         device = model.logit_scale.device
         metrics: dict[str, float] = {}
-        if self.val_pairs is not None:
-            images, texts, losses = [], [], []
-            for batch in self._loader(self.val_pairs):
-                if batch is None:
-                    continue
-                img = model.encode_image(batch[0].to(device), normalize=True).float()  # (B, E)
-                txt = model.encode_text(batch[1].to(device), normalize=True).float()  # (B, E)
-                logits = logit_scale * img @ txt.T  # (B, B)
-                target = torch.arange(len(img), device=device)
-                losses.append(((F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2).item())
-                images.append(img.cpu())
-                texts.append(txt.cpu())
-            if images:
-                img, txt = torch.cat(images), torch.cat(texts)  # (N, E)
-                metrics["loss"] = sum(losses) / len(losses)
-                ranks = retrieval_ranks(img, txt, torch.arange(len(img)))
-                metrics.update({k: v for k, v in retrieval_metrics(ranks).items() if "@" in k})
-        if self.zeroshot is not None:
-            metrics.update(self._zeroshot(model, device))
+        for evaluator, data, prefix in self.runs:
+            result = evaluator.run(model, data, device=device, precision="fp32")
+            metrics.update({f"{prefix}{k}": v for k, v in result.items()})
         return metrics
 
-    def _zeroshot(self, model, device) -> dict[str, float]:
-        dataset, classnames, templates = self.zeroshot
-        prompts = [fill_template(t, c) for c in classnames for t in templates]
-        embeddings = torch.cat([model.encode_text(self.tokenizer(prompts[i:i + 256]).to(device)).float()
-                                for i in range(0, len(prompts), 256)])  # (C*T, E)
-        classifier = zeroshot_head(embeddings, len(classnames))  # (E, C)
-        scores, labels = [], []
-        for batch in self._loader(dataset):
-            if batch is None:
-                continue
-            feats = model.encode_image(batch[0].to(device), normalize=True)  # (B, E)
-            scores.append(zeroshot_logits(feats, classifier.to(device)).cpu())
-            labels.append(torch.as_tensor(batch[1]))
-        if not scores:
-            return {}
-        m = classification_metrics(torch.cat(scores), torch.cat(labels), len(classnames))
-        return {"zeroshot_acc1": m["acc1"], "zeroshot_acc5": m["acc5"]}
+
+def build_clip_validation(cfg, tokenizer, val_tf, size: int) -> ClipValidation | None:
+    """The evaluators ``cfg.evals`` names (default: retrieval and zero-shot) over the sets ``cfg.data`` gives."""
+    d, evals = cfg.data, select_evals(cfg, ("retrieval", "zeroshot"))
+    batching = Batching(batch_size=min(d.batch_size * 2, 256))
+    runs = []
+    if "retrieval" in evals:
+        val = build_val_pairs(d, val_tf, tokenizer, size, cfg.seed)
+        if val is not None:
+            runs.append((Retrieval(RetrievalOptions(loss=True), batching), val, ""))
+    if "zeroshot" in evals:
+        zeroshot = build_zeroshot_set(d, val_tf, size, cfg.seed)
+        if zeroshot is not None:
+            dataset, classnames, templates = zeroshot
+            evaluator = ZeroShot(tokenizer, ZeroShotOptions(templates=tuple(templates)), batching)
+            runs.append((evaluator, Labelled(dataset, tuple(classnames)), "zeroshot_"))
+    return ClipValidation(runs) if runs else None
 
 
 def build_zeroshot_set(dcfg, transform, image_size: int, seed: int):
@@ -255,6 +199,7 @@ def preflight_clip(cfg) -> None:
     for key in ("pretrained", "pretrained_image", "pretrained_text"):
         check_weights(f"model.{key}", getattr(cfg.model, key), always_path=key != "pretrained")
     check_sources(cfg.data.sources())
+    select_evals(cfg, ("retrieval", "zeroshot"))  # the evaluators it names are ones CLIP training runs
     for key in ("val", "zeroshot"):
         value = getattr(cfg.data, key)
         if value not in (None, "synthetic", "shapes") and not Path(value).exists():
@@ -276,10 +221,7 @@ def build_clip(cfg, world):
                              samples_per_epoch=d.train_num_samples)
     evaluator = None
     if world.is_main or cfg.dist.strategy == "fsdp":
-        val = build_val_pairs(d, val_tf, tokenizer, size, cfg.seed)
-        zeroshot = build_zeroshot_set(d, val_tf, size, cfg.seed)
-        if val is not None or zeroshot is not None:
-            evaluator = ClipEvaluator(tokenizer, val, zeroshot, batch_size=min(d.batch_size * 2, 256))
+        evaluator = build_clip_validation(cfg, tokenizer, val_tf, size)
     o, loss = cfg.optim, cfg.loss
     task = CLIPTask(model, loss=loss.kind, local_loss=loss.local_loss, gather_with_grad=loss.gather_with_grad,
                     tiled=loss.tiled, visual_lr=o.visual_lr, text_lr=o.text_lr,

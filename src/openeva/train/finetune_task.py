@@ -8,13 +8,14 @@ cross-entropy), RandAugment ``rand-m9-mstd0.5-inc1`` on RandomResizedCrop(scale 
 the weights (decay 0.9999) used for evaluation.
 
 This module holds the objective (:class:`FinetuneTask`), the weight EMA and the transforms; the classifier
-builder is :mod:`openeva.train.classifier`; the optimizer, schedule, precision and checkpoints belong to the
+is built by :func:`openeva.factory.build_classifier`; the optimizer, schedule, precision and checkpoints belong to the
 one training engine.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable, Iterable
 
 import torch
@@ -30,12 +31,11 @@ from openeva.data.labelled import align_classes, load_classification_dataset
 from openeva.data.loader import collate_skip_none
 from openeva.data.synthetic import ShapesClassification
 from openeva.data.transforms import PreprocessConfig, image_transform
-from openeva.factory import preprocess_cfg
-from openeva.train.classifier import (  # noqa: F401  (layer_lr_scales: re-exported beside FinetuneTask)
-    EVA02_HEAD_INIT_SCALE, build_classifier, layer_lr_scales,
-)
+from openeva.factory import EVA02_HEAD_INIT_SCALE, build_classifier, preprocess_cfg  # noqa: F401 (re-exported)
+from openeva.evaluators import Accuracy, AccuracyOptions
 from openeva.train.augment_bounds import bound_posterize
 from openeva.train.data import ResumableLoader
+from openeva.train.evals import select_evals
 from openeva.train.options import (
     EVA02_AUTO_AUGMENT, EVA02_EMA_DECAY, EVA02_TRAIN_SCALE, FinetuneOptions, check_loss_options,
 )
@@ -102,22 +102,32 @@ class ModelEMA(nn.Module):
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
-    def current_decay(self) -> float:
-        n = int(self.num_updates)
-        return min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay
+    def current_decay(self) -> torch.Tensor:
+        """The decay of the next update, a 0-dim fp64 tensor on the copy's device (no host sync to compute)."""
+        n = self.num_updates.double()
+        decay = torch.full_like(n, self.decay)
+        return torch.minimum(decay, (1.0 + n) / (10.0 + n)) if self.warmup else decay
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """One fused (foreach) update of every floating tensor; integer buffers copied. A sharded (FSDP) model's
+        tensors are gathered whole, as the copy is a replica."""
         decay = self.current_decay()
         ema_state, state = self.module.state_dict(), model.state_dict()
         if ema_state.keys() != state.keys():
             raise ValueError("the EMA copy and the model have different state-dict keys")
+        ema_f, new_f = [], []
         for key, ema_v in ema_state.items():
-            v = state[key].to(device=ema_v.device, dtype=ema_v.dtype)
+            v = state[key]
+            v = (v.full_tensor() if hasattr(v, "full_tensor") else v).to(device=ema_v.device, dtype=ema_v.dtype)
             if ema_v.is_floating_point():
-                ema_v.lerp_(v, 1.0 - decay)
+                ema_f.append(ema_v)
+                new_f.append(v)
             else:
                 ema_v.copy_(v)
+        if ema_f:  # ema = decay * ema + (1 - decay) * v
+            torch._foreach_mul_(ema_f, decay)
+            torch._foreach_add_(ema_f, torch._foreach_mul(new_f, 1.0 - decay))
         self.num_updates += 1
 
     def forward(self, *args, **kwargs):
@@ -141,41 +151,22 @@ def _images_labels(batch) -> tuple[torch.Tensor, torch.Tensor]:
     return batch[0], batch[1]
 
 
-@torch.no_grad()
 def evaluate_classifier(model: nn.Module, loader: Iterable, device=None, max_batches: int | None = None) -> dict:
-    """Top-1 / top-5 (top-min(5, C)) accuracy and mean cross-entropy of ``model`` over ``loader``.
+    """Top-1 / top-5 (top-min(5, C)) accuracy and mean cross-entropy of ``model`` over ``loader``: the
+    :class:`~openeva.evaluators.Accuracy` evaluator over this process's batches.
 
     Batches are ``(images, labels)`` (None batches, where every image failed to decode, are skipped).
     """
-    was_training = model.training
-    model.eval()
-    device = device if device is not None else next(model.parameters()).device
-    n = correct1 = correct5 = 0
-    loss_sum = 0.0
-    try:
-        for i, batch in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            if batch is None:
-                continue
-            images, labels = _images_labels(batch)
-            images, labels = images.to(device), labels.to(device).long()
-            logits = model(images).float()  # (B, C)
-            k = min(5, logits.shape[1])
-            topk = logits.topk(k, dim=1).indices  # (B, k)
-            hit = topk == labels[:, None]  # (B, k)
-            correct1 += int(hit[:, 0].sum())
-            correct5 += int(hit.any(dim=1).sum())
-            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-            n += len(labels)
-    finally:
-        model.train(was_training)
-    if n == 0:
-        return {}
-    return {"acc1": correct1 / n, "acc5": correct5 / n, "loss": loss_sum / n}
+    return Accuracy(AccuracyOptions(max_batches=max_batches)).run(model, loader, device=device)
 
 
 # ---------------------------------------------------------------------------------------------- task
+def _valid_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of (B,) ``values`` over the valid rows, without reading the count on the host."""
+    if valid is None:
+        return values.mean()
+    return torch.where(valid, values, 0).sum() / valid.sum().clamp(min=1)
+
 
 class FinetuneTask(Task):
     """Supervised classification of a backbone with a ``num_classes`` head (``forward(images) -> logits``).
@@ -240,19 +231,23 @@ class FinetuneTask(Task):
         self.ema = ModelEMA(model, ema_decay, warmup=ema_warmup) if ema_decay > 0 else None
 
     # ------------------------------------------------------------------------------------ contract
-    def forward(self, batch) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+    def forward(self, batch, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+        """``valid`` (B,) bool: the rows that are samples of a padded fixed-shape batch (None: all); the loss and
+        accuracy average over those rows (a padding row may still be a mixing partner: it is a real image)."""
         images, labels = _images_labels(batch)
         labels = labels.long()
         if self.training and self.mixup_fn is not None and len(labels) >= 2:
             if len(labels) % 2:  # batch mixing pairs sample i with B-1-i: drop one to make B even
                 images, labels = images[:-1], labels[:-1]
+                valid = None if valid is None else valid[:-1]
             images, targets = self.mixup_fn(images, labels)  # targets (B, C), smoothed and mixed
             logits = self.model(images)  # (B, C)
-            loss = torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+            loss = _valid_mean(torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1), valid)
             return loss, {"loss": loss.detach()}
         logits = self.model(images)  # (B, C)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
-        acc1 = (logits.detach().argmax(dim=1) == labels).float().mean()
+        per_sample = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing, reduction="none")
+        loss = _valid_mean(per_sample, valid)
+        acc1 = _valid_mean((logits.detach().argmax(dim=1) == labels).float(), valid)
         return loss, {"loss": loss.detach(), "acc1": acc1}
 
     def param_group_specs(self) -> list[ParamGroupSpec]:
@@ -291,6 +286,13 @@ def _head_out_features(model: nn.Module) -> int:
     raise ValueError(f"{type(model).__name__} has no classification head; build it with num_classes")
 
 
+def layer_lr_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
+    """Parameter name -> lr multiplier ``layer_decay ** (num_layers - 1 - layer_id(name))`` (for inspection;
+    the engine computes the same from :meth:`FinetuneTask.param_group_specs`)."""
+    top = model.num_layers - 1
+    return {n: math.pow(layer_decay, top - model.layer_id(n)) for n, _ in model.named_parameters()}
+
+
 # ------------------------------------------------------------------------------- runs on the engine
 def load_labelled(path: str, classnames=None, split: str | None = None, what: str = "data.train"):
     """Index a labelled dataset (folder / csv / jsonl / wds / idx) and check it can train a classifier."""
@@ -308,6 +310,7 @@ def load_labelled(path: str, classnames=None, split: str | None = None, what: st
 def preflight_finetune(cfg) -> None:
     """Checks that need no model or compute: options, model name, weight file, datasets (indexed, >= 2 classes)."""
     options = FinetuneOptions.from_dict(cfg.task_options)
+    select_evals(cfg, ("accuracy",))  # fine-tuning validates with its own head's accuracy
     resolve_model("model.name", cfg.model.name)
     m = cfg.model
     check_weights("model.pretrained", m.pretrained)
@@ -379,7 +382,7 @@ def build_finetune(cfg, world, model=None, train_data=None, val_data=None):
                              num_workers=d.num_workers, pin_memory=world.device.type == "cuda",
                              samples_per_epoch=d.train_num_samples)
     val_loader = None
-    if val is not None and world.is_main:
+    if val is not None and (world.is_main or cfg.dist.strategy == "fsdp") and "accuracy" in select_evals(cfg, ("accuracy",)):
         val_loader = torch.utils.data.DataLoader(val, batch_size=min(2 * d.batch_size, 256), shuffle=False,
                                                  num_workers=d.num_workers, collate_fn=collate_skip_none)
     task = FinetuneTask(classifier, num_classes, label_smoothing=options.label_smoothing, mixup=options.mixup,

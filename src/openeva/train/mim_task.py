@@ -1,7 +1,7 @@
 """EVA-02 masked image modelling as a Task on the one training engine (Fang et al., 2023, arXiv 2303.11331).
 
 One method per paper step, as MAE writes it: ``masks`` (block-wise, from the batch or drawn here), ``encode``
-(student tokens with masked patches swapped for the mask token), ``predict`` (``lm_head`` on masked tokens),
+(student tokens with masked patches swapped for the mask token), ``predict`` (``lm_head`` on every patch),
 ``targets`` (frozen CLIP teacher patch features on the same crop, or normalised pixels) and ``loss`` (negative
 cosine similarity, or MAE's pixel MSE, over masked tokens only). The engine owns precision, optimiser,
 schedule, checkpoints and logging.
@@ -22,13 +22,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
-from openeva.checkpoints import load_checkpoint
 from openeva.data.loader import collate_skip_none
 from openeva.data.transforms import PreprocessConfig, image_transform
-from openeva.factory import build_config, resolve_spec
+from openeva.factory import build_config, build_student, build_teacher, resolve_spec
 from openeva.runtime import resolve_precision
 from openeva.losses.mim import mim_cosine_loss, patchify, pixel_regression_loss
-from openeva.models.mim import ClipTeacher, MIMStudent, build_student, build_teacher
+from openeva.models.mim import ClipTeacher, MIMStudent
 from openeva.train.data import ResumableLoader, build_image_text_dataset, build_val_pairs, check_sources, derive_seed
 from openeva.train.config import TrainConfig, load_config
 from openeva.train.options import TARGETS, MIMOptions, canonical_task
@@ -67,13 +66,13 @@ class MIMTask(Task):
     ):
         super().__init__()
         if not isinstance(student, MIMStudent):
-            raise ValueError(f"student must be a MIMStudent (openeva.models.mim.build_student), got "
+            raise ValueError(f"student must be a MIMStudent (openeva.factory.build_student), got "
                              f"{type(student).__name__}")
         if target not in TARGETS:
             raise ValueError(f"MIM target must be one of {TARGETS}, got {target!r}")
         if target == "clip":
             if teacher is None:
-                raise ValueError("target='clip' needs a teacher (openeva.models.mim.build_teacher)")
+                raise ValueError("target='clip' needs a teacher (openeva.factory.build_teacher)")
             if teacher.target_dim != student.target_dim:
                 raise ValueError(f"student lm_head outputs {student.target_dim} features but the teacher gives "
                                  f"{teacher.target_dim}; build the student with target_dim={teacher.target_dim}")
@@ -122,17 +121,15 @@ class MIMTask(Task):
         if tuple(mask.shape) != (images.shape[0], h * w):
             raise ValueError(f"mask shape {tuple(mask.shape)} does not fit batch {images.shape[0]} on the "
                              f"student's {h}x{w} patch grid")
-        if not mask.any():
-            raise ValueError("the masks select no patches")
-        return images, mask.to(images.device)
+        return images, mask.to(images.device)  # masks selecting nothing give a zero loss (no host sync to refuse)
 
     def encode(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W), (B, N) -> normalised student tokens (B, 1 + N, D)."""
         return self.student.forward_features(images, mask)
 
-    def predict(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, 1 + N, D) -> (M, C) predictions for the M masked patches."""
-        return self.student.predict(tokens, mask)
+    def predict(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + N, D) -> (B, N, C) predictions for every patch; :meth:`loss` weights the masked ones."""
+        return self.student.predict_all(tokens)
 
     @torch.no_grad()
     def targets(self, images: torch.Tensor) -> torch.Tensor:
@@ -141,18 +138,18 @@ class MIMTask(Task):
             return self.teacher(images, self.grid_size)  # (B, N, C)
         return patchify(images.float(), self.student.cfg.patch_size)  # (B, N, p*p*3)
 
-    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Masked-token predictions (M, C) vs their targets (M, C)."""
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Predictions (B, N, C) vs targets (B, N, C), averaged over the masked patches (mask (B, N)) of the
+        batch as EVA-02 does, however many each image has."""
         if self.target == "clip":
-            return mim_cosine_loss(pred, target)
-        return pixel_regression_loss(pred, target, norm_pix=self.norm_pix)
+            return mim_cosine_loss(pred, target, mask=mask)
+        return pixel_regression_loss(pred, target, norm_pix=self.norm_pix, mask=mask)
 
     # ----------------------------------------------------------------------------------- the contract
     def forward(self, batch) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         images, mask = self.masks(batch)
-        pred = self.predict(self.encode(images, mask), mask)  # (M, C)
-        target = self.targets(images)[mask]  # (M, C)
-        loss = self.loss(pred, target)
+        pred = self.predict(self.encode(images, mask))  # (B, N, C)
+        loss = self.loss(pred, self.targets(images), mask)
         metrics = {"loss": loss.detach(), "mask_ratio": mask.float().mean()}
         if self.target == "clip":
             metrics["cos_sim"] = -loss.detach()
@@ -174,8 +171,8 @@ class MIMTask(Task):
             if batch is None:
                 continue
             images, mask = self.masks([t.to(device) for t in batch])
-            pred = self.predict(self.encode(images, mask), mask)  # (M, C)
-            total += float(self.loss(pred, self.targets(images)[mask])) * len(images)
+            pred = self.predict(self.encode(images, mask))  # (B, N, C)
+            total += float(self.loss(pred, self.targets(images), mask)) * len(images)
             count += len(images)
         if count == 0:
             return {}
@@ -322,11 +319,10 @@ def build_mim_task(cfg, opts: MIMOptions | None = None, device="cpu") -> MIMTask
     else:
         c = build_config(student_spec, img_size=cfg.model.img_size)
         target_dim = c.patch_size ** 2 * c.in_chans  # one normalised pixel patch
+    # model.pretrained continues MIM from a student checkpoint (e.g. IN-21K -> Merged-38M)
     student = build_student(cfg.model.name, target_dim, img_size=cfg.model.img_size,
                             drop_path_rate=cfg.model.drop_path_rate or 0.0,
-                            patch_embed_grad_scale=opts.patch_embed_grad_scale)
-    if cfg.model.pretrained:  # continue MIM from a student checkpoint (e.g. IN-21K -> Merged-38M)
-        load_checkpoint(student, cfg.model.pretrained, strict=False)
+                            patch_embed_grad_scale=opts.patch_embed_grad_scale, pretrained=cfg.model.pretrained)
     if cfg.model.grad_checkpointing:
         student.set_grad_checkpointing(True)
     return MIMTask(student, teacher, target=opts.target, norm_pix=opts.norm_pix,
@@ -349,7 +345,7 @@ def build_mim(cfg, world):
     loader = ResumableLoader(train, d.batch_size, rank=world.rank, world_size=world.world_size, seed=cfg.seed,
                              num_workers=d.num_workers, pin_memory=world.device.type == "cuda",
                              samples_per_epoch=d.train_num_samples)
-    if world.is_main:
+    if world.is_main or cfg.dist.strategy == "fsdp":  # FSDP evaluates on every rank (their shards together)
         val = build_val_pairs(d, image_transform(pre, is_train=False), None, size, cfg.seed, images_only=True)
         if val is not None:
             task.val_data = MaskedImages(val, task.mask_generator, seed=cfg.seed + 3_000_017)
@@ -362,7 +358,8 @@ def build_mim(cfg, world):
 def pretrain(config, overrides=(), world=None) -> Path:
     """Run MIM pretraining to completion (or ``max_steps_this_run``); returns the run directory.
 
-    ``config``: a TrainConfig or a config file (the ``mim_*`` recipes (``openeva.configs``)), with ``key=value`` ``overrides``.
+    ``config``: a TrainConfig or a config file, with ``key=value`` ``overrides`` (a shipped ``mim_*`` recipe by
+    name: ``pretrain(openeva.configs.load_config("mim_b"))``).
     The run directory is the engine's (config.json, metrics.jsonl, tb/, plots/, checkpoints/); when the run
     completes, ``RUN/final`` holds the student as a plain backbone checkpoint: ``create_model(RUN/final)``,
     ``create_model(name, pretrained=RUN/final, num_classes=K)`` and CLIP training's

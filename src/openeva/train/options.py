@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from openeva.data.masking import BlockMaskGenerator
+from openeva.factory import EVA02_HEAD_INIT_SCALE
 from openeva.models.mim import TEACHER_PRECISIONS
 from openeva.train.fields import section_from_dict
 
@@ -19,7 +20,6 @@ TARGETS = ("clip", "pixel")
 EVA02_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"  # RandAugment: 2 ops, magnitude 9 (std 0.5), increasing severity
 EVA02_TRAIN_SCALE = (0.08, 1.0)
 EVA02_EMA_DECAY = 0.9999
-EVA02_HEAD_INIT_SCALE = 1e-3
 
 
 # ------------------------------------------------------------------------------------------------ MIM

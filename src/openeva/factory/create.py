@@ -2,6 +2,7 @@
 
 ``create_model("EVA02-B-16", pretrained="path/or/tag")``; a name can also be an openeva checkpoint directory
 (``local-dir:/path`` or a plain path holding ``config.json``), which rebuilds the saved model and loads it.
+Weights are loaded under the policies of :mod:`openeva.factory.policies`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from openeva.checkpoints import load_checkpoint, read_config, resolve_model_dir, save_checkpoint
+from openeva.checkpoints import LoadPolicy, load_weights, read_config, read_weights, resolve_model_dir, save_checkpoint
 from openeva.data.transforms import PreprocessConfig, image_transform
+from openeva.factory.policies import CLASSIFIER, MODEL, PARTIAL
 from openeva.runtime import PRECISION_CHOICES, dtype_of, resolve_precision
 from openeva.models.clip import CLIP, CLIPConfig
 from openeva.models.int8 import quantize_int8
@@ -21,7 +23,6 @@ from openeva.models.registry import ModelSpec, get_model_spec
 from openeva.models.tokenizer import ClipTokenizer
 from openeva.models.tome import apply_tome
 from openeva.models.vit import EVAViT, ViTConfig
-
 
 
 def _pair(v) -> tuple[int, int] | None:
@@ -90,7 +91,8 @@ def create_model(
     ``img_size`` (timm) and ``force_image_size`` (open_clip) are synonyms: any size divisible by the patch size,
     non-square too; position embeddings are resampled and RoPE rebuilt for it. ``pretrained``: a checkpoint path
     in any supported format, or a published tag from ``list_pretrained()`` (needs network + huggingface_hub).
-    ``num_classes`` (backbones) sets a new classifier head, which is then not required in the checkpoint.
+    ``num_classes`` (backbones) sets a new classifier head, which is then not required in the checkpoint (a head
+    of another size there is replaced: ``policies.CLASSIFIER``); ``strict=False`` lets any key stay as initialised.
     ``device``: parameters are created there ("meta": shapes only, nothing allocated). ``tome_r``: merge that many
     image tokens per block, or one count per block (``openeva.apply_tome``); ``int8``: dynamic int8 Linear layers for CPU inference
     (``openeva.quantize_int8``). ``precision`` is the dtype of the weights; "auto" resolves by the hardware
@@ -111,20 +113,27 @@ def create_model(
     if device.type == "meta" and pretrained is not None:
         raise ValueError("device='meta' builds shapes without storage; weights cannot be loaded there (drop "
                          "pretrained=, or build on 'cpu'/'cuda')")
-    ignore = ("head.*",) if num_classes is not None else ()
+    policy = CLASSIFIER if num_classes is not None else MODEL if strict else PARTIAL
     if device.type == "meta":  # a saved model directory rebuilds its shapes; its weights are not read
         weights = None
     path = resolve_pretrained(spec, weights) if weights is not None else None
-    if path is not None and strict and not ignore and device.type != "meta":
+    if path is not None and policy.requires_every_key:
         # every weight comes from the checkpoint: build without storage, then adopt the loaded tensors (one copy)
         model = _build(cfg, spec, torch.device("meta")).to(dtype)
-        load_checkpoint(model, path, strict=True, assign=True)
+        load_from(model, path, policy, assign=True)
         model = model.to(device)  # a no-op where the checkpoint was read onto that device already
     else:
         model = _build(cfg, spec, device).to(dtype)  # built (and initialised) where it is asked: no CPU copy
         if path is not None:
-            load_checkpoint(model, path, strict=strict, ignore_missing=ignore)
+            load_from(model, path, policy)
     return _inference_options(model, tome_r, int8)
+
+
+def load_from(model: nn.Module, path, policy: LoadPolicy, assign: bool = False):
+    """Any supported checkpoint into ``model`` (converted, fitted to its layout) under ``policy``: the factory's one
+    way to load weights. Returns the :class:`~openeva.checkpoints.LoadReport`."""
+    sd, notes, fmt = read_weights(path, model)
+    return load_weights(model, sd, policy, path, notes=notes, fmt=fmt, assign=assign)
 
 
 def _inference_options(model: nn.Module, tome_r: int | list[int] | None, int8: bool) -> nn.Module:

@@ -1,23 +1,22 @@
 """The EVA-02 classifier for fine-tuning: a backbone (or an EVA-CLIP's vision tower) with a new small-init head.
 
-Split from :mod:`openeva.train.finetune_task` (the objective and its engine hooks): building the model and
-loading its weights is a question of checkpoints and layouts, not of the training loop.
+Weights load under ``policies.CLASSIFIER``: the checkpoint's head is kept when it has as many classes, any other
+head (or none, after MIM) is replaced by a new one; every other key must fit.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 
 import torch
 from torch import nn
 
-from openeva.checkpoints.io import check_fit, read_backbone_weights
-from openeva.factory import build_config, create_model, resolve_pretrained, resolve_spec
+from openeva.factory.create import build_config, create_model, load_from, resolve_pretrained, resolve_spec
+from openeva.factory.policies import CLASSIFIER
 from openeva.models.vit import EVAViT
-from openeva.train.options import EVA02_HEAD_INIT_SCALE
 
+EVA02_HEAD_INIT_SCALE = 1e-3  # EVA-02 fine-tuning's head init scale (trunc-normal(0.02) x 0.001)
 
 
 def init_head(model: nn.Module, init_scale: float = EVA02_HEAD_INIT_SCALE) -> None:
@@ -41,7 +40,7 @@ def build_classifier(
     patch_embed_grad_scale: float = 0.0,
     head_init_scale: float = EVA02_HEAD_INIT_SCALE,
 ) -> nn.Module:
-    """An ``EVAViT`` with a ``num_classes`` head, ready for :class:`FinetuneTask`.
+    """An ``EVAViT`` with a ``num_classes`` head, ready for :class:`~openeva.train.finetune_task.FinetuneTask`.
 
     ``model``: a registered name or an openeva checkpoint directory (backbone, or CLIP: its vision tower is
     used), or a built ``EVAViT`` / CLIP model (deep-copied; ``img_size`` and ``drop_path_rate`` then keep the
@@ -56,29 +55,35 @@ def build_classifier(
         raise ValueError(f"patch_embed_grad_scale must be in [0, 1], got {patch_embed_grad_scale}")
     if not head_init_scale > 0:
         raise ValueError(f"head_init_scale must be > 0, got {head_init_scale}")
-    head_loaded = False
     if isinstance(model, str):
         vit, head_loaded = _named_classifier(model, num_classes, pretrained, img_size, drop_path_rate,
                                              patch_embed_grad_scale)
     else:
         if pretrained is not None:
             raise ValueError("pretrained= applies to a model name; load weights into a built model first")
-        source = getattr(model, "visual", model)
-        if not isinstance(source, EVAViT):
-            raise ValueError(f"fine-tuning needs an EVA ViT backbone or an EVA-CLIP model, got {type(model).__name__}")
-        vit = copy.deepcopy(source)
-        spec = getattr(model, "spec", None)
-        if spec is not None:
-            vit.spec = spec if source is model else dataclasses.replace(spec, name=f"{spec.name}-visual")
-        vit.cfg = vit.cfg.replace(patch_embed_grad_scale=patch_embed_grad_scale)
-        head_loaded = isinstance(vit.head, nn.Linear) and vit.head.out_features == num_classes
-        if not head_loaded:
-            vit.reset_classifier(num_classes)
+        vit, head_loaded = _copied_classifier(model, num_classes, patch_embed_grad_scale)
     if not head_loaded:
         init_head(vit, head_init_scale)
     if getattr(vit, "spec", None) is not None:
         vit.spec = dataclasses.replace(vit.spec, config=vit.cfg)
     return vit
+
+
+def _copied_classifier(model: nn.Module, num_classes: int, patch_embed_grad_scale: float):
+    """A deep copy of a built backbone (or a CLIP's vision tower) as a ``num_classes`` classifier; -> (model,
+    its head kept)."""
+    source = getattr(model, "visual", model)
+    if not isinstance(source, EVAViT):
+        raise ValueError(f"fine-tuning needs an EVA ViT backbone or an EVA-CLIP model, got {type(model).__name__}")
+    vit = copy.deepcopy(source)
+    spec = getattr(model, "spec", None)
+    if spec is not None:
+        vit.spec = spec if source is model else dataclasses.replace(spec, name=f"{spec.name}-visual")
+    vit.cfg = vit.cfg.replace(patch_embed_grad_scale=patch_embed_grad_scale)
+    head_loaded = isinstance(vit.head, nn.Linear) and vit.head.out_features == num_classes
+    if not head_loaded:
+        vit.reset_classifier(num_classes)
+    return vit, head_loaded
 
 
 def _named_classifier(name, num_classes, pretrained, img_size, drop_path_rate, patch_embed_grad_scale):
@@ -98,28 +103,5 @@ def _named_classifier(name, num_classes, pretrained, img_size, drop_path_rate, p
     weights = pretrained or saved_weights
     if weights is None:
         return vit, False
-    return vit, load_backbone_weights(vit, resolve_pretrained(spec, weights))
-
-
-def load_backbone_weights(model: nn.Module, path) -> bool:
-    """Load a backbone checkpoint (any supported format) into ``model``, except a head of another shape.
-
-    Fine-tuning starts from MIM checkpoints (no head) as well as from classifiers with another label set
-    (an IN-1K head for a 10-class task): such a head is left as initialised. Returns whether the
-    checkpoint's head was loaded. Every other key must fit (``CheckpointMismatchError`` otherwise).
-    """
-    sd, _ = read_backbone_weights(path, model)
-    target = model.state_dict()
-    for key in ("head.weight", "head.bias"):
-        if key in sd and (key not in target or sd[key].shape != target[key].shape):
-            sd.pop(key)
-    check_fit(path, sd, model, ignore_missing=("head.*",))
-    model.load_state_dict(sd, strict=False)
-    return "head.weight" in sd
-
-
-def layer_lr_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
-    """Parameter name -> lr multiplier ``layer_decay ** (num_layers - 1 - layer_id(name))`` (for inspection;
-    the engine computes the same from :meth:`FinetuneTask.param_group_specs`)."""
-    top = model.num_layers - 1
-    return {n: math.pow(layer_decay, top - model.layer_id(n)) for n, _ in model.named_parameters()}
+    report = load_from(vit, resolve_pretrained(spec, weights), CLASSIFIER)
+    return vit, "head.weight" in report.loaded
