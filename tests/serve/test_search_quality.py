@@ -15,9 +15,11 @@ from openeva.serve.search import search
 QUERY = "a {color} {shape}"
 
 
-def train_shapes_clip(out, steps: int = 150, lr: float = 3e-3, seed: int = 0) -> str:
+def train_shapes_clip(out, steps: int = 300, lr: float = 3e-3, seed: int = 0) -> str:
     """EVA02-test trained on rendered shapes with a locked text tower (LiT with the sides swapped): the image
-    tower learns to meet the text tower's embedding of each caption; ~150 image-tower steps at batch 64."""
+    tower learns to meet the text tower's embedding of each caption; 300 image-tower steps at batch 64 (the
+    vision head starts at EVA-CLIP's trunc-normal(0.02) x 0.001: 150 steps, enough from a 0.02 start, reached
+    precision@10 0.16 from it, 300 steps 0.43)."""
     torch.manual_seed(seed)
     model, _, val_tf = openeva.create_model_and_transforms("EVA02-test")
     tokenizer = openeva.get_tokenizer("EVA02-test")
@@ -72,4 +74,4 @@ def test_text_search_precision_at_10_is_far_above_chance(tmp_path):
     assert len(precisions) >= 15
     p10, base = float(np.mean(precisions)), float(np.mean(chance))
     print(f"precision@10 {p10:.3f} over {len(precisions)} queries; chance {base:.3f}")
-    assert p10 >= 5 * base  # measured 0.31 vs chance 0.034 (seeded, one thread)
+    assert p10 >= 5 * base  # measured 0.43 vs chance 0.034 (seeded, one thread)
