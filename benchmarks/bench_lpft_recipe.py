@@ -31,8 +31,8 @@ from _common import RESULTS_DIR, environment, write_json  # noqa: E402
 from openeva.data.labelled import load_classification_dataset  # noqa: E402
 from openeva.eval.finetune import run_finetune  # noqa: E402
 from openeva.eval.finetune_recipe import PRETRAINED_RECIPE  # noqa: E402
-from openeva.quickstart.user_data import PreparedData, UserChainConfig, finetune_recipe, head_from_probe  # noqa: E402
-from openeva.quickstart.user_report import correctness, difference  # noqa: E402
+from openeva.quickstart.noise import correctness, difference  # noqa: E402
+from openeva.quickstart.user_chain import PreparedData, UserChainConfig, finetune_recipe, head_from_probe  # noqa: E402
 
 DEFAULT_ARMS = {
     "recipe": [],

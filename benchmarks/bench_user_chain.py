@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from _common import RESULTS_DIR, environment, write_json  # noqa: E402
 
 from openeva.eval.finetune_recipe import PRETRAINED_RECIPE, SCRATCH_RECIPE  # noqa: E402
-from openeva.quickstart.user_data import PreparedData, UserChainConfig, run_finetune_arm, run_user_quickstart  # noqa: E402
-from openeva.quickstart.user_report import difference, format_table  # noqa: E402
+from openeva.quickstart import format_table  # noqa: E402
+from openeva.quickstart.noise import difference  # noqa: E402
+from openeva.quickstart.user_chain import PreparedData, UserChainConfig, run_finetune_arm, run_user_quickstart  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSNAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",

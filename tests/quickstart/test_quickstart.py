@@ -3,27 +3,19 @@ evaluated, the report files are written, the verdict agrees with the numbers, an
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
-from openeva.cli import quickstart_cmd
+from openeva.cli import main
 from openeva.quickstart import QuickstartConfig, run_quickstart
-from openeva.quickstart.report import compare
-
-
-def _cli(argv):
-    parser = argparse.ArgumentParser(prog="openeva")
-    quickstart_cmd.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+from openeva.quickstart.builtin_view import compare
 
 
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("qs") / "out"
-    assert _cli(["quickstart", "--fast", "--out", str(out), "--no-progress"]) == 0
+    assert main(["quickstart", "--fast", "--out", str(out), "--no-progress"]) == 0
     return out
 
 

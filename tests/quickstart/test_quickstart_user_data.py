@@ -3,7 +3,6 @@ compares (teacher zero-shot, frozen probes, three fine-tunes) and a verdict that
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -11,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from openeva.cli import quickstart_cmd
+from openeva.cli import main
+from openeva.data.classnames import load_templates as load_templates_file
 from openeva.quickstart.budget import MIN_FINETUNE_STEPS
-from openeva.quickstart.user_data import UserChainConfig, load_templates_file, run_user_quickstart
-from openeva.quickstart.user_report import NOISE_SIGMAS, difference
+from openeva.quickstart.noise import NOISE_SIGMAS, difference
+from openeva.quickstart.user_chain import UserChainConfig, run_user_quickstart
 
 COLORS = {"red": (210, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 210)}
 
@@ -29,13 +29,6 @@ def _folders(root: Path, per_class: int, seed: int) -> Path:
     return root
 
 
-def _cli(argv) -> int:
-    parser = argparse.ArgumentParser(prog="openeva")
-    quickstart_cmd.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("user_data")
@@ -43,7 +36,7 @@ def run(tmp_path_factory):
     templates = root / "templates.txt"
     templates.write_text("a photo of a {} square.\nsomething {c}.\n")
     out = root / "out"
-    code = _cli(["quickstart", "--data", str(train), "--val", str(val), "--templates", str(templates), "--fast",
+    code = main(["quickstart", "--data", str(train), "--val", str(val), "--templates", str(templates), "--fast",
                  "--out", str(out), "--no-progress"])
     return code, out
 
@@ -101,7 +94,7 @@ def test_verdict_noise_rule():
 
 
 def test_bad_input_gets_a_clear_message(tmp_path, capsys):
-    assert _cli(["quickstart", "--data", str(tmp_path / "nope"), "--fast", "--out", str(tmp_path / "o")]) == 2
+    assert main(["quickstart", "--data", str(tmp_path / "nope"), "--fast", "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     bad = tmp_path / "t.txt"
     bad.write_text("no placeholder here\n")
@@ -117,13 +110,15 @@ def test_a_used_output_folder_is_not_overwritten(run):
         run_user_quickstart(out / "data" / "train", out, UserChainConfig.preset("fast"), progress=False)
 
 
-def test_minutes_plans_the_steps_from_two_timed_runs(tmp_path):
+def test_minutes_plans_the_steps_from_two_timed_runs(tmp_path, capsys):
     """``--minutes``: the steps come from the fitted time model, are the ones that run, and the report keeps the
     plan next to the time the run took (no timing is asserted: the CPU differs from machine to machine)."""
     train, val = _folders(tmp_path / "train", 12, 0), _folders(tmp_path / "val", 6, 1)
     out = tmp_path / "out"
-    assert _cli(["quickstart", "--data", str(train), "--val", str(val), "--fast", "--minutes", "0.75",
+    assert main(["quickstart", "--data", str(train), "--val", str(val), "--fast", "--minutes", "0.75",
                  "--out", str(out), "--no-progress"]) == 0
+    log = capsys.readouterr().out  # every long stage says what it is doing, the probes stage included
+    assert "min budget" in log and "probes (student): fitting a linear probe" in log and "probes: frozen random" in log
     report = json.loads((out / "report.json").read_text())
     b, cfg, fast = report["budget"], report["config"], UserChainConfig.preset("fast")
     assert b["minutes"] == 0.75 and b["step_s"] > 0 and b["stage_s"] >= 0 and len(b["calibration_s"]) == 2
@@ -140,8 +135,8 @@ def test_minutes_plans_the_steps_from_two_timed_runs(tmp_path):
 
 def test_a_budget_too_small_for_this_cpu_is_a_clear_error(tmp_path, capsys):
     train = _folders(tmp_path / "train", 12, 0)
-    assert _cli(["quickstart", "--data", str(train), "--fast", "--minutes", "0", "--out", str(tmp_path / "a")]) == 2
+    assert main(["quickstart", "--data", str(train), "--fast", "--minutes", "0", "--out", str(tmp_path / "a")]) == 2
     assert "--minutes must be > 0" in capsys.readouterr().err and not (tmp_path / "a").exists()
-    assert _cli(["quickstart", "--data", str(train), "--fast", "--minutes", "0.01", "--out", str(tmp_path / "b"),
+    assert main(["quickstart", "--data", str(train), "--fast", "--minutes", "0.01", "--out", str(tmp_path / "b"),
                  "--no-progress"]) == 2
     assert "leaves no time to train" in capsys.readouterr().err

@@ -8,6 +8,7 @@ names) and evaluation both read it here.
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -64,8 +65,9 @@ def _read_list_file(path: Path, field: str, dataset: str | None) -> list[str]:
     return list(data)
 
 
-def load_classnames(spec: str | Sequence[str], dataset: str | None = None) -> list[str]:
+def load_classnames(spec: str | os.PathLike | Sequence[str], dataset: str | None = None) -> list[str]:
     """Class names from a builtin name (``imagenet1k``), a file path, or a list of strings."""
+    spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
     if not isinstance(spec, str):
         names = list(spec)
     elif Path(spec).is_file():
@@ -79,11 +81,12 @@ def load_classnames(spec: str | Sequence[str], dataset: str | None = None) -> li
     return names  # duplicates are allowed: OpenAI's ImageNet names repeat "missile" and "sunglasses"
 
 
-def load_templates(spec: str | Sequence[str], dataset: str | None = None) -> list[str]:
+def load_templates(spec: str | os.PathLike | Sequence[str], dataset: str | None = None) -> list[str]:
     """Prompt templates (``{c}`` or ``{}`` marks the class name) from a builtin name, a file, or a list.
 
     Builtin names: ``imagenet1k`` (80 OpenAI templates), ``imagenet1k_short`` (7), ``cifar10``, ...
     """
+    spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
     if not isinstance(spec, str):
         templates = list(spec)
     elif Path(spec).is_file():
@@ -99,7 +102,8 @@ def load_templates(spec: str | Sequence[str], dataset: str | None = None) -> lis
         raise ValueError(f"no templates in {spec!r}")
     bad = [t for t in templates if not any(p in t for p in _PLACEHOLDERS)]
     if bad:
-        raise ValueError(f"template {bad[0]!r} has no class-name placeholder ({' or '.join(_PLACEHOLDERS)})")
+        raise ValueError(f"template {bad[0]!r} has no class-name placeholder ({' or '.join(_PLACEHOLDERS)}) "
+                         "where the class name goes")
     return templates
 
 

@@ -1,5 +1,6 @@
-"""How many steps fit a ``--minutes`` budget in ``openeva quickstart --data``: a time model of the chain, fitted
-on this CPU from two short timed fine-tunes.
+"""How many steps fit a ``--minutes`` budget in ``openeva quickstart`` (built-in data or ``--data``): a time model
+of the chain, fitted on this CPU from two short timed runs of one of its stages (:func:`calibrate`): a CLIP
+training for the built-in chain (:func:`builtin_plan`), a fine-tune for ``--data`` (:func:`chain_plan`).
 
 One short timed run overstates what a step costs: building the model, loading the images, the first steps'
 warm-up and scoring the validation images are paid once per stage, not per step. Planned from one 3-step run, a
@@ -15,6 +16,8 @@ at 100 level with it; the pretraining stages take what the budget leaves.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # A stage's step in fine-tune steps (same batch): the CLIP step adds the text tower, the MIM step the teacher's
@@ -23,6 +26,16 @@ TEACHER_STEP = 1.2
 MIM_STEP = 1.5
 MIN_FINETUNE_STEPS = 100
 FORWARD_SHARE = 1 / 3  # a forward pass of one image ~ a third of its training step (forward + backward)
+# Two timed runs: their difference is the per-step cost. A first untimed 1-step run pays the process's one-time
+# warm-up (oneDNN primitives, allocator), which otherwise lands in whichever run is first: without it two runs on
+# the same machine measured 0.30 and 0.16 s a step.
+CALIBRATION_STEPS = (2, 12)
+
+
+def check_minutes(minutes: float | None) -> None:
+    """Refuse a budget that is not a positive number of minutes (before any work, so a typo costs nothing)."""
+    if minutes is not None and not minutes > 0:
+        raise ValueError(f"--minutes must be > 0, got {minutes!r}")
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,24 @@ class StepCost:
         # (stages can be 10x a step: the floor must stay far below that), so the plan stays finite
         step = max((long_s - short_s) / (long_steps - short_steps), 0.01 * long_s / long_steps)
         return cls(step_s=step, stage_s=max(short_s - short_steps * step, 0.0))
+
+
+def calibrate(run: Callable[[int], object], steps: tuple[int, int] = CALIBRATION_STEPS) -> tuple[StepCost, list[float]]:
+    """Time ``run(n)`` (a stage of ``n`` steps) after an untimed 1-step warm-up, for each of ``steps``;
+    -> (the fitted :class:`StepCost`, the two wall times)."""
+    run(1)
+    walls = []
+    for n in steps:
+        start = time.perf_counter()
+        run(n)
+        walls.append(time.perf_counter() - start)
+    return StepCost.from_runs(steps[0], walls[0], steps[1], walls[1]), walls
+
+
+def budget_record(minutes: float, cost: StepCost, walls: list[float], factor: float) -> dict:
+    """What the report keeps of a plan (``actual_s`` is added when the run ends)."""
+    return {"minutes": minutes, "step_s": cost.step_s, "stage_s": cost.stage_s,
+            "calibration_s": [round(w, 3) for w in walls], "step_factor": factor}
 
 
 @dataclass(frozen=True)
@@ -80,8 +111,8 @@ def fit_factor(plan: Plan, seconds_left: float, minutes: float) -> float:
         need = (60 * minutes - seconds_left + plan.fixed_s + 0.1 * plan.per_factor_s) / 60
         raise ValueError(f"--minutes {minutes:g} leaves no time to train on this CPU: the stages' fixed costs "
                          f"(building, loading, scoring) come to about {plan.fixed_s / 60:.1f} min of the "
-                         f"{seconds_left / 60:.1f} min left after preparing the data; give at least "
-                         f"--minutes {math.ceil(need)}, or fewer images with --scale")
+                         f"{seconds_left / 60:.1f} min left after preparing the data and timing the steps; give at "
+                         f"least --minutes {math.ceil(need)}, or fewer images with --scale")
     return (seconds_left - plan.fixed_s) / plan.per_factor_s
 
 
@@ -99,3 +130,15 @@ def plan_steps(teacher_steps: int, mim_steps: int, finetune_steps: int, batch_si
         return factor, max(1, round(finetune_steps * factor))
     fixed_finetune = chain_plan(teacher_steps, mim_steps, floor, *sizes, scale_finetune=False)
     return fit_factor(fixed_finetune, seconds_left, minutes), floor
+
+
+def builtin_plan(teacher_steps: int, mim_steps: int, clip_steps: int, batch_size: int, eval_images: int,
+                 cost: StepCost) -> Plan:
+    """The time model of the built-in chain, ``cost`` measured on CLIP steps: teacher, MIM (a step is
+    ``MIM_STEP / TEACHER_STEP`` CLIP steps), EVA-CLIP and scratch scale with the factor; the four training
+    stages' fixed costs and five evaluations (random init, teacher, student, EVA-CLIP, scratch), each encoding
+    ``eval_images`` images, do not."""
+    forward_s = FORWARD_SHARE * cost.step_s / batch_size
+    fixed = 4 * cost.stage_s + 5 * eval_images * forward_s
+    return Plan(fixed_s=fixed, per_factor_s=(teacher_steps + MIM_STEP / TEACHER_STEP * mim_steps + 2 * clip_steps)
+                * cost.step_s)
