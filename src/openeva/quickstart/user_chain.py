@@ -38,6 +38,7 @@ from openeva.data.classnames import fill_template, load_templates
 from openeva.data.image_lists import LabelledImages
 from openeva.data.images import prepare_sample
 from openeva.data.labelled import load_classification_dataset
+from openeva.data.sources import source_exists
 from openeva.data.split import stratified_holdout, stratified_subset
 from openeva.data.transforms import PreprocessConfig, image_transform
 from openeva.eval.features import encode_images
@@ -321,7 +322,7 @@ def run_user_quickstart(data, out_dir, config: UserChainConfig | None = None, *,
     template_list = list(DEFAULT_TEMPLATES) if templates is None else [t.replace("{c}", "{}")
                                                                        for t in load_templates(templates)]
     for path, flag in ((data, "--data"), (val, "--val")):
-        if path is not None and not Path(path).exists():
+        if path is not None and not source_exists(path):  # a path or a URL (tar shards in a store)
             raise FileNotFoundError(f"{flag} {path} does not exist")
     out = Path(out_dir)
     open_out_dir(out, OUTPUTS, overwrite)
