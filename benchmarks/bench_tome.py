@@ -36,7 +36,7 @@ from _common import RESULTS_DIR, environment, interleaved_times, median, write_j
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from openeva.data.idx import read_idx  # noqa: E402
-from openeva.eval.features import autocast  # noqa: E402
+from openeva.runtime import autocast  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 PRECISION = "fp32"  # set in main() from --precision (resolved by the hardware)
@@ -74,7 +74,7 @@ def train_fmnist(depth: int, steps: int, batch: int, size: int, seed: int, limit
         xb = at_size(x[idx], size)
         shift = torch.randint(-4, 5, (2,), generator=g).tolist()  # small translation augmentation
         xb = torch.roll(xb, shifts=shift, dims=(2, 3))
-        with autocast("cpu", PRECISION):
+        with autocast(PRECISION, "cpu"):
             loss = F.cross_entropy(model(xb).float(), y[idx], label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -96,7 +96,7 @@ def accuracy_and_embed(model, x, y, precision: str, size: int, batch: int = 250)
     correct, feats = 0, []
     for i in range(0, len(x), batch):
         xb = at_size(x[i:i + batch], size)
-        with autocast("cpu", precision):
+        with autocast(precision, "cpu"):
             correct += (model(xb).argmax(-1) == y[i:i + batch]).sum().item()
             pooled = model.forward_head(model.forward_features(xb), pre_logits=True)  # what eval / embed use
         feats.append(pooled.float())
@@ -123,7 +123,7 @@ def speed(models: dict, images: torch.Tensor, repeats: int, fn=lambda m, x: m(x)
     precisions = precisions or {k: _precision_of(k) for k in models}
 
     def call(m, p):
-        with autocast("cpu", p):
+        with autocast(p, "cpu"):
             return fn(m, images)
 
     with torch.inference_mode():
@@ -196,7 +196,7 @@ def bench_b16(args) -> dict:
     with torch.inference_mode():
         embs = {}
         for k, m in models.items():
-            with autocast("cpu", precisions[k]):
+            with autocast(precisions[k], "cpu"):
                 embs[k] = m.encode_image(images).float()
     ips = speed(models, images, args.repeats, fn=lambda m, im: m.encode_image(im), precisions=precisions)
     fastest = max(("open_clip fp32", "open_clip bf16"), key=ips.get)

@@ -4,18 +4,16 @@ import json
 
 import torch
 
-from openeva.cli import build_parser as make_parser
+from openeva.cli import main
 from openeva.eval.results import validate_result
 
 
 def test_eval_with_token_merging_and_int8(make_folder, tmp_path, capsys):
     root = make_folder(per_class=2)
     out = tmp_path / "results"
-    args = make_parser().parse_args(["eval", "--model", "EVA02-test", "--task", "zeroshot", "--dataset", str(root),
-                                     "--output", str(out), "--batch-size", "4", "--no-progress", "--no-plots",
-                                     "--tome-r", "2", "--int8", "--cache-dir", str(tmp_path / "cache")])
-    assert args.precision == "auto"
-    assert args.func(args) == 0
+    assert main(["eval", "--model", "EVA02-test", "--task", "zeroshot", "--dataset", str(root),
+                 "--output", str(out), "--batch-size", "4", "--no-progress", "--no-plots",
+                 "--tome-r", "2", "--int8", "--cache-dir", str(tmp_path / "cache")]) == 0  # --precision left at auto
     printed = capsys.readouterr().out
     assert "precision auto -> " in printed and "token merging r=2 int8" in printed
     files = list(out.glob("*.json"))
@@ -27,9 +25,8 @@ def test_eval_with_token_merging_and_int8(make_folder, tmp_path, capsys):
 
 def test_eval_fast_options_refuse_finetune(make_folder, tmp_path, capsys):
     root = make_folder(per_class=1)
-    args = make_parser().parse_args(["eval", "--model", "EVA02-test", "--task", "finetune", "--dataset", str(root),
-                                     "--train-dataset", str(root), "--tome-r", "2", "--output", str(tmp_path)])
-    assert args.func(args) == 2
+    assert main(["eval", "--model", "EVA02-test", "--task", "finetune", "--dataset", str(root),
+                 "--train-dataset", str(root), "--tome-r", "2", "--output", str(tmp_path)]) == 2
     assert "frozen-feature tasks" in capsys.readouterr().err
 
 

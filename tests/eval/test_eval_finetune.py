@@ -1,7 +1,6 @@
-"""``evaluate(..., tasks=["finetune"])`` / ``openeva eval --task finetune``: fine-tune on the training split with
+"""``evaluate(model, EvalConfig(tasks=("finetune",), ...))`` / ``openeva eval --task finetune``: fine-tune on the training split with
 the engine, report top-1 / top-5 on the evaluation split in a valid result JSON; bad input fails first."""
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from openeva.cli import eval_cmd
-from openeva.eval import evaluate, load_results
+from openeva.cli import main
+from openeva.eval import EvalConfig, FinetuneEvalOptions, evaluate, load_results
 from openeva.configs import CONFIG_DIR
 from openeva.eval import finetune as finetune_mod
 
@@ -38,15 +37,13 @@ def splits(tmp_path_factory):
 def test_cli_finetune_writes_a_valid_result(splits, tmp_path, capsys):
     train, val = splits
     out = tmp_path / "results"
-    parser = argparse.ArgumentParser(prog="openeva")
-    eval_cmd.register(parser.add_subparsers(dest="command"))
     argv = ["eval", "--model", "eva02_test_patch8_32", "--task", "finetune", "--dataset", str(val),
             "--train-dataset", str(train), "--output", str(out), "--no-progress"]
-    for item in FAST + ["task_options.ema_decay=0.5"]:
-        argv += ["--finetune-set", item]
-    args = parser.parse_args(argv)
+    for item in FAST:
+        argv += ["--set", item]
+    argv += ["--finetune-set", "task_options.ema_decay=0.5"]  # the older name of --set, kept
     torch.manual_seed(0)
-    assert args.func(args) == 0
+    assert main(argv) == 0
     (result,) = load_results([out])  # schema-checked
     assert result["task"] == "finetune" and result["model"] == "eva02_test_patch8_32"
     assert set(result["metrics"]) >= {"acc1", "acc5", "mean_per_class_recall"}
@@ -65,8 +62,10 @@ def test_finetune_a_built_clip_tower_without_output_dir(splits):
     train, val = splits
     clip = create_model("EVA02-test")
     before = {k: v.clone() for k, v in clip.state_dict().items()}
-    (result,) = evaluate(clip, "finetune", str(val), train_dataset=str(train), finetune_overrides=FAST,
-                         model_name="EVA02-test", progress=False, make_plots=False)
+    config = EvalConfig(tasks="finetune", dataset=str(val), train_dataset=str(train),
+                        finetune=FinetuneEvalOptions(overrides=FAST), model_name="EVA02-test", progress=False,
+                        make_plots=False)
+    (result,) = evaluate(clip, config)
     assert result["task"] == "finetune" and result["run_dir"] is None and 0.0 <= result["metrics"]["acc1"] <= 1.0
     assert all(torch.equal(v, before[k]) for k, v in clip.state_dict().items())  # the caller's model is untouched
 
@@ -81,27 +80,30 @@ def _no_compute(monkeypatch):
 def test_bad_input_fails_before_any_compute(splits, tmp_path, monkeypatch):
     train, val = splits
     _no_compute(monkeypatch)
+
+    def cfg(dataset=val, train_dataset=train, overrides=(), **options):
+        return EvalConfig(tasks="finetune", dataset=str(dataset), progress=False,
+                          train_dataset=None if train_dataset is None else str(train_dataset),
+                          finetune=FinetuneEvalOptions(overrides=overrides), **options)
+
     one_class = color_folder(tmp_path / "one", 4, seed=0, colors=COLORS[:1])
     with pytest.raises(ValueError, match="at least 2"):
-        evaluate("eva02_test_patch8_32", "finetune", str(val), train_dataset=str(one_class), progress=False)
+        evaluate("eva02_test_patch8_32", cfg(train_dataset=one_class))
     with pytest.raises(ValueError, match="training dataset"):
-        evaluate("eva02_test_patch8_32", "finetune", str(val), progress=False)
+        evaluate("eva02_test_patch8_32", cfg(train_dataset=None))
     with pytest.raises(FileNotFoundError):
-        evaluate("eva02_test_patch8_32", "finetune", str(val), train_dataset=str(tmp_path / "nope"), progress=False)
+        evaluate("eva02_test_patch8_32", cfg(train_dataset=tmp_path / "nope"))
     with pytest.raises(ValueError, match="unknown config key"):
-        evaluate("eva02_test_patch8_32", "finetune", str(val), train_dataset=str(train),
-                 finetune_overrides=["optim.learning_rate=1"], progress=False)
+        evaluate("eva02_test_patch8_32", cfg(overrides=["optim.learning_rate=1"]))
     with pytest.raises(ValueError, match="unknown task_options"):
-        evaluate("eva02_test_patch8_32", "finetune", str(val), train_dataset=str(train),
-                 finetune_overrides=["task_options.smoothing=0.1"], progress=False)
+        evaluate("eva02_test_patch8_32", cfg(overrides=["task_options.smoothing=0.1"]))
     with pytest.raises(ValueError, match="unknown model"):
-        evaluate("eva02_nope", "finetune", str(val), train_dataset=str(train), progress=False)
+        evaluate("eva02_nope", cfg())
     with pytest.raises(ValueError, match="EVA ViT"):
-        evaluate(torch.nn.Linear(2, 2), "finetune", str(val), train_dataset=str(train), model_name="x",
-                 progress=False)
+        evaluate(torch.nn.Linear(2, 2), cfg(model_name="x"))
     extra = color_folder(tmp_path / "extra", 2, seed=0, colors=COLORS + [(9, 9, 9)])
     with pytest.raises(ValueError, match="does not have"):
-        evaluate("eva02_test_patch8_32", "finetune", str(extra), train_dataset=str(train), progress=False)
+        evaluate("eva02_test_patch8_32", cfg(dataset=extra))
 
 
 def test_config_file_must_be_a_finetune_recipe(tmp_path):
@@ -116,11 +118,8 @@ def test_config_file_must_be_a_finetune_recipe(tmp_path):
 
 def test_cli_reports_finetune_input_errors(splits, tmp_path, capsys):
     train, val = splits
-    parser = argparse.ArgumentParser(prog="openeva")
-    eval_cmd.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["eval", "--model", "eva02_test_patch8_32", "--task", "finetune", "--dataset",
-                              str(val), "--output", str(tmp_path / "o")])
-    assert args.func(args) == 2
+    assert main(["eval", "--model", "eva02_test_patch8_32", "--task", "finetune", "--dataset", str(val),
+                 "--output", str(tmp_path / "o")]) == 2
     assert "training dataset" in capsys.readouterr().err
 
 
@@ -128,18 +127,11 @@ def test_the_recipes_own_pretrained_weights_are_kept(splits, tmp_path, capsys):
     """Without --pretrained, the recipe's model.pretrained is used (here a missing file: refused by name),
     never silently replaced by random weights."""
     train, val = splits
-    parser = argparse.ArgumentParser(prog="openeva")
-    eval_cmd.register(parser.add_subparsers(dest="command"))
     missing = tmp_path / "no_such_ckpt.safetensors"
     argv = ["eval", "--model", "eva02_test_patch8_32", "--task", "finetune", "--dataset", str(val),
-            "--train-dataset", str(train), "--output", str(tmp_path / "results"), "--no-progress"]
+            "--train-dataset", str(train), "--out", str(tmp_path / "results"), "--no-progress"]
     for item in FAST + [f"model.pretrained={missing}"]:
-        argv += ["--finetune-set", item]
-    args = parser.parse_args(argv)
-    try:
-        code = args.func(args)
-    except (FileNotFoundError, ValueError) as err:
-        assert str(missing) in str(err) or missing.name in str(err)
-        return
-    assert code != 0
-    assert missing.name in capsys.readouterr().err
+        argv += ["--set", item]
+    assert main(argv) == 2  # main is the one error boundary: a bad input is exit code 2 and one line, never raised
+    err = capsys.readouterr().err
+    assert missing.name in err and len(err.strip().splitlines()) == 1

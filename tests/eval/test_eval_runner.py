@@ -1,6 +1,5 @@
-"""End to end: evaluate(...) and the CLI on tiny generated datasets with fake models."""
+"""End to end: evaluate(model, EvalConfig(...)) and the CLI on tiny generated datasets with fake models."""
 
-import argparse
 import csv
 import json
 import re
@@ -10,9 +9,10 @@ import torch
 import torchvision.transforms as T
 from evalfakes import NAMES, FakeBackbone, FakeCLIP, fake_tokenizer, solid_image, write_mnist_split
 
-from openeva.cli import eval_cmd
+from openeva.cli import build_parser, eval_cmd, main
 from openeva.eval.features import FeatureCache, cache_key, encode_images, model_fingerprint
 from openeva.eval.results import load_results, make_result, merge_results, validate_result
+from openeva.eval import EvalConfig, KNNOptions, LinearProbeOptions
 from openeva.eval.runner import evaluate, parse_tasks
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -23,8 +23,9 @@ def test_zeroshot_end_to_end_with_corrupt_file(make_folder, preprocess, tmp_path
     (root / "bravo" / "broken.png").write_bytes(b"\x89PNG garbage")
     model = FakeCLIP()
     out = tmp_path / "out"
-    (result,) = evaluate(model, "zeroshot", root, tokenizer=fake_tokenizer, preprocess=preprocess,
-                         batch_size=3, output_dir=out, model_name="fake", progress=False)
+    config = EvalConfig(tasks="zeroshot", dataset=root, batch_size=3, output_dir=out, model_name="fake",
+                        progress=False)
+    (result,) = evaluate(model, config, tokenizer=fake_tokenizer, preprocess=preprocess)
     assert result["task"] == "zeroshot_classification" and result["model"] == "fake"
     assert result["metrics"] == {"acc1": 1.0, "acc5": 1.0, "mean_per_class_recall": 1.0}
     assert result["num_skipped"] == 1 and result["skipped_files"][0].endswith("broken.png")
@@ -40,36 +41,41 @@ def test_zeroshot_with_builtin_templates_and_classnames_file(make_folder, prepro
     root = make_folder(per_class=1, names=["ALPHA", "Bravo", "char_lie"])
     names_file = tmp_path / "names.txt"
     names_file.write_text("alpha\nbravo\ncharlie\n")
-    (result,) = evaluate(FakeCLIP(), ["zeroshot"], root, classnames=str(names_file), templates="imagenet1k_short",
-                         tokenizer=fake_tokenizer, preprocess=preprocess, progress=False)
+    config = EvalConfig(tasks=["zeroshot"], dataset=root, classnames=str(names_file), templates="imagenet1k_short",
+                        progress=False)
+    (result,) = evaluate(FakeCLIP(), config, tokenizer=fake_tokenizer, preprocess=preprocess)
     assert result["metrics"]["acc1"] == 1.0 and result["num_templates"] == 7
 
 
 def test_bad_inputs_fail_before_any_compute(make_folder, preprocess, tmp_path):
     root = make_folder(per_class=1)
     model = FakeCLIP()
-    kw = dict(tokenizer=fake_tokenizer, preprocess=preprocess, progress=False)
+    kw = dict(tokenizer=fake_tokenizer, preprocess=preprocess)
+
+    def cfg(tasks, **options):
+        return EvalConfig(tasks=tasks, dataset=root, progress=False, **options)
+
     bad_names = tmp_path / "names.txt"
     bad_names.write_text("alpha\nbravo\n")
     with pytest.raises(ValueError, match="class names do not match"):
-        evaluate(model, "zeroshot", root, classnames=str(bad_names), **kw)
+        evaluate(model, cfg("zeroshot", classnames=str(bad_names)), **kw)
     with pytest.raises(ValueError, match="unknown task 'detection'"):
-        evaluate(model, "zeroshot,detection", root, **kw)
+        evaluate(model, cfg("zeroshot,detection"), **kw)
     with pytest.raises(ValueError, match="run each in its own openeva eval call"):
-        evaluate(model, "zeroshot,segmentation", root, **kw)
+        evaluate(model, cfg("zeroshot,segmentation"), **kw)
     with pytest.raises(ValueError, match="need a training dataset"):
-        evaluate(model, "knn", root, **kw)
+        evaluate(model, cfg("knn"), **kw)
     with pytest.raises(ValueError, match="precision must be one of"):
-        evaluate(model, "zeroshot", root, precision="int3", **kw)
+        evaluate(model, cfg("zeroshot", precision="int3"), **kw)
     with pytest.raises(ValueError, match="no captions"):
-        evaluate(model, "retrieval", root, **kw)  # an image folder has no captions
+        evaluate(model, cfg("retrieval"), **kw)  # an image folder has no captions
     with pytest.raises(ValueError, match="text tower"):
-        evaluate(FakeBackbone(), "zeroshot", root, **kw)
+        evaluate(FakeBackbone(), cfg("zeroshot"), **kw)
     with pytest.raises(ValueError, match="knn_ks"):
-        evaluate(model, "knn", root, train_dataset=root, knn_ks=(10, 0), **kw)
+        evaluate(model, cfg("knn", train_dataset=root, knn=KNNOptions(ks=(10, 0))), **kw)
     (root / "zulu").mkdir()
     with pytest.raises(ValueError, match="contains no images"):
-        evaluate(model, "zeroshot", root, **kw)
+        evaluate(model, cfg("zeroshot"), **kw)
     assert model.image_calls == 0 and model.text_calls == 0
 
 
@@ -80,8 +86,9 @@ def test_retrieval_end_to_end(tmp_path, preprocess):
         rows += [{"image": f"{k}.png", "captions": [f"a photo of {NAMES[k]}", f"{NAMES[k]} again"]}]
     rows[3]["captions"].append(f"mislabelled {NAMES[0]}")  # ranks image 0 first, its own image second
     (tmp_path / "caps.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    (result,) = evaluate(FakeCLIP(), "retrieval", tmp_path / "caps.jsonl", tokenizer=fake_tokenizer,
-                         preprocess=preprocess, output_dir=tmp_path / "out", model_name="fake", progress=False)
+    config = EvalConfig(tasks="retrieval", dataset=tmp_path / "caps.jsonl", output_dir=tmp_path / "out",
+                        model_name="fake", progress=False)
+    (result,) = evaluate(FakeCLIP(), config, tokenizer=fake_tokenizer, preprocess=preprocess)
     m = result["metrics"]
     assert result["task"] == "zeroshot_retrieval" and result["num_texts"] == 9
     assert m["text_retrieval_recall@1"] == 1.0
@@ -94,19 +101,22 @@ def test_probe_and_knn_with_backbone_share_cached_features(make_folder, preproce
     train = make_folder("train", names=NAMES[:3], per_class=6, jitter=30, seed=1)
     test = make_folder("test", names=NAMES[:3], per_class=3, jitter=30, seed=2)
     model = FakeBackbone(num_classes=3)
-    kw = dict(train_dataset=train, preprocess=preprocess, batch_size=4, cache_dir=tmp_path / "cache",
-              weight_decays=(1e-4, 1e-2), probe_max_iter=50, knn_ks=(1, 5), progress=False, model_name="bb")
-    probe, knn = evaluate(model, "linear_probe,knn", test, output_dir=tmp_path / "out", **kw)
+    config = EvalConfig(tasks="linear_probe,knn", dataset=test, train_dataset=train, batch_size=4,
+                        cache_dir=tmp_path / "cache", linear_probe=LinearProbeOptions(weight_decays=(1e-4, 1e-2),
+                                                                                      max_iter=50),
+                        knn=KNNOptions(ks=(1, 5)), progress=False, model_name="bb")
+    probe, knn = evaluate(model, config.replace(output_dir=tmp_path / "out"), preprocess=preprocess)
     assert probe["metrics"]["acc1"] == 1.0 and probe["weight_decay"] in (1e-4, 1e-2)
     assert knn["metrics"]["knn1_acc1"] == 1.0 and knn["metrics"]["knn5_acc1"] == 1.0
     assert knn["main_k"] == 5 and knn["num_train"] == 18
     calls = model.calls
     assert calls == 3 + 5  # each dataset encoded once for both tasks: ceil(9/4) + ceil(18/4) batches
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
-    again = evaluate(model, ["knn"], test, **kw)
+    again = evaluate(model, config.replace(tasks=["knn"]), preprocess=preprocess)
     assert model.calls == calls  # second run reads the disk cache
     assert again[0]["metrics"] == knn["metrics"]
-    (few,) = evaluate(model, "linear_probe", test, few_shot=2, **kw)
+    few_probe = LinearProbeOptions(weight_decays=(1e-4, 1e-2), max_iter=50, few_shot=2)
+    (few,) = evaluate(model, config.replace(tasks="linear_probe", linear_probe=few_probe), preprocess=preprocess)
     assert few["num_train"] == 6 and few["few_shot"] == 2
 
 
@@ -157,16 +167,10 @@ def test_parse_tasks():
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def make_parser():
-    parser = argparse.ArgumentParser(prog="openeva")
-    eval_cmd.register(parser.add_subparsers(dest="command"))
-    return parser
-
-
 def test_cli_eval_and_merge(make_folder, tmp_path, capsys):
     root = make_folder(per_class=2)
     out = tmp_path / "results"
-    parser = make_parser()
+    parser = build_parser()  # the real parser; the run is called directly to inject a fake model
     args = parser.parse_args(["eval", "--model", "fake-clip", "--task", "zeroshot", "--task", "knn",
                               "--dataset", str(root), "--train-dataset", str(root), "--knn-k", "1", "3",
                               "--output", str(out), "--batch-size", "4", "--no-progress"])
@@ -181,8 +185,7 @@ def test_cli_eval_and_merge(make_folder, tmp_path, capsys):
     assert all(validate_result(json.loads(f.read_text())) for f in files)
     assert len(list((out / "plots").glob("*.png"))) == 4
 
-    merge_args = parser.parse_args(["eval-merge", str(out), "--out", str(tmp_path / "table.csv")])
-    assert merge_args.func(merge_args) == 0
+    assert main(["eval-merge", str(out), "--out", str(tmp_path / "table.csv")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "table.csv")))
     assert {r["task"] for r in rows} == {"zeroshot_classification", "knn"}
     assert all(r["model"] == "fake-clip" for r in rows)
@@ -192,16 +195,15 @@ def test_cli_eval_and_merge(make_folder, tmp_path, capsys):
 
 def test_cli_reports_input_errors_with_exit_code_2(make_folder, tmp_path, capsys):
     root = make_folder(per_class=1)
-    parser = make_parser()
-    args = parser.parse_args(["eval", "--model", "m", "--task", "knn", "--dataset", str(root),
-                              "--output", str(tmp_path)])
-    assert eval_cmd.run(args, model=FakeBackbone(), preprocess=T.ToTensor()) == 2
-    assert "need a training dataset" in capsys.readouterr().err
+    args = build_parser().parse_args(["eval", "--model", "m", "--task", "knn", "--dataset", str(root),
+                                      "--output", str(tmp_path)])
+    with pytest.raises(ValueError, match="need a training dataset"):  # commands raise; main turns it into exit 2
+        eval_cmd.run(args, model=FakeBackbone(), preprocess=T.ToTensor())
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"dataset": "x"}))
-    merge_args = parser.parse_args(["eval-merge", str(bad), "--out", str(tmp_path / "t.csv")])
-    assert eval_cmd.run_merge(merge_args) == 2
-    assert "missing field" in capsys.readouterr().err
+    assert main(["eval-merge", str(bad), "--out", str(tmp_path / "t.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "missing field" in err and err.startswith("openeva eval-merge: error: ") and err.count("\n") == 1
 
 
 def test_merge_results_wide_csv(tmp_path):
@@ -231,8 +233,9 @@ def test_model_by_name_uses_factory_lazily(make_folder, preprocess, tmp_path, mo
     ckpt = tmp_path / "ckpt.safetensors"
     ckpt.write_bytes(b"weights")
     root = make_folder(per_class=1)
-    (result,) = evaluate("EVA02-fake", "zeroshot", root, pretrained=str(ckpt), cache_dir=tmp_path / "c",
-                         output_dir=tmp_path / "o", make_plots=False, progress=False)
+    (result,) = evaluate("EVA02-fake", EvalConfig(tasks="zeroshot", dataset=root, pretrained=str(ckpt),
+                                                  cache_dir=tmp_path / "c", output_dir=tmp_path / "o",
+                                                  make_plots=False, progress=False))
     assert built == [("EVA02-fake", str(ckpt))]
     assert result["model"] == "EVA02-fake" and result["pretrained"] == str(ckpt)
     assert result["metrics"]["acc1"] == 1.0
@@ -254,8 +257,9 @@ def test_idx_train_and_test_splits_from_one_folder(tmp_path):
     write_mnist_split(tmp_path, "train", [0, 1, 2, 0, 1, 2])
     write_mnist_split(tmp_path, "t10k", [2, 1, 0])
     tf = T.Compose([T.Resize((8, 8)), T.ToTensor()])
-    (result,) = evaluate(FakeBackbone(num_classes=3), "knn", tmp_path, train_dataset=tmp_path, knn_ks=(1,),
-                         classnames=["zero", "one", "two"], preprocess=tf, progress=False)
+    config = EvalConfig(tasks="knn", dataset=tmp_path, train_dataset=tmp_path, knn=KNNOptions(ks=(1,)),
+                        classnames=["zero", "one", "two"], progress=False)
+    (result,) = evaluate(FakeBackbone(num_classes=3), config, preprocess=tf)
     assert result["metrics"]["acc1"] == 1.0
     assert result["num_samples"] == 3 and result["num_train"] == 6
     assert result["dataset"].endswith("_test") and result["train_dataset"].endswith("_train")
@@ -276,7 +280,8 @@ def test_named_model_without_checkpoint_is_cached_by_weights(make_folder, prepro
     monkeypatch.setattr(runner_mod, "create_model_and_transforms", create_model_and_transforms)
     root = make_folder(per_class=1)
     for _ in range(2):
-        evaluate("tiny", "knn", root, train_dataset=root, knn_ks=(1,), cache_dir=tmp_path / "c", progress=False)
+        evaluate("tiny", EvalConfig(tasks="knn", dataset=root, train_dataset=root, knn=KNNOptions(ks=(1,)),
+                                    cache_dir=tmp_path / "c", progress=False))
     assert [m.calls for m in models] == [1, 1]
     assert len(list((tmp_path / "c").glob("*.pt"))) == 2
 
@@ -286,10 +291,11 @@ def test_real_tiny_clip_from_factory(make_folder, tmp_path):
     root = make_folder(names=NAMES[:3], per_class=2, jitter=50)
     caps = tmp_path / "caps.csv"
     caps.write_text("image,caption\n" + "".join(f"ds/{n}/0.png,a photo of {n}\n" for n in NAMES[:3]))
-    results = evaluate("EVA02-test", "zeroshot,linear_probe,knn", root, train_dataset=root, knn_ks=(1,),
-                       weight_decays=(1e-3,), probe_max_iter=10, precision="bf16", progress=False,
-                       make_plots=False)
-    results += evaluate("EVA02-test", "retrieval", caps, progress=False)
+    results = evaluate("EVA02-test", EvalConfig(tasks="zeroshot,linear_probe,knn", dataset=root, train_dataset=root,
+                                                knn=KNNOptions(ks=(1,)),
+                                                linear_probe=LinearProbeOptions(weight_decays=(1e-3,), max_iter=10),
+                                                precision="bf16", progress=False, make_plots=False))
+    results += evaluate("EVA02-test", EvalConfig(tasks="retrieval", dataset=caps, progress=False))
     assert [r["task"] for r in results] == ["zeroshot_classification", "linear_probe", "knn", "zeroshot_retrieval"]
     for r in results:
         validate_result(r)

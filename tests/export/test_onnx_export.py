@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import openeva
-from openeva.cli import build_parser
+from openeva.cli import main
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -67,13 +67,12 @@ def test_export_refuses_merged_or_half_models(tmp_path):
 def test_cli_export_onnx(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     openeva.save_model(openeva.create_model("EVA02-test"), ckpt)
-    args = build_parser().parse_args(["export", "onnx", "--model", str(ckpt), "--out", str(tmp_path / "o")])
-    assert args.func(args) == 0
+    assert main(["export", "onnx", "--model", str(ckpt), "--out", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
     assert "image.onnx" in printed and "text.onnx" in printed and "int32" in printed
     assert json.loads((tmp_path / "o" / "manifest.json").read_text())["model"] == str(ckpt)
-    bad = build_parser().parse_args(["export", "onnx", "--model", str(tmp_path / "missing"), "--out", str(tmp_path)])
-    assert bad.func(bad) == 2
-    assert "error" in capsys.readouterr().err
+    assert main(["export", "onnx", "--model", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and len(err.strip().splitlines()) == 1  # one line from main's boundary, no traceback
     with pytest.raises(FileNotFoundError, match="manifest"):
         OnnxClip(tmp_path)

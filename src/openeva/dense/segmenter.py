@@ -21,10 +21,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from openeva.data.classnames import fill_template
 from openeva.data.images import load_image
 from openeva.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from openeva.dense.segment import (
@@ -37,8 +35,8 @@ from openeva.dense.segment import (
     segment_probs,
     upsampled_labels,
 )
+from openeva.evaluators.text import prompt_classifier, text_encoder, zeroshot_classifier
 from openeva.factory import create_model, get_tokenizer, preprocess_cfg
-from openeva.metrics import zeroshot_head
 
 BACKGROUND = "background"
 MAX_ASPECT = 8.0  # longer side of the model input at most this many times the tower's input size
@@ -142,20 +140,12 @@ class OpenVocabSegmenter:
         verbatim, averaged) one more column (E, C + 1) for the background class."""
         key = (tuple(names), tuple(background))
         if key not in self._classifiers:
-            prompts = [fill_template(t, c) for c in names for t in self.templates]
-            w = zeroshot_head(self._encode_texts(prompts), len(names))  # (E, C)
-            if background:
-                bg = F.normalize(self._encode_texts(list(background)), dim=-1)  # (P, E): prompts used verbatim
-                w = torch.cat([w, F.normalize(bg.mean(0), dim=0).unsqueeze(1).to(w)], dim=1)  # (E, C + 1)
+            encode = text_encoder(self.model, self.tokenizer, device=self.device)
+            w = zeroshot_classifier(encode, names, self.templates)  # (E, C)
+            if background:  # the background prompts, used verbatim, ensembled as one more class
+                w = torch.cat([w, prompt_classifier(encode, [list(background)])], dim=1)  # (E, C + 1)
             self._classifiers[key] = w
         return self._classifiers[key]
-
-    @torch.no_grad()
-    def _encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-        """(N,) texts -> (N, E) float32 embeddings, not normalised."""
-        out = [self.model.encode_text(self.tokenizer(texts[i:i + batch_size]).to(self.device)).float().cpu()
-               for i in range(0, len(texts), batch_size)]
-        return torch.cat(out)
 
     @torch.no_grad()
     def _dense(self, image: Image.Image) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""Frozen-feature encoding for evaluation, with an on-disk cache.
+"""The on-disk cache of frozen features for ``openeva eval``.
 
 Linear probe and kNN train on features of a frozen model, so encoding a dataset once and keeping the
 result under a hash of (model, checkpoint, dataset, transform, precision) saves the expensive part of
-repeated runs (e.g. a weight-decay sweep, or kNN after a probe).
+repeated runs (e.g. a weight-decay sweep, or kNN after a probe). The encoding itself is
+:mod:`openeva.evaluators.features` (its names are re-exported here, where they have always been importable).
 """
 
 from __future__ import annotations
@@ -10,110 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from openeva.data.loader import collate_skip_none
-from openeva.runtime import atomic_write, autocast, dtype_of
+from openeva.evaluators.features import EncodedImages, encode_images, has_image_tower, has_text_tower, image_features
+from openeva.evaluators.text import encode_texts
+from openeva.models.int8 import is_int8
+from openeva.models.tome import tome_tokens
+from openeva.runtime import atomic_write
 
-
-
-def has_image_tower(model) -> bool:
-    return hasattr(model, "encode_image") or (
-        hasattr(model, "forward_features") and hasattr(model, "forward_head")
-    )
-
-
-def has_text_tower(model) -> bool:
-    return hasattr(model, "encode_text")
-
-
-def image_features(model, images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, E): CLIP image embedding, or a backbone's pooled pre-logits features."""
-    if hasattr(model, "encode_image"):
-        return model.encode_image(images, normalize=False)
-    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
-        return model.forward_head(model.forward_features(images), pre_logits=True)
-    raise TypeError(
-        f"{type(model).__name__} has neither encode_image nor forward_features/forward_head; cannot encode images"
-    )
-
-
-@dataclass
-class EncodedImages:
-    """Features of the images that decoded; ``indices`` map rows back to dataset positions."""
-
-    features: torch.Tensor  # (M, E) float32 on CPU
-    indices: torch.Tensor  # (M,) long, positions in the dataset
-    skipped: list[int]  # dataset positions whose image failed to decode
-
-    @property
-    def num_skipped(self) -> int:
-        return len(self.skipped)
-
-
-@torch.no_grad()
-def encode_images(
-    model,
-    dataset: torch.utils.data.Dataset,
-    *,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    num_workers: int = 0,
-    progress: bool = True,
-    desc: str = "encoding images",
-) -> EncodedImages:
-    """Encode every image of a :class:`~openeva.data.image_lists.LabelledImages` without targets (items:
-    ``(tensor, position)``, or None for an image that failed to load; the skipping collate drops those)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    dtype_of(precision)  # refuses an unknown name
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_skip_none
-    )
-    feats, indices = [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
-        if batch is None:  # every image of the batch failed
-            continue
-        images, idx = batch  # (B', 3, H, W), (B',)
-        with autocast(precision, device):
-            out = image_features(model, images.to(device))  # (B, E)
-        feats.append(out.float().cpu())
-        indices.append(idx)
-    if not feats:
-        raise ValueError(f"no image of the dataset could be decoded ({len(dataset)} failed)")
-    kept = torch.cat(indices)
-    skipped = sorted(set(range(len(dataset))) - set(kept.tolist()))
-    return EncodedImages(torch.cat(feats), kept, skipped)
-
-
-@torch.no_grad()
-def encode_texts(
-    model,
-    tokenizer: Callable[[list[str]], torch.Tensor],
-    texts: Sequence[str],
-    *,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    progress: bool = False,
-    desc: str = "encoding texts",
-) -> torch.Tensor:
-    """(N,) texts -> (N, E) float32 CPU embeddings (not normalized)."""
-    if not has_text_tower(model):
-        raise TypeError(f"{type(model).__name__} has no encode_text; this task needs a CLIP model")
-    out = []
-    starts = range(0, len(texts), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
-        tokens = tokenizer(list(texts[start:start + batch_size])).to(device)  # (B, 77)
-        with autocast(precision, device):
-            out.append(model.encode_text(tokens, normalize=False).float().cpu())  # (B, E)
-    return torch.cat(out)
+__all__ = [
+    "EncodedImages", "FeatureCache", "cache_key", "checkpoint_fingerprint", "encode_images", "encode_texts",
+    "has_image_tower", "has_text_tower", "image_features", "model_fingerprint",
+]
 
 
 # --------------------------------------------------------------------------------------------- cache
@@ -155,9 +66,6 @@ def model_fingerprint(model) -> str:
     Token merging and int8 change the features without changing (merging) or while repacking (int8) the state
     dict, so both are part of the key: a merged model never reuses an unmerged model's cached features.
     """
-    from openeva.models.int8 import is_int8
-    from openeva.models.tome import tome_tokens
-
     h = hashlib.sha256(type(model).__qualname__.encode())
     if isinstance(model, torch.nn.Module):
         try:

@@ -27,7 +27,8 @@ from openeva.factory import preprocess_cfg, resolve_spec
 from openeva.runtime import resolve_device
 from openeva.metrics import classification_metrics
 from openeva.models.vit import EVAViT
-from openeva.train.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig, load_config
+from openeva.configs import load_config
+from openeva.train.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
 from openeva.train.distributed import World
 from openeva.train.engine import Trainer
 from openeva.train.finetune_task import build_finetune

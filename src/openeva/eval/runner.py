@@ -1,4 +1,4 @@
-"""``evaluate(...)``: the one entry point behind ``openeva eval``.
+"""``evaluate(model, config)``: the one entry point behind ``openeva eval``.
 
 Order of work: parse and check every input (tasks, options, datasets, class names, templates) before the
 model is built or a single image is encoded, so a typo fails in a second, not after an hour of encoding.
@@ -10,7 +10,6 @@ JSON per task, plots, and return the records.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 from openeva.data.classnames import load_classnames
@@ -18,34 +17,26 @@ from openeva.data.image_lists import LabelledImages
 from openeva.data.labelled import (
     ClassificationData, RetrievalData, align_classes, load_classification_dataset, load_retrieval_dataset,
 )
-from openeva.eval import knn as knn_mod
-from openeva.eval import linear_probe as probe_mod
+from openeva.eval.config import EvalConfig, split_tasks
+from openeva.eval.context import EvalRun
 from openeva.eval.features import (
     EncodedImages, FeatureCache, cache_key, checkpoint_fingerprint, encode_images, has_image_tower,
     has_text_tower, model_fingerprint,
 )
 from openeva.eval.results import format_table, save_result
-from openeva.eval.tasks import EVAL_TASKS, EvalRun
+from openeva.eval.tasks import EVAL_TASKS
 from openeva.factory import create_model_and_transforms, get_tokenizer
-from openeva.runtime import dtype_of, resolve_precision
 from openeva.models.int8 import is_int8
 from openeva.models.tome import tome_tokens
+from openeva.runtime import resolve_device, resolve_precision
+
 
 def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
-    """``"zeroshot,knn"`` or ``["zeroshot", "knn,linear_probe"]`` -> unique task names in order."""
-    items = [tasks] if isinstance(tasks, str) else list(tasks)
-    out: list[str] = []
-    for item in items:
-        for t in str(item).split(","):
-            t = t.strip().replace("-", "_")
-            if not t:
-                continue
-            if t not in EVAL_TASKS:
-                raise ValueError(f"unknown task {t!r}; expected one of {', '.join(EVAL_TASKS)}")
-            if t not in out:
-                out.append(t)
-    if not out:
-        raise ValueError("no task given; expected one or more of " + ", ".join(EVAL_TASKS))
+    """``"zeroshot,knn"`` or ``["zeroshot", "knn,linear_probe"]`` -> unique task names of the table, in order."""
+    out = list(split_tasks(tasks))
+    unknown = [t for t in out if t not in EVAL_TASKS]
+    if unknown:
+        raise ValueError(f"unknown task {unknown[0]!r}; expected one of {', '.join(EVAL_TASKS)}")
     return out
 
 
@@ -97,97 +88,52 @@ def _merged_tokens(model) -> list[int] | None:
         return None
 
 
-def evaluate(
-    model,
-    tasks: str | Sequence[str],
-    dataset,
-    *,
-    pretrained: str | None = None,
-    dataset_type: str = "auto",
-    train_dataset=None,
-    train_dataset_type: str | None = None,
-    classnames: str | Sequence[str] | None = None,
-    templates: str | Sequence[str] | None = None,
-    tokenizer: Callable | None = None,
-    preprocess: Callable | None = None,
-    batch_size: int = 64,
-    precision: str = "auto",
-    device: str = "cpu",
-    num_workers: int = 0,
-    cache_dir=None,
-    output_dir=None,
-    few_shot: int | None = None,
-    seed: int = 0,
-    knn_ks: Sequence[int] = knn_mod.DEFAULT_KS,
-    knn_temperature: float = knn_mod.DEFAULT_TEMPERATURE,
-    weight_decays: Sequence[float] = probe_mod.DEFAULT_WEIGHT_DECAYS,
-    val_fraction: float = 0.2,
-    probe_max_iter: int = 500,
-    finetune_config=None,
-    finetune_overrides: Sequence[str] = (),
-    dataset_name: str | None = None,
-    model_name: str | None = None,
-    language: str = "en",
-    make_plots: bool = True,
-    progress: bool = True,
-    verbose: bool = False,
-    dense: dict | None = None,
-) -> list[dict]:
-    """Run ``tasks`` on ``dataset`` and return one result record per task (CLIP_benchmark shape).
+def evaluate(model, config: EvalConfig, *, tokenizer: Callable | None = None,
+             preprocess: Callable | None = None) -> list[dict]:
+    """Run ``config.tasks`` on ``config.dataset``; one result record per task (CLIP_benchmark shape).
 
-    ``model`` is a model name for ``openeva.create_model_and_transforms`` (with ``pretrained`` a tag or a
-    checkpoint path; a training run directory means its ``final/`` model), or an already built model; a built
-    model needs ``preprocess`` (and ``tokenizer`` for zeroshot / retrieval). ``classnames`` / ``templates`` take
-    a builtin name (``imagenet1k``, ``cifar10``, ``imagenet1k_short`` for templates), a JSON/text file or a list;
-    class names given for a class-folder dataset are matched to its folder names. Linear probe and kNN train
-    on ``train_dataset``. ``finetune`` trains a classifier on ``train_dataset`` with the training engine, using
-    the recipe ``finetune_config`` (a ``finetune_*`` recipe of ``openeva.configs``, a config file or a
-    ``TrainConfig``; None: a short default) with ``finetune_overrides`` (``key=value``), and reports the
-    fine-tuned model's accuracy on ``dataset``. ``segmentation`` (an image + mask folder) and ``zeroshot_video``
-    (class folders of videos) read ``dataset`` themselves and run alone; ``dense`` holds their options (see
-    :mod:`openeva.eval.dense_tasks`). Results (and plots) are written under ``output_dir`` when given.
+    ``model`` is a model name for ``openeva.create_model_and_transforms`` (with ``config.pretrained`` a tag or a
+    checkpoint path; a training run directory means its ``final/`` model), or an already built model, which
+    comes with its ``preprocess`` (validation transform) and, for zeroshot / retrieval / the dense tasks, its
+    ``tokenizer`` (or a ``config.model_name`` to get one by). Every input is checked before the model is built
+    or an image encoded. Results (and plots) are written under ``config.output_dir`` when given.
     """
-    options = {k: v for k, v in locals().items() if k not in ("model", "tasks", "dataset")}
+    if not isinstance(config, EvalConfig):
+        raise ValueError(f"evaluate(model, config) takes an EvalConfig, got {type(config).__name__}")
+    c = config
     # ---- 1. check every input before any compute
-    task_list = parse_tasks(tasks)
+    task_list = parse_tasks(c.tasks)
     built = model if not isinstance(model, str) else None
     int8 = built is not None and is_int8(built)
-    precision, _ = resolve_precision(precision, device, int8=int8)  # "auto": by the hardware; fp32 with int8
-    options["precision"] = precision
-    dtype_of(precision)  # refuses an unknown name
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if few_shot is not None and few_shot < 1:
-        raise ValueError(f"few_shot must be >= 1, got {few_shot}")
+    device = str(resolve_device(c.device))
+    precision, _ = resolve_precision(c.precision, device, int8=int8)  # "auto": by the hardware; fp32 with int8
     needs = frozenset().union(*(EVAL_TASKS[t].needs for t in task_list))
     if "own_data" in needs and len(task_list) > 1:
         alone = [t for t in task_list if "own_data" in EVAL_TASKS[t].needs]
         raise ValueError(f"tasks {alone} read their own kind of dataset; run each in its own openeva eval call")
-    if "train" in needs and train_dataset is None:
+    if "train" in needs and c.train_dataset is None:
         wanting = [t for t in task_list if "train" in EVAL_TASKS[t].needs]
         raise ValueError(f"tasks {sorted(wanting)} need a training dataset (train_dataset=...)")
-    model_label = model_name or (model if isinstance(model, str) else type(model).__name__)
+    model_label = c.model_name or (model if isinstance(model, str) else type(model).__name__)
     if not isinstance(model, str):
         if preprocess is None and "features" in needs:
             raise ValueError("a built model needs preprocess= (its validation transform)")
-        if "text" in needs and tokenizer is None and model_name is None:
+        if "text" in needs and tokenizer is None and c.model_name is None:
             wanting = [t for t in task_list if "text" in EVAL_TASKS[t].needs]
             raise ValueError(f"tasks {sorted(wanting)} need tokenizer= when the model is passed built")
-    run = EvalRun(model=model, pretrained=pretrained, options=options, out_dir=Path(output_dir) if output_dir
-                  is not None else None, make_plots=make_plots, data_label="", tokenizer=tokenizer,
-                  common={"model": model_label, "pretrained": pretrained, "language": language,
-                          "config": {"batch_size": batch_size, "precision": precision, "device": str(device),
-                                     "seed": seed, "tome_r": _merged_tokens(built), "int8": int8}})
-    run.extras["dataset"] = dataset
-    _load_datasets(run, needs, dataset, dataset_type, train_dataset, train_dataset_type, classnames, dataset_name)
+    run = EvalRun(model=model, config=c, device=device, precision=precision, tokenizer=tokenizer,
+                  preprocess=preprocess,
+                  common={"model": model_label, "pretrained": c.pretrained, "language": c.language,
+                          "config": {"batch_size": c.batch_size, "precision": precision, "device": device,
+                                     "seed": c.seed, "tome_r": _merged_tokens(built), "int8": int8}})
+    _load_datasets(run, needs)
     for task in task_list:
         if EVAL_TASKS[task].check is not None:
             EVAL_TASKS[task].check(run)
 
     # ---- 2. model, transform, tokenizer (fine-tuning builds its own classifier when it runs)
     if "features" in needs:
-        run.encoder, run.tokenizer = _build_encoder(model, pretrained, preprocess, run.tokenizer, model_name,
-                                                    model_label, needs, options)
+        run.encoder, run.tokenizer = _build_encoder(run, model_label, needs)
 
     # ---- 3. tasks
     results = []
@@ -196,36 +142,39 @@ def evaluate(
         if run.out_dir is not None:
             result["result_file"] = str(save_result(result, run.out_dir))
         results.append(result)
-    if verbose:
+    if c.verbose:
         print(format_table(results))
     return results
 
 
-def _load_datasets(run: EvalRun, needs, dataset, dataset_type, train_dataset, train_dataset_type, classnames,
-                   dataset_name) -> None:
+def _load_datasets(run: EvalRun, needs) -> None:
     """Index the datasets the tasks need (labelled, training, captioned), class names aligned across them."""
-    names = load_classnames(classnames, dataset_name) if classnames is not None else None
+    c = run.config
+    names = load_classnames(c.classnames, c.dataset_name) if c.classnames is not None else None
     if "classes" in needs:
-        run.cls_data = load_classification_dataset(dataset, dataset_type, names, split="test", name=dataset_name)
+        run.cls_data = load_classification_dataset(c.dataset, c.dataset_type, names, split="test", name=c.dataset_name)
     if "train" in needs:
-        train = load_classification_dataset(train_dataset, train_dataset_type or dataset_type, names, split="train")
+        train = load_classification_dataset(c.train_dataset, c.train_dataset_type or c.dataset_type, names,
+                                            split="train")
         present = len(set(train.labels))
         if present < 2:
             raise ValueError(f"training dataset {train.name} has {present} class(es) with images; "
                              "classification needs at least 2")
         if names is None:
-            run.cls_data = align_classes(run.cls_data, train.classnames, f"dataset {dataset}")
+            run.cls_data = align_classes(run.cls_data, train.classnames, f"dataset {c.dataset}")
         elif train.classnames != run.cls_data.classnames:
             raise ValueError("training and evaluation datasets have different class names")
         run.train_data = train
     if "captions" in needs:
-        run.ret_data = load_retrieval_dataset(dataset, dataset_type, name=dataset_name)
+        run.ret_data = load_retrieval_dataset(c.dataset, c.dataset_type, name=c.dataset_name)
     if run.cls_data is not None or run.ret_data is not None:  # "own_data" tasks name their data in their check
         run.data_label = (run.cls_data or run.ret_data).name
 
 
-def _build_encoder(model, pretrained, preprocess, tokenizer, model_name, model_label, needs, o):
+def _build_encoder(run: EvalRun, model_label: str, needs):
     """(encoder, tokenizer) for the frozen-feature tasks: the model built (or taken) and checked."""
+    model, c, preprocess, tokenizer = run.model, run.config, run.preprocess, run.tokenizer
+    pretrained = c.pretrained
     if isinstance(model, str):
         model_obj, _, default_preprocess = create_model_and_transforms(model, pretrained=pretrained)
         preprocess = preprocess or default_preprocess
@@ -236,7 +185,7 @@ def _build_encoder(model, pretrained, preprocess, tokenizer, model_name, model_l
                 return f"{model}|{model_fingerprint(model_obj)}"
             return f"{model}|{checkpoint_fingerprint(pretrained)}"
     else:
-        model_obj, tokenizer_name = model, model_name
+        model_obj, tokenizer_name = model, c.model_name
 
         def model_id() -> str:
             return f"object|{model_fingerprint(model_obj)}|{checkpoint_fingerprint(pretrained)}"
@@ -249,11 +198,11 @@ def _build_encoder(model, pretrained, preprocess, tokenizer, model_name, model_l
     if not has_image_tower(model_obj):
         raise ValueError(f"{model_label} has neither encode_image nor forward_features/forward_head")
     if hasattr(model_obj, "to"):
-        model_obj = model_obj.to(o["device"])
+        model_obj = model_obj.to(run.device)
     if hasattr(model_obj, "eval"):
         model_obj.eval()
-    cache = FeatureCache(o["cache_dir"]) if o["cache_dir"] is not None else None
-    encoder = _Encoder(model=model_obj, transform=preprocess, model_id=model_id, batch_size=o["batch_size"],
-                       device=o["device"], precision=o["precision"], num_workers=o["num_workers"],
-                       progress=o["progress"], cache=cache)
+    cache = FeatureCache(c.cache_dir) if c.cache_dir is not None else None
+    encoder = _Encoder(model=model_obj, transform=preprocess, model_id=model_id, batch_size=c.batch_size,
+                       device=run.device, precision=run.precision, num_workers=c.num_workers, progress=c.progress,
+                       cache=cache)
     return encoder, tokenizer

@@ -4,20 +4,42 @@ Protocol as MaskCLIP / mmseg report it: per image, class logits at the mask's re
 below a probability threshold and / or where background prompts win), accumulated into one (C + 1) x (C + 1) confusion matrix over the
 dataset (row = truth, column = prediction; class 0 = background, ignore pixels dropped). IoU per class =
 TP / (TP + FP + FN); mIoU is the mean over classes present in the truth or the prediction; ``miou_fg`` leaves
-background out; ``pixel_acc`` is the fraction of labelled pixels right.
+background out; ``pixel_acc`` is the fraction of labelled pixels right. The scoring is the
+:class:`~openeva.evaluators.segmentation.MIoU` evaluator (shared with segmentation training), over the logits
+of the training-free :class:`~openeva.dense.segmenter.OpenVocabSegmenter`.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from functools import partial
+
 import numpy as np
 import torch
-from tqdm import tqdm
+from PIL import Image
 
-from openeva.metrics import confusion, iou_metrics
 from openeva.dense.segment import DenseOptions, logits_to_labels
 from openeva.dense.segmenter import BACKGROUND, OpenVocabSegmenter
+from openeva.evaluators.base import Batching
+from openeva.evaluators.segmentation import MIoU, Segmented
+from openeva.metrics import iou_metrics
+
+
+class _Pixels(torch.utils.data.Dataset):
+    """``(PIL image, mask)`` samples as ``(uint8 (H, W, 3) pixels, (H, W) long mask)``: images of any size, one
+    per batch."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        image, mask = self.dataset[i]
+        pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8))  # (H, W, 3)
+        return pixels, torch.from_numpy(np.array(mask, dtype=np.int64))  # (H, W)
 
 
 def evaluate_segmentation(
@@ -49,14 +71,14 @@ def evaluate_segmentation(
         raise ValueError("the segmentation dataset has no samples")
     kwargs = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
     seg = OpenVocabSegmenter(model, tokenizer, templates=templates, options=options, device=device, **kwargs)
-    L = len(names) + 1
-    conf = torch.zeros(L, L, dtype=torch.long)
-    for i in tqdm(range(len(dataset)), desc="segmenting", disable=not progress, unit="image"):
-        image, mask = dataset[i]
-        truth = torch.from_numpy(np.array(mask, dtype=np.uint8))  # (H, W)
-        logits = seg.logits(image, names, out_size=tuple(truth.shape), background=background)  # (C [+1], H, W)
-        pred = logits_to_labels(logits.unsqueeze(0), bg_threshold, background_last=bool(background))[0]  # (H, W)
-        conf += confusion(pred, truth, L)
+
+    def predict(pixels: torch.Tensor) -> torch.Tensor:  # (1, H, W, 3) -> (1, C [+1], H, W) at the mask's size
+        image = Image.fromarray(pixels[0].cpu().numpy())
+        return seg.logits(image, names, out_size=tuple(pixels.shape[1:3]), background=background).unsqueeze(0)
+
+    to_labels = partial(logits_to_labels, bg_threshold=bg_threshold, background_last=bool(background))
+    evaluator = MIoU(batching=Batching(batch_size=1, progress=progress), to_labels=to_labels)
+    conf, _, _ = evaluator.confusion(predict, Segmented(_Pixels(dataset), len(names) + 1))
     metrics, per_class = iou_metrics(conf)
     return {
         "metrics": metrics,

@@ -12,71 +12,33 @@ checks it before any compute. Adding a task is a function plus :func:`register_e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
 from openeva.data.classnames import BUILTIN_DATASETS, load_templates
-from openeva.data.labelled import ClassificationData, RetrievalData
+from openeva.data.labelled import ClassificationData
 from openeva.eval import finetune as finetune_mod
-from openeva.eval import knn as knn_mod
-from openeva.eval import linear_probe as probe_mod
 from openeva.eval import plots
+from openeva.eval.context import EvalRun, EvalTask
 from openeva.eval.dense_tasks import check_segmentation, check_zeroshot_video, run_segmentation, run_zeroshot_video
 from openeva.eval.features import EncodedImages, encode_texts
 from openeva.eval.finetune_recipe import auto_finetune_recipe
 from openeva.eval.results import TASK_NAMES, make_result, result_filename
-from openeva.eval.retrieval import evaluate_retrieval
-from openeva.eval.zeroshot import (
-    build_zeroshot_classifier, classification_metrics, confusion_matrix, per_class_accuracy, zeroshot_logits,
+from openeva.evaluators.base import Batching
+from openeva.evaluators.classification import (
+    DEFAULT_TEMPLATES, ZeroShot, ZeroShotOptions, classification_counts, counts_metrics,
 )
+from openeva.evaluators.knn import KNN
+from openeva.evaluators.knn import main_k as knn_main_k
+from openeva.evaluators.linear_probe import LinearProbe
+from openeva.evaluators.retrieval import evaluate_retrieval
+from openeva.metrics import confusion_matrix, per_class_accuracy, zeroshot_logits
 
-DEFAULT_TEMPLATES = ("a photo of a {c}.",)
+__all__ = ["EVAL_TASKS", "EvalRun", "EvalTask", "register_eval_task"]
+
 MAX_LISTED_SKIPS = 20
 NUM_RETRIEVAL_EXAMPLES = 8  # hits and misses each, in the retrieval plot
-
-# What a task can need (EvalTask.needs): the labelled evaluation set, a labelled training set, the captioned
-# evaluation set, the frozen model's image features, its text tower; "own_data": the task reads ``dataset``
-# itself (in its check, into ``run.extras``), so it runs alone.
-NEEDS = frozenset({"classes", "train", "captions", "features", "text", "own_data"})
-
-
-@dataclass
-class EvalRun:
-    """Everything a task function reads: inputs checked and loaded once by ``evaluate`` for all its tasks."""
-
-    model: Any  # the model as given (a name, or a built model)
-    pretrained: str | None
-    options: dict[str, Any]  # evaluate's keyword arguments (batch_size, device, precision, seed, knn_ks, ...)
-    common: dict[str, Any]  # result fields every record carries (model, pretrained, language, config)
-    out_dir: Path | None
-    make_plots: bool
-    data_label: str
-    cls_data: ClassificationData | None = None
-    train_data: ClassificationData | None = None
-    ret_data: RetrievalData | None = None
-    templates: list[str] | None = None
-    encoder: Any = None  # runner._Encoder: encode(data, desc) -> EncodedImages, shared (and cached) by tasks
-    tokenizer: Callable | None = None
-    extras: dict[str, Any] = field(default_factory=dict)  # per-task prepared inputs (e.g. the finetune config)
-
-
-@dataclass(frozen=True)
-class EvalTask:
-    """A table entry: ``run(EvalRun) -> result``, what it needs (:data:`NEEDS`), and an optional
-    ``check(EvalRun)`` run with the input checks, before the model is built."""
-
-    run: Callable[[EvalRun], dict]
-    needs: frozenset[str] = frozenset()
-    check: Callable[[EvalRun], None] | None = None
-
-    def __post_init__(self):
-        object.__setattr__(self, "needs", frozenset(self.needs))
-        unknown = sorted(self.needs - NEEDS)
-        if unknown:
-            raise ValueError(f"unknown task needs {unknown}; known: {sorted(NEEDS)}")
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -117,14 +79,20 @@ def _encoded_labels(run: EvalRun, data: ClassificationData) -> tuple[EncodedImag
 
 
 # --------------------------------------------------------------------------------------------- tasks
+def _batching(run: EvalRun) -> Batching:
+    c = run.config
+    return Batching(c.batch_size, c.num_workers, c.progress)
+
+
 def _zeroshot(run: EvalRun) -> dict:
-    o, data = run.options, run.cls_data
+    data = run.cls_data
     enc, labels = _encoded_labels(run, data)
-    classifier = build_zeroshot_classifier(run.encoder.model, run.tokenizer, data.classnames, run.templates,
-                                           device=o["device"], precision=o["precision"], progress=o["progress"])
+    evaluator = ZeroShot(run.tokenizer, ZeroShotOptions(templates=tuple(run.templates)), _batching(run))
+    classifier = evaluator.classifier(run.encoder.model, data.classnames, device=run.device,
+                                      precision=run.precision)  # (E, C)
     scores = zeroshot_logits(enc.features, classifier)  # (N, C)
-    result = make_result(run.data_label, task="zeroshot",
-                         metrics=classification_metrics(scores, labels, data.num_classes), num_samples=len(labels),
+    metrics = counts_metrics(classification_counts(scores, labels, data.num_classes), data.num_classes)
+    result = make_result(run.data_label, task="zeroshot", metrics=metrics, num_samples=len(labels),
                          num_classes=data.num_classes, num_templates=len(run.templates), **skip_fields(data, enc),
                          **run.common)
     classification_plots(run, result, scores, labels)
@@ -133,25 +101,25 @@ def _zeroshot(run: EvalRun) -> dict:
 
 def _check_zeroshot(run: EvalRun) -> None:
     """The prompt templates: given, the builtin set of builtin class names, or one generic template."""
-    o = run.options
-    if o["templates"] is not None:
-        run.templates = load_templates(o["templates"], o["dataset_name"])
-    elif isinstance(o["classnames"], str) and o["classnames"].lower().replace("-", "_") in BUILTIN_DATASETS:
-        run.templates = load_templates(o["classnames"])
+    c = run.config
+    if c.templates is not None:
+        run.templates = load_templates(c.templates, c.dataset_name)
+    elif isinstance(c.classnames, str) and c.classnames.lower().replace("-", "_") in BUILTIN_DATASETS:
+        run.templates = load_templates(c.classnames)
     else:
         run.templates = list(DEFAULT_TEMPLATES)
 
 
 def _retrieval(run: EvalRun) -> dict:
-    o, data = run.options, run.ret_data
+    data = run.ret_data
     enc = run.encoder.encode(data, f"encoding {data.name}")
     texts, text_to_image = [], []
     for row, image_index in enumerate(enc.indices.tolist()):
         texts += data.captions[image_index]
         text_to_image += [row] * len(data.captions[image_index])
-    text_features = encode_texts(run.encoder.model, run.tokenizer, texts, batch_size=o["batch_size"],
-                                 device=o["device"], precision=o["precision"], progress=o["progress"],
-                                 desc="encoding captions")  # (T, E)
+    c = run.config
+    text_features = encode_texts(run.encoder.model, run.tokenizer, texts, batch_size=c.batch_size, device=run.device,
+                                 precision=run.precision, progress=c.progress, desc="encoding captions")  # (T, E)
     metrics, ranks = evaluate_retrieval(enc.features, text_features, torch.tensor(text_to_image))
     result = make_result(run.data_label, task="retrieval", metrics=metrics, num_samples=len(enc.indices),
                          num_texts=len(texts), **skip_fields(data, enc), **run.common)
@@ -168,23 +136,20 @@ def _retrieval(run: EvalRun) -> dict:
     return result
 
 
-def _train_features(run: EvalRun) -> tuple[EncodedImages, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+def _train_features(run: EvalRun, few_shot: int | None):
     """Evaluation features + labels, training features + labels, and the record fields both frozen tasks share."""
     enc, labels = _encoded_labels(run, run.cls_data)
     train_enc, train_y = _encoded_labels(run, run.train_data)
     extra = {**skip_fields(run.cls_data, enc), **skip_fields(run.train_data, train_enc, "_train"),
              "num_samples": len(labels), "num_classes": run.cls_data.num_classes,
-             "train_dataset": run.train_data.name, "few_shot": run.options["few_shot"]}
+             "train_dataset": run.train_data.name, "few_shot": few_shot}
     return enc, labels, train_enc.features, train_y, extra
 
 
 def _linear_probe(run: EvalRun) -> dict:
-    o = run.options
-    enc, labels, train_x, train_y, extra = _train_features(run)
-    probe = probe_mod.evaluate_linear_probe(train_x, train_y, enc.features, labels, run.cls_data.num_classes,
-                                            weight_decays=o["weight_decays"], val_fraction=o["val_fraction"],
-                                            few_shot=o["few_shot"], seed=o["seed"], max_iter=o["probe_max_iter"],
-                                            device=o["device"])
+    evaluator = LinearProbe(run.config.linear_probe, _batching(run))
+    enc, labels, train_x, train_y, extra = _train_features(run, evaluator.options.few_shot)
+    probe = evaluator.score(train_x, train_y, enc.features, labels, run.cls_data.num_classes, device=run.device)
     extra.update(weight_decay=probe.weight_decay, num_train=probe.num_train,
                  val_acc1={f"{wd:g}": acc for wd, acc in probe.val_acc1.items()})
     result = make_result(run.data_label, task="linear_probe", metrics=probe.metrics, **extra, **run.common)
@@ -193,46 +158,36 @@ def _linear_probe(run: EvalRun) -> dict:
 
 
 def _knn(run: EvalRun) -> dict:
-    o = run.options
-    enc, labels, train_x, train_y, extra = _train_features(run)
-    if o["few_shot"] is not None:
-        keep = probe_mod.few_shot_indices(train_y, o["few_shot"], o["seed"])
-        train_x, train_y = train_x[keep], train_y[keep]
-    metrics, all_scores = knn_mod.knn_classify(train_x, train_y, enc.features, labels, run.cls_data.num_classes,
-                                               o["knn_ks"], temperature=o["knn_temperature"], device=o["device"])
-    main = knn_mod.main_k(o["knn_ks"])
-    extra.update(ks=list(o["knn_ks"]), main_k=main, temperature=o["knn_temperature"], num_train=len(train_y))
+    evaluator = KNN(run.config.knn, _batching(run))
+    o = evaluator.options
+    enc, labels, train_x, train_y, extra = _train_features(run, o.few_shot)
+    metrics, all_scores, num_train = evaluator.score(train_x, train_y, enc.features, labels,
+                                                     run.cls_data.num_classes, device=run.device)
+    main = knn_main_k(o.ks)
+    extra.update(ks=list(o.ks), main_k=main, temperature=o.temperature, num_train=num_train)
     result = make_result(run.data_label, task="knn", metrics=metrics, **extra, **run.common)
     classification_plots(run, result, all_scores[main], labels)
     return result
 
 
-def _check_knn(run: EvalRun) -> None:
-    ks, temperature = run.options["knn_ks"], run.options["knn_temperature"]
-    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-        raise ValueError(f"knn_ks (--knn-k) must be integers >= 1, got {list(ks)}")
-    if not temperature > 0:
-        raise ValueError(f"knn_temperature must be > 0, got {temperature}")
-
-
 def _check_finetune(run: EvalRun) -> None:
-    o = run.options
+    options = run.config.finetune
     finetune_mod.check_finetune_model(run.model)
-    recipe = o["finetune_config"]
+    recipe = options.config
     if recipe is None:  # chosen by the backbone's weights, and said
-        recipe = auto_finetune_recipe(run.model, run.pretrained)
-    cfg = finetune_mod.load_finetune_config(recipe, o["finetune_overrides"])
+        recipe = auto_finetune_recipe(run.model, run.config.pretrained)
+    cfg = finetune_mod.load_finetune_config(recipe, options.overrides)
     finetune_mod.check_finetune_inputs(cfg, run.train_data, run.cls_data)
     run.extras["finetune_config"] = cfg
 
 
 def _finetune(run: EvalRun) -> dict:
-    o = run.options
+    c = run.config
     metrics, scores, labels, extra = finetune_mod.run_finetune(
-        run.model, run.train_data, run.cls_data, cfg=run.extras["finetune_config"], pretrained=run.pretrained,
-        device=o["device"], precision=o["precision"], batch_size=o["batch_size"], num_workers=o["num_workers"],
-        seed=o["seed"], output_dir=run.out_dir, progress=o["progress"],
-        warmup_fraction=0.1 if o["finetune_config"] is None else None)
+        run.model, run.train_data, run.cls_data, cfg=run.extras["finetune_config"], pretrained=c.pretrained,
+        device=run.device, precision=run.precision, batch_size=c.batch_size, num_workers=c.num_workers,
+        seed=c.seed, output_dir=run.out_dir, progress=c.progress,
+        warmup_fraction=0.1 if c.finetune.config is None else None)
     result = make_result(run.data_label, task="finetune", metrics=metrics, num_samples=len(labels),
                          num_classes=run.cls_data.num_classes, train_dataset=run.train_data.name, **extra,
                          **run.common)
@@ -245,7 +200,7 @@ EVAL_TASKS: dict[str, EvalTask] = {
     "zeroshot": EvalTask(_zeroshot, {"classes", "features", "text"}, check=_check_zeroshot),
     "retrieval": EvalTask(_retrieval, {"captions", "features", "text"}),
     "linear_probe": EvalTask(_linear_probe, {"classes", "train", "features"}),
-    "knn": EvalTask(_knn, {"classes", "train", "features"}, check=_check_knn),
+    "knn": EvalTask(_knn, {"classes", "train", "features"}),
     "finetune": EvalTask(_finetune, {"classes", "train"}, check=_check_finetune),
     "segmentation": EvalTask(run_segmentation, {"own_data", "text"}, check=check_segmentation),
     "zeroshot_video": EvalTask(run_zeroshot_video, {"own_data", "text"}, check=check_zeroshot_video),

@@ -1,8 +1,9 @@
 """Zero-shot labels for every image of a collection (``openeva classify``, ``openeva.classify``).
 
-Class names and templates come from the evaluation code's loaders (builtin lists such as ``imagenet1k``,
-files, or plain lists); the prompt classifier is built through the :class:`Encoder` interface, so any
-backend classifies. Unreadable images are skipped, counted and listed, as in ``openeva embed``.
+Class names and templates come from the data layer's loaders (builtin lists such as ``imagenet1k``,
+files, or plain lists); the prompt classifier is the library's one zero-shot head
+(:func:`openeva.evaluators.text.zeroshot_classifier`) over the :class:`Encoder` interface, so any backend
+classifies, and the scores are :func:`openeva.metrics.zeroshot_logits`. Unreadable images are skipped, counted and listed, as in ``openeva embed``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import numpy as np
 import torch
 
 from openeva.data.collection import open_collection
-from openeva.data.classnames import fill_template, load_classnames, load_templates
+from openeva.data.classnames import load_classnames, load_templates
+from openeva.evaluators.text import zeroshot_classifier
+from openeva.metrics import zeroshot_logits
 from openeva.runtime import atomic_write_bytes
 from openeva.serve.embed import _collate, _Decoded
 from openeva.serve.encoder import Encoder, load_encoder
 
 DEFAULT_TEMPLATES = ("a photo of a {c}.", "{c}")
-LOGIT_SCALE = 100.0  # CLIP's trained temperature, as the zero-shot evaluation uses
 
 
 def parse_labels(labels) -> list[str]:
@@ -38,16 +40,14 @@ def parse_labels(labels) -> list[str]:
 
 def text_classifier(encoder: Encoder, classnames: list[str], templates) -> np.ndarray:
     """(D, C) unit class vectors: the mean of each class's normalised prompt embeddings, renormalised."""
-    prompts = [fill_template(t, c) for c in classnames for t in templates]
-    emb = np.concatenate([encoder.encode_texts(prompts[i:i + 256]) for i in range(0, len(prompts), 256)])
-    emb = emb.reshape(len(classnames), len(templates), -1).mean(axis=1)  # (C, D)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
-    return emb.T.astype(np.float32)  # (D, C)
+    weights = zeroshot_classifier(lambda texts: torch.from_numpy(encoder.encode_texts(texts)), classnames,
+                                  list(templates))  # (D, C)
+    return weights.numpy()
 
 
 def label_probs(image_vectors: np.ndarray, classifier: np.ndarray) -> np.ndarray:
-    """(N, D) unit image vectors x (D, C) -> (N, C) softmax probabilities."""
-    logits = torch.from_numpy(LOGIT_SCALE * image_vectors @ classifier)
+    """(N, D) image vectors x (D, C) class vectors -> (N, C) softmax probabilities of CLIP's 100 x cosine."""
+    logits = zeroshot_logits(torch.from_numpy(np.asarray(image_vectors)), torch.from_numpy(classifier))  # (N, C)
     return logits.softmax(dim=-1).numpy()
 
 
