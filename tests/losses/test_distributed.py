@@ -26,6 +26,8 @@ DIM = 6
 SCALE = 9.0
 BIAS = -4.0
 CLIP_CONFIGS = list(itertools.product((False, True), repeat=3))  # (local_loss, gather_with_grad, tiled)
+# padding rows of each rank's fixed-shape batch (valid False) for the masked losses
+VALID = torch.tensor([True, False, True, True, False, False, True, True, True, True])
 
 
 def _global_batch():
@@ -35,12 +37,12 @@ def _global_batch():
     return image, text
 
 
-def _loss_and_grads(loss_fn, image, text, with_bias=False):
+def _loss_and_grads(loss_fn, image, text, with_bias=False, **kw):
     """-> {loss, image, text, scale[, bias]}: the value and the gradients of every input."""
     img, txt = image.clone().requires_grad_(), text.clone().requires_grad_()
     scale = torch.tensor(SCALE, requires_grad=True)
     extra = (torch.tensor(BIAS, requires_grad=True),) if with_bias else ()
-    loss = loss_fn(img, txt, scale, *extra)
+    loss = loss_fn(img, txt, scale, *extra, **kw)
     loss.backward()
     out = {"loss": loss.detach(), "image": img.grad, "text": txt.grad, "scale": scale.grad}
     if with_bias:
@@ -64,6 +66,13 @@ def _run_rank(rank: int, store: str, out_dir: str) -> None:
             results[(local_loss, gather_with_grad, tiled)] = _loss_and_grads(loss_fn, image[mine], text[mine])
         siglip = SigLipLoss(rank=rank, world_size=WORLD_SIZE)
         results["siglip"] = _loss_and_grads(siglip, image[mine], text[mine], with_bias=True)
+        for local_loss, tiled in itertools.product((False, True), repeat=2):
+            loss_fn = ClipLoss(local_loss=local_loss, gather_with_grad=True, rank=rank, world_size=WORLD_SIZE,
+                               tiled=tiled, tile_size=3)
+            results[("masked", local_loss, tiled)] = _loss_and_grads(loss_fn, image[mine], text[mine],
+                                                                     valid=VALID[mine])
+        results["siglip_masked"] = _loss_and_grads(siglip, image[mine], text[mine], with_bias=True,
+                                                   valid=VALID[mine])
         try:
             ClipLoss(rank=1 - rank, world_size=WORLD_SIZE)(image[mine], text[mine], SCALE)
             results["rank_mismatch_raises"] = False
@@ -106,6 +115,8 @@ def single_process():
     return {
         "clip": _loss_and_grads(ClipLoss(), image, text),
         "siglip": _loss_and_grads(SigLipLoss(), image, text, with_bias=True),
+        "clip_valid": _loss_and_grads(ClipLoss(), image[VALID], text[VALID]),
+        "siglip_valid": _loss_and_grads(SigLipLoss(), image[VALID], text[VALID], with_bias=True),
     }
 
 
@@ -160,6 +171,27 @@ def test_siglip_across_processes_equals_single_process(ranks, single_process):
     for rank, r in enumerate(per_rank):
         _close(r["image"], WORLD_SIZE * _slot(ref["image"], rank), f"rank {rank} image grad")
         _close(r["text"], WORLD_SIZE * _slot(ref["text"], rank), f"rank {rank} text grad")
+
+
+def _valid_slot(full_valid_grad, rank):
+    """The single-process gradient of the valid rows, scattered back into rank ``rank``'s padded slot."""
+    out = torch.zeros(LOCAL_BATCH, DIM)
+    slot = VALID[rank * LOCAL_BATCH:(rank + 1) * LOCAL_BATCH]
+    start = int(VALID[:rank * LOCAL_BATCH].sum())
+    out[slot] = full_valid_grad[start:start + int(slot.sum())]
+    return out
+
+
+@pytest.mark.parametrize("key", [("masked", ll, t) for ll in (False, True) for t in (False, True)] + ["siglip_masked"])
+def test_padding_rows_are_left_out_on_every_rank(ranks, single_process, key):
+    """Each rank's padded batch with a validity mask == one process over the valid rows only."""
+    ref = single_process["siglip_valid" if key == "siglip_masked" else "clip_valid"]
+    per_rank = [r[key] for r in ranks]
+    _close(torch.stack([r["loss"] for r in per_rank]).mean(), ref["loss"], "mean loss")
+    _close(torch.stack([r["scale"] for r in per_rank]).mean(), ref["scale"], "mean logit_scale grad")
+    for rank, r in enumerate(per_rank):
+        _close(r["image"], WORLD_SIZE * _valid_slot(ref["image"], rank), f"rank {rank} image grad")
+        _close(r["text"], WORLD_SIZE * _valid_slot(ref["text"], rank), f"rank {rank} text grad")
 
 
 def test_rank_mismatch_with_process_group_raises(ranks):

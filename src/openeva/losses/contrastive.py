@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openeva.losses.distributed import gather_features
-from openeva.losses.tiled import tiled_clip_loss, tiled_cross_entropy
+from openeva.losses.distributed import gather_features, gather_mask
+from openeva.losses.tiled import as_scale, positive_logits, tiled_clip_loss, tiled_cross_entropy, tiled_logsumexp
 
 __all__ = ["ClipLoss"]
 
@@ -38,6 +38,14 @@ def check_feature_pair(image_features: torch.Tensor, text_features: torch.Tensor
         )
     if image_features.shape[0] == 0:
         raise ValueError("empty batch: features have 0 rows")
+
+
+def check_valid(valid: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """A (B,) bool mask of the rows of ``features`` that are samples (the rest pad a fixed-shape batch)."""
+    if valid.shape != features.shape[:1] or valid.dtype != torch.bool:
+        raise ValueError(f"valid must be a ({features.shape[0]},) bool tensor, got {valid.dtype} "
+                         f"{tuple(valid.shape)}")
+    return valid
 
 
 def check_rank(rank: int, world_size: int) -> None:
@@ -116,16 +124,22 @@ class ClipLoss(nn.Module):
         logit_scale: torch.Tensor | float,
         logit_bias: torch.Tensor | float | None = None,
         output_dict: bool = False,
+        valid: torch.Tensor | None = None,
     ):
         """(B, D), (B, D), scale -> scalar loss (or ``{"contrastive_loss": loss}``).
 
         ``logit_bias`` exists for open_clip signature compatibility; a constant added to every logit does not
         change a softmax cross-entropy, so it only enters the dense computation (where it cancels).
+        ``valid`` (B,) bool marks the rows that are samples in a padded fixed-shape batch: the others are neither
+        rows nor columns of the loss on any rank, which averages over the valid rows of all ranks.
         """
         check_feature_pair(image_features, text_features)
         q_images, q_texts, all_images, all_texts, offset = self._gather(image_features, text_features)
         same_pair = q_images is all_images  # both directions read one (N, N) matrix
-        if self.tiled:
+        if valid is not None:
+            loss = self._masked(q_images, q_texts, all_images, all_texts, offset, logit_scale, logit_bias,
+                                check_valid(valid, image_features))
+        elif self.tiled:
             if same_pair:
                 loss = tiled_clip_loss(all_images, all_texts, logit_scale, self.tile_size)
             else:
@@ -145,3 +159,34 @@ class ClipLoss(nn.Module):
             labels = self._targets(image_features.device, logits_per_image.shape[0], offset)
             loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
         return {"contrastive_loss": loss} if output_dict else loss
+
+    def _masked(self, q_images, q_texts, all_images, all_texts, offset, logit_scale, logit_bias, valid):
+        """The loss over the valid rows only, without a host sync (the counts stay on the device)."""
+        all_valid = gather_mask(valid, self.rank, self.world_size)  # (N,)
+        same_pair = q_images is all_images
+        q_valid = all_valid if same_pair else valid  # (B_q,)
+        # mean over every rank's valid rows; with local rows DDP's average over ranks divides the W back
+        norm = all_valid.sum().clamp(min=1) / (1 if same_pair else self.world_size)
+        if self.tiled:
+            scale = as_scale(logit_scale, q_images)
+            if same_pair:
+                row_lse, col_lse = tiled_logsumexp(all_images, all_texts, logit_scale, self.tile_size, True,
+                                                   all_valid, all_valid)  # (N,), (N,)
+                pos = positive_logits(all_images, all_texts, scale)
+                per_row = (row_lse - pos) + (col_lse - pos)  # (N,)
+            else:
+                rows = slice(offset, offset + q_images.shape[0])
+                img_lse, _ = tiled_logsumexp(q_images, all_texts, logit_scale, self.tile_size, False, valid, all_valid)
+                txt_lse, _ = tiled_logsumexp(q_texts, all_images, logit_scale, self.tile_size, False, valid, all_valid)
+                per_row = (img_lse - positive_logits(q_images, all_texts[rows], scale)
+                           + txt_lse - positive_logits(q_texts, all_images[rows], scale))  # (B,)
+        else:
+            logits_per_image = logit_scale * q_images @ all_texts.T  # (B_q, N)
+            logits_per_text = logits_per_image.T if same_pair else logit_scale * q_texts @ all_images.T
+            if logit_bias is not None:
+                logits_per_image, logits_per_text = logits_per_image + logit_bias, logits_per_text + logit_bias
+            low = torch.finfo(logits_per_image.dtype).min  # a padding column takes no probability
+            labels = self._targets(q_images.device, logits_per_image.shape[0], offset)
+            per_row = sum(F.cross_entropy(logits.masked_fill(~all_valid[None, :], low), labels, reduction="none")
+                          for logits in (logits_per_image, logits_per_text))  # (B_q,)
+        return torch.where(q_valid, per_row, 0).sum() / (2 * norm)

@@ -21,6 +21,7 @@ __all__ = [
     "all_gather_with_grad",
     "check_process_group",
     "gather_features",
+    "gather_mask",
 ]
 
 
@@ -111,3 +112,11 @@ def gather_features(
         all_gather_no_grad(image_features, rank, keep_local),
         all_gather_no_grad(text_features, rank, keep_local),
     )
+
+
+def gather_mask(valid: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Concatenate a (B,) bool mask from every process -> (W * B,) (itself with one process)."""
+    if world_size == 1:
+        return valid
+    check_process_group(rank, world_size)
+    return all_gather_no_grad(valid.to(torch.uint8), rank, keep_local_grad=False).bool()

@@ -33,11 +33,20 @@ def _online_update(
     run_max.copy_(new_max)
 
 
+def _mask_tile(logits: torch.Tensor, row_valid, col_valid, rows: slice, cols: slice) -> None:
+    """In place: a pair whose row or column is not a sample gets the lowest fp32 logit, so it adds nothing to a
+    valid row's or column's LSE (and a finite, unused LSE to an invalid one: no inf - inf)."""
+    if row_valid is not None:
+        keep = row_valid[rows, None] & col_valid[None, cols]  # (Tr, Tc)
+        logits.masked_fill_(~keep, torch.finfo(torch.float32).min)
+
+
 class _TiledLogSumExp(torch.autograd.Function):
-    """(q (M, D), k (N, D), scale ()) -> row LSE (M,) and, if ``with_cols``, column LSE (N,) of s * q @ k.T."""
+    """(q (M, D), k (N, D), scale ()) -> row LSE (M,) and, if ``with_cols``, column LSE (N,) of s * q @ k.T;
+    ``row_valid`` (M,) / ``col_valid`` (N,) bool (or None) leave the pairs of padding rows out."""
 
     @staticmethod
-    def forward(ctx, q, k, scale, tile_size: int, with_cols: bool):
+    def forward(ctx, q, k, scale, tile_size: int, with_cols: bool, row_valid=None, col_valid=None):
         num_rows, num_cols = q.shape[0], k.shape[0]
         fp32 = dict(device=q.device, dtype=torch.float32)
         row_max = torch.full((num_rows,), float("-inf"), **fp32)
@@ -50,6 +59,7 @@ class _TiledLogSumExp(torch.autograd.Function):
             for c0 in range(0, num_cols, tile_size):
                 cols = slice(c0, c0 + tile_size)
                 logits = (q_tile @ k[cols].T).float().mul_(scale)  # (Tr, Tc) fp32
+                _mask_tile(logits, row_valid, col_valid, rows, cols)
                 # at most two (Tr, Tc) matrices are alive at once
                 _online_update(row_max[rows], row_sum[rows], logits, dim=1, consume=not with_cols)
                 if with_cols:
@@ -57,6 +67,7 @@ class _TiledLogSumExp(torch.autograd.Function):
         row_lse = row_max + row_sum.log()  # (M,)
         col_lse = col_max + col_sum.log()  # (N,) or (0,)
         ctx.save_for_backward(q, k, scale, row_lse, col_lse)
+        ctx.valid = (row_valid, col_valid)
         ctx.tile_size = tile_size
         ctx.with_cols = with_cols
         if not with_cols:
@@ -67,6 +78,7 @@ class _TiledLogSumExp(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_row, grad_col):
         q, k, scale, row_lse, col_lse = ctx.saved_tensors
+        row_valid, col_valid = ctx.valid
         tile_size = ctx.tile_size
         use_cols = ctx.with_cols and grad_col is not None
         grad_q = torch.zeros(q.shape, device=q.device, dtype=torch.float32)  # (M, D)
@@ -79,6 +91,7 @@ class _TiledLogSumExp(torch.autograd.Function):
                 cols = slice(c0, c0 + tile_size)
                 k_tile = k[cols]  # (Tc, D)
                 logits = (q_tile @ k_tile.T).float().mul_(scale)  # (Tr, Tc) fp32
+                _mask_tile(logits, row_valid, col_valid, rows, cols)
                 # d loss / d logit = g_row[i] * softmax_row[i, j] + g_col[j] * softmax_col[i, j];
                 # the column term is computed in place of the logits: two (Tr, Tc) matrices at most.
                 if grad_row is not None:
@@ -96,7 +109,7 @@ class _TiledLogSumExp(torch.autograd.Function):
                 grad_scale += (q_tile.float() * coeff_k).sum()
                 grad_q[rows] += coeff_k.mul_(scale)
                 grad_k[cols] += (coeff.T @ q_tile).float().mul_(scale)
-        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_scale.to(scale.dtype), None, None
+        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_scale.to(scale.dtype), None, None, None, None
 
 
 def _check_pair(q: torch.Tensor, k: torch.Tensor, tile_size: int) -> None:
@@ -110,7 +123,7 @@ def _check_pair(q: torch.Tensor, k: torch.Tensor, tile_size: int) -> None:
         raise ValueError(f"tile_size must be positive, got {tile_size}")
 
 
-def _as_scale(logit_scale: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+def as_scale(logit_scale: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     """A 0-dim fp32 scale, differentiable back to ``logit_scale`` when it is a tensor."""
     if not torch.is_tensor(logit_scale):
         return torch.tensor(float(logit_scale), device=like.device, dtype=torch.float32)
@@ -125,26 +138,33 @@ def tiled_logsumexp(
     logit_scale: torch.Tensor | float,
     tile_size: int = 1024,
     both_directions: bool = False,
+    row_valid: torch.Tensor | None = None,
+    col_valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Row-wise (and optionally column-wise) fp32 log-sum-exp of ``logit_scale * q @ k.T`` in tiles.
 
     q: (M, D), k: (N, D). Returns ``(row_lse (M,), col_lse (N,) or None)``; differentiable w.r.t. ``q``, ``k``
-    and a tensor ``logit_scale``. Under autocast the tile matmuls run in the autocast dtype, as a plain
+    and a tensor ``logit_scale``. ``row_valid`` (M,) and ``col_valid`` (N,) bool, given together, leave out the
+    pairs of rows that are padding (a valid row's LSE covers the valid columns only; an invalid row's LSE is a
+    finite value to be ignored). Under autocast the tile matmuls run in the autocast dtype, as a plain
     ``q @ k.T`` would; statistics are always accumulated in fp32.
     """
     _check_pair(q, k, tile_size)
-    scale = _as_scale(logit_scale, q)
+    if (row_valid is None) != (col_valid is None):
+        raise ValueError("row_valid and col_valid go together (one bool mask per side)")
+    scale = as_scale(logit_scale, q)
     device_type = q.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
     else:
         dtype = torch.promote_types(q.dtype, k.dtype)
     with torch.autocast(device_type=device_type, enabled=False):
-        row_lse, col_lse = _TiledLogSumExp.apply(q.to(dtype), k.to(dtype), scale, tile_size, both_directions)
+        row_lse, col_lse = _TiledLogSumExp.apply(q.to(dtype), k.to(dtype), scale, tile_size, both_directions,
+                                                 row_valid, col_valid)
     return row_lse, (col_lse if both_directions else None)
 
 
-def _positive_logits(q: torch.Tensor, k_pos: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def positive_logits(q: torch.Tensor, k_pos: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """s * <q_i, k_pos_i> per row in fp32: the diagonal of the logits matrix, O(M * D)."""
     return (q.float() * k_pos.float()).sum(-1) * scale  # (M,)
 
@@ -162,7 +182,7 @@ def tiled_cross_entropy(
     if offset < 0 or offset + q.shape[0] > k.shape[0]:
         raise ValueError(f"targets offset {offset} + {q.shape[0]} rows exceed the {k.shape[0]} columns")
     row_lse, _ = tiled_logsumexp(q, k, logit_scale, tile_size)
-    positives = _positive_logits(q, k[offset:offset + q.shape[0]], _as_scale(logit_scale, q))
+    positives = positive_logits(q, k[offset:offset + q.shape[0]], as_scale(logit_scale, q))
     return (row_lse - positives).mean()
 
 
@@ -179,5 +199,5 @@ def tiled_clip_loss(
             f"and {tuple(text_features.shape)}"
         )
     row_lse, col_lse = tiled_logsumexp(image_features, text_features, logit_scale, tile_size, both_directions=True)
-    positives = _positive_logits(image_features, text_features, _as_scale(logit_scale, image_features))  # (B,)
+    positives = positive_logits(image_features, text_features, as_scale(logit_scale, image_features))  # (B,)
     return ((row_lse - positives).mean() + (col_lse - positives).mean()) / 2

@@ -1,9 +1,12 @@
-"""Training checkpoints: atomic, pruned to the last N, and complete enough to resume bit-for-bit.
+"""Training checkpoints: sharded, atomic, pruned to the last N, and complete enough to resume bit-for-bit.
 
-Layout of ``RUN/checkpoints/step_0000100/``: ``model.safetensors`` + ``config.json`` (the trained model in
-openeva's format, so ``openeva.create_model(step_dir)`` loads it; the config also holds the resolved run
-config), ``train_state.pt`` (optimizer, schedule, grad scaler, data position, counters, Task state outside the
-exported model) and ``rng_rank{r}.pt`` (every process's RNG states). A checkpoint is written into a hidden
+Layout of ``RUN/checkpoints/step_0000100/``: ``dcp/`` (the Task's state and the optimizer's, keyed by parameter
+name, written by every rank with ``torch.distributed.checkpoint``: under FSDP each rank writes its shards, under
+DDP the replicated tensors are split among the ranks), ``model.safetensors`` + ``config.json`` (the trained model
+in openeva's format, so ``openeva.create_model(step_dir)`` loads it; the config also holds the resolved run
+config), ``train_state.pt`` (schedule, grad scaler, data position, run-wide counters) and ``rng_rank{r}.pt``
+(every process's RNG states). Because the state is keyed by name and DCP reshards on load, a checkpoint resumes
+under another strategy (DDP <-> FSDP) and another number of processes. A checkpoint is written into a hidden
 temporary directory and renamed into place when complete; ``RUN/checkpoints/latest`` (a one-line text file,
 replaced atomically) is updated only after that, so it never names a half-written checkpoint.
 """
@@ -20,12 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from openeva.checkpoints.io import WEIGHTS_NAME, save_weights
+from openeva.checkpoints.io import save_weights
 from openeva.runtime import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 TRAIN_STATE = "train_state.pt"
+SHARDED = "dcp"  # torch.distributed.checkpoint directory of a step
 LATEST = "latest"
 
 
@@ -160,13 +164,31 @@ class CheckpointManager:
         return path
 
 
-def read_checkpoint(path: Path, rank: int) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
-    """(exported model weights, train state, this rank's RNG state or None) of a checkpoint directory."""
-    from safetensors.torch import load_file
+def save_sharded(step_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Every rank: write the (wrapped) model's and the optimizer's state into ``step_dir/dcp``, keyed by name
+    (``get_state_dict``: DTensor shards under FSDP, no ``module.`` prefix under DDP)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    weights_file = path / WEIGHTS_NAME
-    weights = load_file(str(weights_file)) if weights_file.is_file() else {}
-    state = torch.load(path / TRAIN_STATE, map_location="cpu", weights_only=True)
-    rng_file = path / f"rng_rank{rank}.pt"
-    rng = torch.load(rng_file, map_location="cpu", weights_only=True) if rng_file.is_file() else None
-    return weights, state, rng
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(step_dir / SHARDED))
+
+
+def load_sharded(step_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Every rank: read ``step_dir/dcp`` into the (wrapped) model and the optimizer, whatever the strategy and
+    number of processes that wrote it (each rank reads only the slices its own tensors hold)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)  # the layout to fill (creates optimizer state)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, checkpoint_id=str(step_dir / SHARDED))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def sharded_keys(step_dir: Path, part: str = "model") -> set[str]:
+    """The names stored under ``part`` ("model" or "optim") in a checkpoint's ``dcp/`` (reads metadata only)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    meta = FileSystemReader(str(step_dir / SHARDED)).read_metadata()
+    return {k[len(part) + 1:] for k in meta.state_dict_metadata if k.startswith(part + ".")}

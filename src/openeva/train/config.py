@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openeva.data.loader import default_num_workers
+from openeva.data.mix import MIX_MODES
+from openeva.data.sources import split_sources
+from openeva.train.evals import EVALS
 from openeva.train.fields import field_types, all_keys, parse_value, section_from_dict, unknown_key_message
 from openeva.train.options import canonical_task, options_class, parse_task_options
 
@@ -22,6 +26,10 @@ from openeva.train.options import canonical_task, options_class, parse_task_opti
 EVA_CLIP_SKIP_LIST = ("head.weight", "head.bias", "lm_head.weight", "lm_head.bias", "mask_token",
                       "text_projection", "logit_scale")
 OPTIMIZERS = ("adamw", "lamb")
+# Named (betas, eps) of EVA-CLIP's LAMB. "eva_clip_paper": the paper and the repository's DeepSpeed config (the
+# OptimConfig default). "eva_clip_release": what the released training command resolves to, because
+# EVA-CLIP/rei/training/params.py keys its defaults on "vit" in the model name and EVA's names lack it.
+BETAS_PRESETS = {"eva_clip_paper": ((0.9, 0.98), 1e-6), "eva_clip_release": ((0.9, 0.999), 1e-8)}
 SCHEDULERS = ("cosine", "const", "const-cooldown")
 from openeva.runtime import PRECISION_CHOICES as PRECISIONS  # auto: openeva.runtime.resolve_precision
 STRATEGIES = ("ddp", "fsdp")
@@ -80,14 +88,18 @@ class ModelConfig:
 class DataConfig:
     """Training pairs, batch size and the validation sets watched during training."""
 
-    train: str = "synthetic"  # "synthetic", or sources joined by ';': caption index, image-text folder, tar shards
-    train_weights: tuple[float, ...] | None = None  # mixing weight per ';' source
+    # "synthetic", or sources joined by ';' (openeva.data.sources: paths, URLs, pipe:, braces): caption index,
+    # image-text folder, tar shards
+    train: str = "synthetic"
+    train_weights: tuple[float, ...] | None = None  # mixing weight per ';' source (default: their sizes)
+    mix: str = "sample"  # several sources: "sample" (per-sample draws) or "batch" (whole batches, EVA-CLIP)
+    resampled: bool = False  # tar shards drawn with replacement per consumer (open_clip --dataset-resampled)
     train_num_samples: int | None = None  # samples per epoch (required for tar shards); None: each source once
     synthetic_num_samples: int = 2048  # size of the generated set of data.train=synthetic (and nothing else)
     image_key: str = "filepath"  # caption index columns (open_clip's defaults)
     caption_key: str = "title"
     batch_size: int = 32  # per process and micro-step: global batch = batch_size * world_size * accum_steps
-    num_workers: int = 0
+    num_workers: int = field(default_factory=default_num_workers)  # DataLoader workers: one per CPU but one
     scale: tuple[float, float] = (0.9, 1.0)  # RandomResizedCrop area range (EVA-CLIP)
     val: str | None = "synthetic"  # image-text pairs for validation loss and retrieval, or None
     val_num_samples: int = 256
@@ -97,7 +109,7 @@ class DataConfig:
     zeroshot_num_samples: int = 250
 
     def sources(self) -> list[str]:
-        return [s.strip() for s in self.train.split(";") if s.strip()]
+        return split_sources(self.train)
 
     def validate(self, p: str = "data") -> None:
         _check(isinstance(self.train, str) and bool(self.sources()), f"{p}.train", self.train, "a data source")
@@ -110,6 +122,8 @@ class DataConfig:
             _check(isinstance(value, int) and value > 0, f"{p}.{key}", value, "an int > 0")
         _check(isinstance(self.num_workers, int) and self.num_workers >= 0, f"{p}.num_workers", self.num_workers,
                "an int >= 0")
+        _check(self.mix in MIX_MODES, f"{p}.mix", self.mix, f"one of {', '.join(MIX_MODES)}")
+        _check(isinstance(self.resampled, bool), f"{p}.resampled", self.resampled, "true or false")
         if self.train_num_samples is not None:
             _check(isinstance(self.train_num_samples, int) and self.train_num_samples > 0,
                    f"{p}.train_num_samples", self.train_num_samples, "an int > 0")
@@ -121,7 +135,7 @@ class DataConfig:
 class OptimConfig:
     """Optimizer, per-tower learning rates and layer-wise lr decay (EVA-CLIP), clipping, accumulation."""
 
-    optimizer: str = "adamw"  # adamw | lamb (timm's Lamb, as EVA-CLIP)
+    optimizer: str = "adamw"  # adamw | lamb (DeepSpeed's formula, as EVA-CLIP: openeva.train.optim.Lamb)
     lr: float = 5e-4  # base lr: parameters outside the towers (logit scale) and towers without their own lr
     visual_lr: float | None = None
     text_lr: float | None = None
@@ -133,9 +147,23 @@ class OptimConfig:
     text_weight_decay: float | None = None
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
-    grad_clip: float | None = 5.0  # max global grad norm; None disables
-    lamb_max_grad_norm: float | None = 1.0  # timm Lamb's own global-norm clip (its default, kept by EVA-CLIP)
+    betas_preset: str | None = None  # a BETAS_PRESETS name; sets betas and eps (e.g. eva_clip_release)
+    grad_clip: float | None = 5.0  # max global grad norm, the only clip (the optimizers do not clip); None disables
     accum_steps: int = 1
+
+    def __post_init__(self):
+        """A ``betas_preset`` sets ``betas`` and ``eps``; either left at its default or equal to the preset's is
+        fine, another value contradicts the preset and is refused."""
+        if self.betas_preset not in BETAS_PRESETS:
+            return  # None, or an unknown name that validate() reports
+        betas, eps = BETAS_PRESETS[self.betas_preset]
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in ("betas", "eps")}
+        for key, value in (("betas", betas), ("eps", eps)):
+            given = tuple(getattr(self, key)) if key == "betas" else getattr(self, key)
+            if given not in (defaults[key], value):
+                raise ValueError(f"config optim.betas_preset={self.betas_preset!r} sets optim.{key}={value!r}, "
+                                 f"but optim.{key}={given!r} was given: drop one of the two")
+            object.__setattr__(self, key, value)
 
     def validate(self, p: str = "optim") -> None:
         _check_choice(f"{p}.optimizer", self.optimizer, OPTIMIZERS)
@@ -151,7 +179,8 @@ class OptimConfig:
                "(beta1, beta2) in [0, 1)")
         _check_positive(f"{p}.eps", self.eps)
         _check_positive(f"{p}.grad_clip", self.grad_clip, allow_none=True)
-        _check_positive(f"{p}.lamb_max_grad_norm", self.lamb_max_grad_norm, allow_none=True)
+        if self.betas_preset is not None:
+            _check_choice(f"{p}.betas_preset", self.betas_preset, tuple(BETAS_PRESETS))
         _check(isinstance(self.accum_steps, int) and self.accum_steps >= 1, f"{p}.accum_steps", self.accum_steps,
                "an int >= 1")
 
@@ -210,10 +239,14 @@ class DistConfig:
     backend: str = "auto"  # auto: nccl on GPU, gloo on CPU
     find_unused_parameters: bool = False
     static_graph: bool = False
+    # Seconds a collective may wait for the slowest rank before the run fails (NCCL's default is 10 minutes; a
+    # checkpoint of a g/E-size model or a first evaluation on a busy file system can take longer).
+    timeout_s: float = 1800.0
 
     def validate(self, p: str = "dist") -> None:
         _check_choice(f"{p}.strategy", self.strategy, STRATEGIES)
         _check_choice(f"{p}.backend", self.backend, BACKENDS)
+        _check_positive(f"{p}.timeout_s", self.timeout_s)
 
 
 @dataclass(frozen=True)
@@ -232,6 +265,7 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept (older ones deleted)
     log_every: int = 10
     eval_every: int = 0  # steps between validations; 0: only at the end
+    evals: tuple[str, ...] | None = None  # validation evaluators (openeva.train.evals.EVALS); None: the task's own
     progress: bool = True  # progress bar on rank 0
     tensorboard: bool = True
     plot: bool = True
@@ -262,6 +296,9 @@ class TrainConfig:
             _check(isinstance(value, int) and value >= 1, key, value, "an int >= 1")
         _check(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every", self.eval_every,
                "an int >= 0 (0: evaluate at the end only)")
+        if self.evals is not None:
+            object.__setattr__(self, "evals", tuple(self.evals))
+            _check(all(e in EVALS for e in self.evals), "evals", self.evals, f"names among {', '.join(EVALS)}")
         if self.max_steps_this_run is not None:
             _check(isinstance(self.max_steps_this_run, int) and self.max_steps_this_run >= 1, "max_steps_this_run",
                    self.max_steps_this_run, "an int >= 1")
@@ -328,24 +365,16 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
-def resolve_config_path(path: str | Path) -> Path:
-    """An existing file as given, else a recipe shipped in :mod:`openeva.configs` by name (``mim_b``)."""
-    from openeva.configs import CONFIG_DIR, builtin_configs
-
-    path = Path(path)
-    if path.is_file():
-        return path
-    if path.parent == Path(".") and path.stem in builtin_configs() and path.suffix in ("", ".py"):
-        return CONFIG_DIR / f"{path.stem}.py"
-    raise FileNotFoundError(f"config file not found: {path} (nor a shipped recipe: {', '.join(builtin_configs())})")
-
-
 def load_config(path: str | Path, overrides=()) -> TrainConfig:
     """Runs the Python config file and returns its ``config`` (a :class:`TrainConfig`) with overrides applied.
 
-    ``path`` is a file (``.py`` or a run's ``config.json``) or the name of a shipped recipe (``clip_tiny``).
+    ``path`` is a file (``.py`` or a run's ``config.json``); :func:`openeva.configs.load_config` also takes the
+    name of a shipped recipe (``clip_tiny``).
     """
-    path = resolve_config_path(path)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path} (a shipped recipe by name is loaded by "
+                                "openeva.configs.load_config)")
     if path.suffix == ".json":
         raw = json.loads(path.read_text())
         cfg = TrainConfig.from_dict(raw.get("train_config", raw))

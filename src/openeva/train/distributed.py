@@ -210,6 +210,21 @@ def is_fsdp(module: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
+def unsharded_root(module: nn.Module):
+    """Within the block, an FSDP2 root's own parameters are gathered whole, so methods other than ``forward``
+    (``encode_image``, ``forward_features``, a Task's ``encode`` ...) can run on every rank; each sharded block
+    still gathers its shards in its own forward. A no-op for any other module."""
+    if not is_fsdp(module):
+        yield
+        return
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
+
+
+@contextlib.contextmanager
 def gradient_sync(module: nn.Module, enabled: bool):
     """Skip the gradient all-reduce on non-final accumulation micro-steps (DDP ``no_sync``, FSDP2 flag)."""
     if enabled:

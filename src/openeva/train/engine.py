@@ -1,8 +1,10 @@
 """The one training engine: runs any :class:`~openeva.train.task.Task` (CLIP, MIM, fine-tuning).
 
-Per optimizer step: ``accum_steps`` micro-batches (batches whose samples all failed are skipped and counted;
-under several processes every rank trims to the smallest batch so gathering losses see equal shapes), each
-``task(batch)`` under autocast with gradient sync only on the last micro-batch, then unscale, clip, step,
+Per optimizer step: ``accum_steps`` micro-batches of a fixed shape (the rows of skipped samples are padding,
+marked False in the ``valid`` mask the Task's loss honours, so no rank waits on another's sample count; a Task
+without ``valid`` gets batches trimmed to the smallest over ranks instead), each ``task(batch)`` under autocast
+with gradient sync only on the last micro-batch (a contrastive Task's loss covering all of them,
+:mod:`openeva.train.accumulate`), then unscale, clip, step,
 schedule, ``task.on_step_end``, log, validate, checkpoint. The Task never sees precision, devices, ranks
 (beyond ``set_world``), optimizers or files; the engine never sees what the Task computes.
 """
@@ -10,6 +12,7 @@ schedule, ``task.on_step_end``, log, validate, checkpoint. The Task never sees p
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -27,13 +30,14 @@ from openeva.train.optim import create_optimizer, describe_groups, param_groups
 from openeva.runtime import Precision
 from openeva.train.schedule import LRSchedule
 from openeva.train.task import Task
+from openeva.train.accumulate import cached_accumulation
 from openeva.train.checkpointing import (
-    TRAIN_STATE, CheckpointManager, export_target, read_checkpoint, rng_state, set_rng_state, split_task_state,
-    write_model_dir,
+    SHARDED, TRAIN_STATE, CheckpointManager, export_target, load_sharded, rng_state, save_sharded, set_rng_state,
+    split_task_state, write_model_dir,
 )
 from openeva.train.distributed import (
     World, all_reduce_min, all_reduce_sum, average_replicated_grads, barrier, gradient_sync, is_fsdp,
-    replicated_params, unwrap, wrap_task,
+    replicated_params, unsharded_root, unwrap, wrap_task,
 )
 
 logger = logging.getLogger(__name__)
@@ -48,6 +52,27 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def pad_batch(batch, template, size: int):
+    """``batch`` (or None) filled to ``size`` rows with the first rows of ``template`` (a batch of ``size``)."""
+    n = batch_size_of(batch)
+
+    def fill(column, pad):
+        if column is None:
+            return pad[:size]
+        return torch.cat([column, pad[:size - n]]) if torch.is_tensor(column) else [*column, *pad[:size - n]]
+
+    if batch is None:
+        batch = {k: None for k in template} if isinstance(template, dict) else [None] * len(template) if isinstance(
+            template, (tuple, list)) else None
+    if isinstance(template, dict):
+        return {k: fill(batch[k], template[k]) for k in template}
+    if isinstance(template, (tuple, list)):
+        columns = [fill(c, t) for c, t in zip(batch, template)]
+        skipped = getattr(batch, "num_skipped", None)
+        return type(template)(columns, skipped or 0) if hasattr(template, "num_skipped") else type(template)(columns)
+    return fill(batch, template)
 
 
 @contextlib.contextmanager
@@ -88,12 +113,13 @@ class Trainer:
         task.set_world(self.world.rank, self.world.world_size)
         if cfg.model.compile:
             task.compile()
+        # a Task that honours a validity mask gets fixed-shape batches (no per-micro-batch sync in _next_batch)
+        self.masked, self._template = "valid" in inspect.signature(task.forward).parameters, None
         self.model = wrap_task(task, self.world, cfg.dist.strategy, cfg.dist.find_unused_parameters,
-                               cfg.dist.static_graph)
+                               cfg.dist.static_graph, torch.bfloat16 if precision == "bf16" else None)
         o = cfg.optim
         self.groups = param_groups(task, task.param_group_specs(), o.lr, o.weight_decay)
-        self.optimizer = create_optimizer(self.groups, o.optimizer, o.lr, o.betas, o.eps, o.weight_decay,
-                                          o.lamb_max_grad_norm)
+        self.optimizer = create_optimizer(self.groups, o.optimizer, o.lr, o.betas, o.eps, o.weight_decay)
         s = cfg.schedule
         self.schedule = LRSchedule(self.optimizer, self.total_steps, s.warmup_steps, s.scheduler, s.min_lr_ratio,
                                    s.cooldown_steps)
@@ -135,9 +161,30 @@ class Trainer:
                                  "log's 'skipping sample' lines")
             self.epoch, self.position = self.epoch + 1, 0
 
-    def _next_batch(self, stream):
-        """The next usable micro-batch, identical in size on every rank; skipped samples are counted."""
+    def _next_batch(self, stream) -> tuple:
+        """``(batch, valid)``: the next micro-batch on the device, the same shape on every rank.
+
+        A Task whose ``forward`` takes ``valid`` gets every batch at the loader's size, the rows of skipped samples
+        filled from an earlier batch and marked False in ``valid`` (a (B,) bool tensor; None when every row is a
+        sample): no rank waits on another's count. Any other Task gets batches trimmed on every rank to the
+        smallest (an all-reduce and a host read per micro-batch), wholly failed micro-batches skipped together.
+        """
         B = getattr(self.data, "batch_size", None)
+        if self.masked and B:
+            batch = next(stream)
+            n = batch_size_of(batch)
+            self.counters["skipped_samples"] += getattr(batch, "num_skipped", 0) if batch is not None else B
+            self.counters["samples"] += n
+            if n == B or (self._template is None and n):
+                self._template = batch  # the rows that pad later batches
+            if n == B:
+                return to_device(batch, self.world.device), None
+            if self._template is None:
+                raise ValueError("the first batch of this process has no usable sample, so there is nothing to "
+                                 "pad it with; check data.train and the log's 'skipping sample' lines")
+            valid = torch.arange(B) < n  # (B,) host-side, copied without a sync
+            return (to_device(pad_batch(batch, self._template, B), self.world.device),
+                    valid.to(self.world.device, non_blocking=True))
         while True:
             batch = next(stream)
             n = batch_size_of(batch)
@@ -150,7 +197,7 @@ class Trainer:
                 continue
             self.counters["skipped_samples"] += n - common
             self.counters["samples"] += common
-            return to_device(trim_batch(batch, common), self.world.device)
+            return to_device(trim_batch(batch, common), self.world.device), None
 
     # ------------------------------------------------------------------------------------------- loop
     def fit(self) -> dict:
@@ -165,21 +212,7 @@ class Trainer:
         try:
             while self.step < stop_at:
                 self.schedule.set_step(self.step)
-                sums: dict[str, torch.Tensor] = {}
-                for micro in range(self.accum):
-                    batch = self._next_batch(stream)
-                    with gradient_sync(self.model, micro == self.accum - 1):
-                        with self.precision.autocast():
-                            loss, metrics = self.model(batch)
-                        self.precision.backward(loss / self.accum)
-                    for k, v in {"loss": loss, **metrics}.items():
-                        v = torch.as_tensor(v, dtype=torch.float32, device=loss.device).detach().float()
-                        sums[k] = sums.get(k, 0) + v / self.accum
-                average_replicated_grads(self.replicated, self.world)
-                self.precision.unscale_(self.optimizer)
-                grad_norm = self._clip()
-                stepped = self.precision.step(self.optimizer)
-                self.optimizer.zero_grad(set_to_none=True)
+                sums, grad_norm, stepped = self.train_step([self._next_batch(stream) for _ in range(self.accum)])
                 self.step += 1
                 self.task.on_step_end(self.step)
                 if self.step % cfg.log_every == 0 or self.step == stop_at:
@@ -204,6 +237,36 @@ class Trainer:
         return {"step": self.step, "total_steps": self.total_steps, "epoch": self.epoch, "rank": self.world.rank,
                 **self.counters,
                 **{k: v for k, v in last.items() if k in ("loss",)}, "run_dir": str(self.run_dir)}
+
+    def train_step(self, batches: list[tuple]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, bool]:
+        """One optimizer step over ``accum`` ``(batch, valid)`` micro-batches (from :meth:`_next_batch`) ->
+        (the step's metrics as device tensors, grad norm, whether the optimizer stepped). Reads nothing back to
+        the host (fp16's scaler excepted): a step that does not log never waits for the device."""
+        sums = self._accumulate(batches)
+        average_replicated_grads(self.replicated, self.world)
+        self.precision.unscale_(self.optimizer)
+        grad_norm = self._clip()
+        stepped = self.precision.step(self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        return sums, grad_norm, stepped
+
+    def _accumulate(self, batches: list[tuple]) -> dict[str, torch.Tensor]:
+        """Forward and backward of one optimizer step's micro-batches (gradient sync on the last); returns the
+        step's metrics. A contrastive Task's loss covers the whole step (:mod:`.accumulate`), any other Task's
+        step averages its micro-batch losses."""
+        inputs = [(batch, {"valid": valid} if self.masked else {}) for batch, valid in batches]
+        if self.accum > 1 and self.task.accumulate_features:
+            return cached_accumulation(self.model, self.task, inputs, self.precision, self.world.device)
+        sums: dict[str, torch.Tensor] = {}
+        for micro, (batch, kw) in enumerate(inputs):
+            with gradient_sync(self.model, micro == self.accum - 1):
+                with self.precision.autocast():
+                    loss, metrics = self.model(batch, **kw)
+                self.precision.backward(loss / self.accum)
+            for k, v in {"loss": loss, **metrics}.items():
+                v = torch.as_tensor(v, dtype=torch.float32, device=loss.device).detach().float()
+                sums[k] = sums.get(k, 0) + v / self.accum
+        return sums
 
     def _clip(self) -> torch.Tensor | None:
         if self.cfg.optim.grad_clip is None:
@@ -233,13 +296,15 @@ class Trainer:
         return metrics
 
     def evaluate(self, log: RunLogger | None = None) -> dict:
-        """``task.evaluate`` on rank 0 (every rank under FSDP, whose forward needs all of them), in eval mode,
-        without touching the training RNG."""
+        """``task.evaluate`` in eval mode without touching the training RNG: on rank 0, or under FSDP on every rank
+        (their blocks' shards are gathered together) with the sharded root gathered whole and, as in training, in
+        the run's autocast (:func:`unsharded_root`; evaluators call methods that bypass the root's forward)."""
         metrics: dict = {}
-        run_here = self.world.is_main or is_fsdp(self.model)
-        if run_here:
+        fsdp = is_fsdp(self.model)
+        if self.world.is_main or fsdp:
             self.task.eval()
-            with _rng_preserved(), torch.no_grad():
+            with _rng_preserved(), torch.no_grad(), unsharded_root(self.model), (
+                    self.precision.autocast() if fsdp else contextlib.nullcontext()):
                 metrics = self.task.evaluate(self.step) or {}
             self.task.train()
         if log is not None and metrics:
@@ -252,38 +317,40 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- checkpoints
     def _task_state(self) -> dict:
+        """The whole Task state on rank 0 (gathered to the CPU under FSDP) for the exported model."""
         if is_fsdp(self.model):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return unwrap(self.model).state_dict()
 
-    def _optim_state(self) -> dict:
-        if is_fsdp(self.model):
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-            return get_optimizer_state_dict(self.model, self.optimizer,
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return self.optimizer.state_dict()
-
     def _model_config(self, step: int) -> dict:
         return {**model_config_dict(self.export[1]), "train_config": self.cfg.to_dict(), "step": step}
 
+    def _write_export(self, out: Path) -> None:
+        """``out/model.safetensors`` + ``config.json``: the trained model in openeva's format (rank 0 writes)."""
+        task_state = self._task_state()
+        if self.world.is_main:
+            weights, _ = split_task_state(task_state, self.export[0])
+            write_model_dir(out, weights, self._model_config(self.step))
+
     def save(self) -> Path | None:
-        """Checkpoint the current step (every rank takes part; rank 0 writes the shared files)."""
-        world, prefix = self.world, self.export[0] if self.export else None
+        """Checkpoint the current step: every rank writes its part of the sharded state, rank 0 the rest."""
+        world = self.world
         tmp = self.ckpt.tmp_dir(self.step)
         if world.is_main:
             self.ckpt.prepare(self.step)
         barrier(world)
-        task_state, optim_state = self._task_state(), self._optim_state()
+        save_sharded(tmp, self.model, self.optimizer)
+        if self.export is not None:
+            self._write_export(tmp)
+        keys = sorted(self.counters)  # run-wide totals, so a resume under another world size counts on
+        totals = all_reduce_sum(torch.tensor([float(self.counters[k]) for k in keys], dtype=torch.float64,
+                                             device=self.world.device), world)
         if world.is_main:
-            weights, rest = split_task_state(task_state, prefix)
-            if self.export is not None:
-                write_model_dir(tmp, weights, self._model_config(self.step))
             torch.save({"step": self.step, "epoch": self.epoch, "position": self.position,
-                        "counters": dict(self.counters), "world_size": world.world_size,
-                        "export_prefix": prefix, "task_state": rest, "optimizer": optim_state,
+                        "counters": {k: int(v) for k, v in zip(keys, totals.tolist())},
+                        "world_size": world.world_size, "strategy": self.cfg.dist.strategy,
                         "schedule": self.schedule.state_dict(), "scaler": self.precision.state_dict(),
                         "config": self.cfg.to_dict()}, tmp / TRAIN_STATE)
         torch.save(rng_state(), tmp / f"rng_rank{world.rank}.pt")
@@ -294,28 +361,22 @@ class Trainer:
         return final
 
     def _restore(self, path: Path) -> None:
-        weights, state, rng = read_checkpoint(path, self.world.rank)
-        prefix = state.get("export_prefix")
-        full = {**{f"{prefix}.{k}": v for k, v in weights.items()}, **state["task_state"]}
+        """Resume from a step directory, under any strategy and number of processes (:func:`load_sharded`)."""
+        state = torch.load(path / TRAIN_STATE, map_location="cpu", weights_only=True)
+        rng_file = path / f"rng_rank{self.world.rank}.pt"
+        rng = torch.load(rng_file, map_location="cpu", weights_only=True) if rng_file.is_file() else None
+        if not (path / SHARDED).is_dir():
+            raise ValueError(f"{path} has no {SHARDED}/ (a checkpoint of an openeva before sharded checkpoints); "
+                             "start a new run from its weights with model.pretrained=" + str(path))
         current = {g["name"]: (g["base_lr"], g["lr_scale"], g["weight_decay"]) for g in self.optimizer.param_groups}
-        if is_fsdp(self.model):
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
-            )
-
-            opts = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.model, full, options=opts)
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
-        else:
-            unwrap(self.model).load_state_dict(full)
-            self.optimizer.load_state_dict(state["optimizer"])
+        load_sharded(path, self.model, self.optimizer)
         for g in self.optimizer.param_groups:  # the config of this run wins over the saved hyperparameters
             g["base_lr"], g["lr_scale"], g["weight_decay"] = current.get(g["name"], (g["base_lr"], g["lr_scale"],
                                                                                       g["weight_decay"]))
         self.schedule.load_state_dict(state["schedule"])
         self.precision.load_state_dict(state["scaler"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
-        self.counters.update(state["counters"])
+        self.counters.update({k: v if self.world.is_main else 0 for k, v in state["counters"].items()})
         self.last_saved = self.step
         if rng is not None and state["world_size"] == self.world.world_size:
             set_rng_state(rng)
@@ -330,10 +391,7 @@ class Trainer:
         """``RUN/final``: the trained model in openeva's format (``openeva.create_model(RUN/final)``)."""
         if self.export is None:
             return None
-        task_state = self._task_state()
         out = self.run_dir / "final"
-        if self.world.is_main:
-            weights, _ = split_task_state(task_state, self.export[0])
-            write_model_dir(out, weights, self._model_config(self.step))
+        self._write_export(out)
         barrier(self.world)
         return out

@@ -146,10 +146,12 @@ class MIMTask(Task):
         return pixel_regression_loss(pred, target, norm_pix=self.norm_pix, mask=mask)
 
     # ----------------------------------------------------------------------------------- the contract
-    def forward(self, batch) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+    def forward(self, batch, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+        """``valid`` (B,) bool marks the images of a padded fixed-shape batch (None: all); a padding image's patches
+        leave the loss as unmasked ones do."""
         images, mask = self.masks(batch)
         pred = self.predict(self.encode(images, mask))  # (B, N, C)
-        loss = self.loss(pred, self.targets(images), mask)
+        loss = self.loss(pred, self.targets(images), mask if valid is None else mask & valid[:, None])
         metrics = {"loss": loss.detach(), "mask_ratio": mask.float().mean()}
         if self.target == "clip":
             metrics["cos_sim"] = -loss.detach()

@@ -101,7 +101,7 @@ def train(cfg: TrainConfig, world=None) -> dict:
     entry = preflight(cfg)
     own_group = world is None and not (dist.is_available() and dist.is_initialized())
     if world is None:
-        world = init_world(cfg.device, cfg.dist.backend)
+        world = init_world(cfg.device, cfg.dist.backend, timeout_s=cfg.dist.timeout_s)
     try:
         seed_all(cfg.seed)  # the same initial weights on every rank
         task, data = entry.build(cfg, world)

@@ -30,9 +30,10 @@ from openeva.data.segmentation import IGNORE_INDEX, SegmentationFolder
 from openeva.data.synthetic import ShapeScenes
 from openeva.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from openeva.dense.pyramid import SimpleFeaturePyramid
+from openeva.evaluators import MIoU, MIoUOptions, Segmented
 from openeva.factory import create_model, resolve_spec
-from openeva.metrics import confusion, iou_metrics
 from openeva.train.data import ResumableLoader
+from openeva.train.evals import select_evals
 from openeva.train.options import SegmentationOptions
 from openeva.train.task import ParamGroupSpec, Task
 
@@ -88,28 +89,11 @@ class SegmentationModel(nn.Module):
         return self.num_layers - 1  # pyramid convs and decoder: the full learning rate
 
 
-@torch.no_grad()
 def evaluate_segmenter(model: nn.Module, loader: Iterable, num_classes: int, device=None) -> dict[str, float]:
-    """mIoU / pixel accuracy / loss of ``model`` over ``loader`` batches of (images, masks)."""
-    was_training = model.training
-    model.eval()
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    loss_sum, n = 0.0, 0
-    try:
-        for batch in loader:
-            if batch is None:
-                continue
-            images, masks = batch
-            if device is not None:
-                images, masks = images.to(device), masks.to(device)
-            logits = model(images)
-            loss_sum += float(F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)) * len(images)
-            n += len(images)
-            conf += confusion(logits.argmax(1).cpu(), masks.cpu(), num_classes, IGNORE_INDEX)
-    finally:
-        model.train(was_training)
-    metrics, _ = iou_metrics(conf)
-    return {**metrics, "loss": loss_sum / max(n, 1)}
+    """mIoU / pixel accuracy / loss of ``model`` over ``loader`` batches of (images, masks): the
+    :class:`~openeva.evaluators.MIoU` evaluator (with the loss) over this process's batches."""
+    evaluator = MIoU(MIoUOptions(ignore_index=IGNORE_INDEX, loss=True))
+    return evaluator.run(model, Segmented(loader, num_classes), device=device if device is not None else "cpu")
 
 
 class SegmentationTask(Task):
@@ -121,13 +105,18 @@ class SegmentationTask(Task):
             raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
         self.model, self.layer_decay, self.val_loader = model, float(layer_decay), val_loader
 
-    def forward(self, batch):
+    def forward(self, batch, valid: torch.Tensor | None = None):
+        """``valid`` (B,) bool marks the images of a padded fixed-shape batch (None: all): a padding image's
+        pixels are ignored like unlabelled ones. Means over the labelled pixels, without a host sync."""
         images, masks = batch
+        if valid is not None:
+            masks = torch.where(valid[:, None, None], masks, IGNORE_INDEX)  # (B, H, W)
         logits = self.model(images)  # (B, K, H, W)
-        loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
+        keep = masks != IGNORE_INDEX  # (B, H, W)
+        count = keep.sum().clamp(min=1)  # no labelled pixel: a zero loss, not 0 / 0
+        loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum") / count
         with torch.no_grad():
-            keep = masks != IGNORE_INDEX
-            acc = (logits.argmax(1)[keep] == masks[keep]).float().mean() if keep.any() else logits.new_zeros(())
+            acc = ((logits.argmax(1) == masks) & keep).sum() / count
         return loss, {"pixel_acc": acc}
 
     def param_group_specs(self) -> list[ParamGroupSpec]:
@@ -174,6 +163,7 @@ def _folder(path: str, classnames):
 
 def preflight_segmentation(cfg) -> None:
     opts = SegmentationOptions.from_dict(cfg.task_options)
+    select_evals(cfg, ("miou",))  # segmentation validates with mIoU
     try:
         resolve_spec(cfg.model.name)
     except (ValueError, FileNotFoundError) as e:
@@ -216,7 +206,7 @@ def build_segmentation(cfg, world):
     loader = ResumableLoader(train, d.batch_size, rank=world.rank, world_size=world.world_size, seed=cfg.seed,
                              num_workers=d.num_workers)
     val_loader = None
-    if val_src is not None and world.is_main:
+    if val_src is not None and (world.is_main or cfg.dist.strategy == "fsdp") and "miou" in select_evals(cfg, ("miou",)):
         val = PairedSegmentation(val_src, size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
         val_loader = torch.utils.data.DataLoader(val, batch_size=min(2 * d.batch_size, 64), shuffle=False,
                                                  num_workers=d.num_workers, collate_fn=collate_skip_none)

@@ -31,7 +31,16 @@ class ParamGroupSpec:
 
 
 class Task(nn.Module, abc.ABC):
-    """Subclasses implement ``forward(batch) -> (loss, metrics)`` and ``param_group_specs()``."""
+    """Subclasses implement ``forward(batch) -> (loss, metrics)`` and ``param_group_specs()``.
+
+    A Task whose loss couples the samples of a batch (contrastive) sets ``accumulate_features = True``; its
+    ``forward(batch, features_only=True)`` returns the dict of tensors its loss reads ((B, ...) per sample,
+    0-dim for functions of parameters alone, such as the logit scale) and ``loss_from_features(features)``
+    turns such a dict, concatenated over a step's micro-batches, into ``(loss, metrics)``. The engine then
+    accumulates gradients exactly (:mod:`openeva.train.accumulate`): the loss of a step sees all its samples.
+    """
+
+    accumulate_features: bool = False
 
     @abc.abstractmethod
     def forward(self, batch) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
@@ -40,6 +49,10 @@ class Task(nn.Module, abc.ABC):
     @abc.abstractmethod
     def param_group_specs(self) -> list[ParamGroupSpec]:
         """The trained modules with their lr / layer decay / weight decay."""
+
+    def loss_from_features(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """The loss of a step from its micro-batches' concatenated features (``accumulate_features`` Tasks)."""
+        raise NotImplementedError(f"{type(self).__name__} sets accumulate_features but not loss_from_features")
 
     def set_world(self, rank: int, world_size: int) -> None:
         """Called once by the engine before training (losses that gather across ranks need these)."""
