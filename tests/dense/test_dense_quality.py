@@ -39,23 +39,29 @@ def _tensor(img):
 
 @pytest.fixture(scope="module")
 def scene_clip():
-    """A 3-block EVA-CLIP (RoPE, sub-LN, SwiGLU, CLS pooling) trained contrastively on 150 x 48 scene-caption pairs."""
+    """A 3-block EVA-CLIP (RoPE, sub-LN, SwiGLU, CLS pooling) trained contrastively on 150 x 48 scene-caption pairs.
+
+    This toy starts its vision head at trunc-normal(0.02) (``head_init_scale=1``), not EVA-CLIP's x 0.001, and trains
+    at lr 1e-3: with EVA's per-matrix q/k/v init, the 0.001 head and lr 2e-3 reached pixel accuracy 0.23-0.29 in
+    150 steps (0.34 with the unscaled head at 2e-3); the test is about the dense method, not the init."""
     torch.manual_seed(0)
     vision = ViTConfig(embed_dim=64, depth=3, num_heads=2, mlp_hidden=128, patch_size=PATCH, img_size=SIZE,
-                       mlp_norm=True, attn_norm=True, global_pool="token", num_classes=32, rope_ref_grid=(8, 8))
+                       mlp_norm=True, attn_norm=True, global_pool="token", num_classes=32, rope_ref_grid=(8, 8),
+                       head_init_scale=1.0)
     model = CLIP(CLIPConfig(embed_dim=32, vision=vision,
                             text=TextConfig(width=64, heads=2, layers=2, embed_dim=32, context_length=20)))
     tok = ClipTokenizer(context_length=20)
     steps, batch = 150, 48
     data = ShapeScenes(steps * batch, image_size=SIZE, seed=0, min_shapes=0, max_shapes=3, sizes=("small", "large"))
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    lr = 1e-3
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     loss_fn = ClipLoss()
     for step in range(steps):
         idx = range(step * batch, (step + 1) * batch)
         images = torch.stack([_tensor(data[i][0]) for i in idx])
         texts = tok([data.caption(i) for i in idx])
         for g in opt.param_groups:
-            g["lr"] = 2e-3 * min(1.0, (step + 1) / 20) * 0.5 * (1 + np.cos(np.pi * step / steps))
+            g["lr"] = lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + np.cos(np.pi * step / steps))
         loss = loss_fn(*model(images, texts))
         opt.zero_grad()
         loss.backward()

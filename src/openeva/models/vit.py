@@ -65,6 +65,7 @@ class ViTConfig:
     drop_path_rate: float = 0.0
     patch_drop_rate: float = 0.0  # FLIP-style token dropping, training only
     patch_embed_grad_scale: float = 1.0  # EVA-02 MIM uses 0.1; 0 detaches the patch embedding
+    head_init_scale: float = HEAD_INIT_SCALE  # head starts at trunc-normal(0.02) x this (EVA's ``init_scale``)
 
     def __post_init__(self):
         object.__setattr__(self, "img_size", _pair(self.img_size))
@@ -73,6 +74,8 @@ class ViTConfig:
         for name in ("embed_dim", "depth", "num_heads", "mlp_hidden", "patch_size", "in_chans"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ViTConfig.{name} must be positive, got {getattr(self, name)}")
+        if not self.head_init_scale > 0:
+            raise ValueError(f"ViTConfig.head_init_scale must be positive, got {self.head_init_scale}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} not divisible by num_heads {self.num_heads}")
         if self.rope and (self.embed_dim // self.num_heads) % 4:
@@ -207,7 +210,7 @@ class EVAViT(nn.Module):
                 blk.mlp.fc2.weight.mul_(scale)
         if isinstance(self.head, nn.Linear):
             nn.init.trunc_normal_(self.head.weight, std=0.02)
-            self.head.weight.mul_(HEAD_INIT_SCALE)
+            self.head.weight.mul_(self.cfg.head_init_scale)
 
     # ------------------------------------------------------------------------------ hooks for the trainer
     def no_weight_decay(self) -> set[str]:
