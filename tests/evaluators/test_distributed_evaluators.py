@@ -7,7 +7,6 @@ datasets have odd sizes (the ranks' blocks differ by one) and an unreadable samp
 """
 
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -160,19 +159,9 @@ def _run_rank(rank: int, store: str, out_dir: str) -> None:
 def ranks(tmp_path_factory):
     """Run both ranks once; -> [results of rank 0, results of rank 1]."""
     tmp = tmp_path_factory.mktemp("gloo")
-    procs = [subprocess.Popen([sys.executable, __file__, str(rank), str(tmp / "store"), str(tmp)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank in range(WORLD_SIZE)]
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=180))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for rank, (proc, (_, err)) in enumerate(zip(procs, outputs)):
-        assert proc.returncode == 0, f"rank {rank} failed:\n{err[-3000:]}"
+    from gloo_ranks import run_ranks  # here, not at the top: the ranks run this file as a script
+
+    run_ranks(__file__, WORLD_SIZE, tmp)
     return [torch.load(tmp / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
 
 

@@ -67,17 +67,9 @@ def _run_rank(rank: int, store: str, out_dir: str) -> None:
 
 
 def _spawn(tmp_path: Path) -> list[dict]:
-    store = tmp_path / "store"
-    procs = [subprocess.Popen([sys.executable, __file__, str(r), str(store), str(tmp_path)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(WORLD_SIZE)]
-    try:
-        outs = [p.communicate(timeout=180) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for r, (p, (_, err)) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"rank {r} failed:\n{err[-3000:]}"
+    from gloo_ranks import run_ranks  # here, not at the top: the ranks run this file as a script
+
+    run_ranks(__file__, WORLD_SIZE, tmp_path)
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
 
 
