@@ -123,3 +123,17 @@ def test_cached_accumulation_gives_the_large_batch_gradient(precision):
     torch.testing.assert_close(out["loss"], task((images, texts))[0].detach(), **tol)
     for n, p in task.named_parameters():
         torch.testing.assert_close(p.grad / scale, ref[n], msg=n, **tol)
+
+
+def test_a_task_that_accumulates_features_must_define_their_loss():
+    from openeva.train.task import Task
+
+    with pytest.raises(TypeError, match="defines no loss_from_features"):
+        class Incomplete(Task):  # noqa: F841 (the definition itself is refused)
+            accumulate_features = True
+
+            def forward(self, batch):
+                return torch.zeros(()), {}
+
+            def param_group_specs(self):
+                return []

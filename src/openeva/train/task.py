@@ -50,9 +50,12 @@ class Task(nn.Module, abc.ABC):
     def param_group_specs(self) -> list[ParamGroupSpec]:
         """The trained modules with their lr / layer decay / weight decay."""
 
-    def loss_from_features(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """The loss of a step from its micro-batches' concatenated features (``accumulate_features`` Tasks)."""
-        raise NotImplementedError(f"{type(self).__name__} sets accumulate_features but not loss_from_features")
+    def __init_subclass__(cls, **kwargs):
+        """A Task that sets ``accumulate_features`` must define ``loss_from_features(features) -> (loss,
+        metrics)``: checked when the class is defined, not at its first accumulated step."""
+        super().__init_subclass__(**kwargs)
+        if cls.accumulate_features and not callable(getattr(cls, "loss_from_features", None)):
+            raise TypeError(f"{cls.__name__} sets accumulate_features but defines no loss_from_features(features)")
 
     def set_world(self, rank: int, world_size: int) -> None:
         """Called once by the engine before training (losses that gather across ranks need these)."""
