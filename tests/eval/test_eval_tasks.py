@@ -8,7 +8,9 @@ import torch
 from evalfakes import NAMES, FakeCLIP, fake_tokenizer
 
 from openeva.eval.knn import knn_classify, knn_scores, main_k
-from openeva.eval.linear_probe import evaluate_linear_probe, few_shot_indices, stratified_split
+from openeva.eval.linear_probe import (
+    LinearProbeOptions, evaluate_linear_probe, few_shot_indices, stratified_split,
+)
 from openeva.eval.retrieval import evaluate_retrieval, retrieval_ranks
 from openeva.eval.zeroshot import (
     build_zeroshot_classifier,
@@ -144,14 +146,14 @@ def separable(n, d=10, c=4, seed=0):
 
 def test_linear_probe_separates_linearly_separable_features():
     x, y = separable(400)
-    res = evaluate_linear_probe(x, y, x, y, 4, weight_decays=(1e-6,), max_iter=300)
+    res = evaluate_linear_probe(x, y, x, y, 4, LinearProbeOptions(weight_decays=(1e-6,), max_iter=300))
     assert res.metrics["acc1"] == 1.0  # separable training data is fit exactly
 
 
 def test_linear_probe_generalises_and_searches_weight_decay():
     x, y = separable(600, seed=1)
-    res = evaluate_linear_probe(x[:400], y[:400], x[400:], y[400:], 4, weight_decays=(1e-5, 1e-3, 10.0),
-                                max_iter=200)
+    res = evaluate_linear_probe(x[:400], y[:400], x[400:], y[400:], 4,
+                                LinearProbeOptions(weight_decays=(1e-5, 1e-3, 10.0), max_iter=200))
     assert set(res.val_acc1) == {1e-5, 1e-3, 10.0}
     assert res.val_acc1[10.0] < max(res.val_acc1.values())  # heavy decay underfits, so it is not chosen
     assert res.weight_decay in (1e-5, 1e-3)
@@ -171,7 +173,7 @@ def test_few_shot_and_split_indices():
 
 def test_few_shot_probe_trains_on_k_per_class():
     x, y = separable(300, seed=2)
-    res = evaluate_linear_probe(x, y, x, y, 4, few_shot=5, weight_decays=(1e-4, 1e-2), max_iter=100)
+    res = evaluate_linear_probe(x, y, x, y, 4, LinearProbeOptions(few_shot=5, weight_decays=(1e-4, 1e-2), max_iter=100))
     assert res.num_train == 20
     assert set(res.val_acc1) == {1e-4, 1e-2}
 

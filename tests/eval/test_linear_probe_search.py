@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openeva.eval.linear_probe import _subsample, evaluate_linear_probe, fit_logistic_regression
+from openeva.eval.linear_probe import (
+    LinearProbeOptions, _subsample, evaluate_linear_probe, fit_logistic_regression,
+)
 
 
 def _mixture(n: int, dim: int = 16, classes: int = 4, seed: int = 0):
@@ -45,8 +47,8 @@ def test_subsample_is_stratified_and_capped():
 def test_fast_search_agrees_with_the_exhaustive_one():
     x, y = _mixture(1200, seed=2)
     tx, ty = _mixture(400, seed=2)[0], _mixture(400, seed=2)[1]
-    exhaustive = evaluate_linear_probe(x, y, tx, ty, 4, search_samples=None, warm_start=False)
-    fast = evaluate_linear_probe(x, y, tx, ty, 4, search_samples=300, warm_start=True)
+    exhaustive = evaluate_linear_probe(x, y, tx, ty, 4, LinearProbeOptions(search_samples=None, warm_start=False))
+    fast = evaluate_linear_probe(x, y, tx, ty, 4, LinearProbeOptions(search_samples=300, warm_start=True))
     assert set(fast.val_acc1) == set(exhaustive.val_acc1)  # every weight decay was tried
     assert fast.num_train == exhaustive.num_train == 1200  # the refit uses every training sample
     assert abs(fast.metrics["acc1"] - exhaustive.metrics["acc1"]) < 0.03
@@ -55,4 +57,4 @@ def test_fast_search_agrees_with_the_exhaustive_one():
 def test_bad_search_samples_is_rejected():
     x, y = _mixture(50)
     with pytest.raises(ValueError, match="search_samples"):
-        evaluate_linear_probe(x, y, x, y, 4, search_samples=0)
+        evaluate_linear_probe(x, y, x, y, 4, LinearProbeOptions(search_samples=0))

@@ -213,23 +213,44 @@ class ProbeFit:
                         self.val_acc1, self.num_train)
 
 
+@dataclass(frozen=True)
+class LinearProbeOptions:
+    """The probe's search and fit: weight-decay grid, held-out fraction, L-BFGS iterations, few-shot k, seed,
+    the search's sample cap and warm start. One object for :func:`fit_linear_probe`, :func:`evaluate_linear_probe`
+    and :class:`LinearProbe`, so the three cannot drift apart."""
+
+    weight_decays: tuple[float, ...] = DEFAULT_WEIGHT_DECAYS
+    val_fraction: float = 0.2
+    max_iter: int = 500
+    few_shot: int | None = None
+    seed: int = 0
+    search_samples: int | None = DEFAULT_SEARCH_SAMPLES
+    warm_start: bool = True  # walk the grid from strong to weak decay, each fit starting from the last one
+
+    def __post_init__(self):
+        object.__setattr__(self, "weight_decays", tuple(float(w) for w in self.weight_decays))
+        if not self.weight_decays or any(w < 0 for w in self.weight_decays):
+            raise ValueError(f"weight_decays must be numbers >= 0, got {list(self.weight_decays)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.max_iter < 1:
+            raise ValueError(f"probe max_iter must be >= 1, got {self.max_iter}")
+        if self.few_shot is not None and self.few_shot < 1:
+            raise ValueError(f"few_shot must be >= 1, got {self.few_shot}")
+        if self.search_samples is not None and self.search_samples < 1:
+            raise ValueError(f"search_samples must be >= 1 or None, got {self.search_samples}")
+
+
 def fit_linear_probe(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
     num_classes: int,
+    options: LinearProbeOptions = LinearProbeOptions(),
     *,
-    weight_decays=DEFAULT_WEIGHT_DECAYS,
-    val_fraction: float = 0.2,
-    few_shot: int | None = None,
-    seed: int = 0,
-    max_iter: int = 500,
-    search_samples: int | None = DEFAULT_SEARCH_SAMPLES,
-    warm_start: bool = True,
     device: str | torch.device = "cpu",
 ) -> ProbeFit:
     """Search the weight decay and fit the probe on (N, D) features (see :func:`evaluate_linear_probe`)."""
-    if search_samples is not None and search_samples < 1:
-        raise ValueError(f"search_samples must be >= 1 or None, got {search_samples}")
+    o = options
     train_labels = train_labels.long()
     if train_features.shape[0] != train_labels.shape[0]:
         raise ValueError("features and labels must have the same number of rows")
@@ -237,26 +258,27 @@ def fit_linear_probe(
         raise ValueError(f"a label is >= num_classes ({num_classes})")
     train_x = F.normalize(train_features.float(), dim=-1)
 
-    if few_shot is not None:
-        fit_idx = few_shot_indices(train_labels, few_shot, seed)
+    if o.few_shot is not None:
+        fit_idx = few_shot_indices(train_labels, o.few_shot, o.seed)
         rest = torch.ones(len(train_labels), dtype=torch.bool)
         rest[fit_idx] = False
         rest_idx = rest.nonzero().flatten()
-        val_idx = rest_idx[few_shot_indices(train_labels[rest_idx], few_shot, seed + 1)] if len(rest_idx) else rest_idx
+        val_idx = (rest_idx[few_shot_indices(train_labels[rest_idx], o.few_shot, o.seed + 1)] if len(rest_idx)
+                   else rest_idx)
         final_idx = fit_idx
     else:
-        fit_idx, val_idx = stratified_split(train_labels, val_fraction, seed)
+        fit_idx, val_idx = stratified_split(train_labels, o.val_fraction, o.seed)
         final_idx = torch.arange(len(train_labels))
 
     best_wd, val_acc, solutions = _search_weight_decay(train_x, train_labels, fit_idx, val_idx, num_classes,
-                                                        weight_decays, search_samples, warm_start, max_iter, seed,
-                                                        device)
+                                                        o.weight_decays, o.search_samples, o.warm_start,
+                                                        o.max_iter, o.seed, device)
     fit_x = train_x[final_idx]
     mean = fit_x.mean(dim=0, keepdim=True)  # (1, D)
     std = fit_x.std(dim=0, keepdim=True).nan_to_num(1.0).clamp(min=1e-6)  # (1, D)
     w, b = fit_logistic_regression(((fit_x - mean) / std).to(device), train_labels[final_idx].to(device),
-                                   num_classes, best_wd, max_iter=max_iter,
-                                   init=solutions.get(best_wd) if warm_start else None)
+                                   num_classes, best_wd, max_iter=o.max_iter,
+                                   init=solutions.get(best_wd) if o.warm_start else None)
     return ProbeFit(mean, std, w, b, best_wd, val_acc, len(final_idx))
 
 
@@ -266,14 +288,8 @@ def evaluate_linear_probe(
     test_features: torch.Tensor,
     test_labels: torch.Tensor,
     num_classes: int,
+    options: LinearProbeOptions = LinearProbeOptions(),
     *,
-    weight_decays=DEFAULT_WEIGHT_DECAYS,
-    val_fraction: float = 0.2,
-    few_shot: int | None = None,
-    seed: int = 0,
-    max_iter: int = 500,
-    search_samples: int | None = DEFAULT_SEARCH_SAMPLES,
-    warm_start: bool = True,
     device: str | torch.device = "cpu",
 ) -> LinearProbeResult:
     """Fit and evaluate a linear classifier on (N, D) features.
@@ -289,35 +305,10 @@ def evaluate_linear_probe(
         raise ValueError("features and labels must have the same number of rows")
     if test_labels.max() >= num_classes:
         raise ValueError(f"a label is >= num_classes ({num_classes})")
-    fit = fit_linear_probe(train_features, train_labels, num_classes, weight_decays=weight_decays,
-                           val_fraction=val_fraction, few_shot=few_shot, seed=seed, max_iter=max_iter,
-                           search_samples=search_samples, warm_start=warm_start, device=device)
+    fit = fit_linear_probe(train_features, train_labels, num_classes, options, device=device)
     scores = fit.scores(test_features, device)  # (N_test, C)
     metrics = classification_metrics(scores, test_labels, num_classes)
     return LinearProbeResult(metrics, fit.weight_decay, fit.val_acc1, scores, num_train=fit.num_train)
-
-
-@dataclass(frozen=True)
-class LinearProbeOptions:
-    """The probe's search and fit: weight-decay grid, held-out fraction, L-BFGS iterations, few-shot k, seed."""
-
-    weight_decays: tuple[float, ...] = DEFAULT_WEIGHT_DECAYS
-    val_fraction: float = 0.2
-    max_iter: int = 500
-    few_shot: int | None = None
-    seed: int = 0
-    search_samples: int | None = DEFAULT_SEARCH_SAMPLES
-
-    def __post_init__(self):
-        object.__setattr__(self, "weight_decays", tuple(float(w) for w in self.weight_decays))
-        if not self.weight_decays or any(w < 0 for w in self.weight_decays):
-            raise ValueError(f"weight_decays must be numbers >= 0, got {list(self.weight_decays)}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.max_iter < 1:
-            raise ValueError(f"probe max_iter must be >= 1, got {self.max_iter}")
-        if self.few_shot is not None and self.few_shot < 1:
-            raise ValueError(f"few_shot must be >= 1, got {self.few_shot}")
 
 
 @dataclass(frozen=True)
@@ -329,17 +320,11 @@ class LinearProbe:
     name: str = "linear_probe"
 
     def fit(self, train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, device="cpu") -> ProbeFit:
-        o = self.options
-        return fit_linear_probe(train_x, train_y, num_classes, weight_decays=o.weight_decays,
-                                val_fraction=o.val_fraction, few_shot=o.few_shot, seed=o.seed, max_iter=o.max_iter,
-                                search_samples=o.search_samples, device=device)
+        return fit_linear_probe(train_x, train_y, num_classes, self.options, device=device)
 
     def score(self, train_x, train_y, test_x, test_y, num_classes: int, device="cpu") -> LinearProbeResult:
         """Features already encoded (one process) -> the probe's result, as :func:`evaluate_linear_probe`."""
-        o = self.options
-        return evaluate_linear_probe(train_x, train_y, test_x, test_y, num_classes, weight_decays=o.weight_decays,
-                                     val_fraction=o.val_fraction, few_shot=o.few_shot, seed=o.seed,
-                                     max_iter=o.max_iter, search_samples=o.search_samples, device=device)
+        return evaluate_linear_probe(train_x, train_y, test_x, test_y, num_classes, self.options, device=device)
 
     @torch.no_grad()
     def run(self, model, data: TrainTest, *, device="cpu", precision: str = "fp32", group=None) -> dict[str, float]:

@@ -22,7 +22,7 @@ import torch
 from openeva.data.synthetic import ShapesClassification
 from openeva.eval.features import image_features
 from openeva.runtime import autocast
-from openeva.eval.linear_probe import evaluate_linear_probe
+from openeva.eval.linear_probe import LinearProbeOptions, evaluate_linear_probe
 from openeva.eval.retrieval import evaluate_retrieval
 from openeva.eval.zeroshot import build_zeroshot_classifier, classification_metrics, zeroshot_logits
 from openeva.quickstart.data import RenderedShapes
@@ -68,8 +68,8 @@ def encode_images(model, data: RenderedShapes, batch_size: int = 256, precision:
 
 
 def _probe(train_x, train_y, test_x, test_y, num_classes: int, seed: int) -> float:
-    result = evaluate_linear_probe(train_x, train_y, test_x, test_y, num_classes,
-                                   weight_decays=(1e-4, 1e-3, 1e-2, 1e-1), max_iter=200, seed=seed)
+    result = evaluate_linear_probe(train_x, train_y, test_x, test_y, num_classes, LinearProbeOptions(
+        weight_decays=(1e-4, 1e-3, 1e-2, 1e-1), max_iter=200, seed=seed))
     return result.metrics["acc1"]
 
 

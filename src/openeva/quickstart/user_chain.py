@@ -45,7 +45,7 @@ from openeva.eval.features import encode_images
 from openeva.eval.finetune import load_finetune_config, run_finetune
 from openeva.eval.finetune_recipe import PRETRAINED_RECIPE, SCRATCH_RECIPE
 from openeva.eval.knn import knn_classify
-from openeva.eval.linear_probe import evaluate_linear_probe, fit_linear_head
+from openeva.eval.linear_probe import LinearProbeOptions, evaluate_linear_probe, fit_linear_head
 from openeva.eval.zeroshot import build_zeroshot_classifier, classification_metrics, zeroshot_logits
 from openeva.factory import create_model, get_tokenizer, preprocess_cfg
 from openeva.models.registry import get_model_spec
@@ -231,7 +231,7 @@ def frozen_probes(model, prepared: PreparedData, precision: str, seed: int, prog
     val_x, val_y = _features(model, prepared.val_dir, precision, progress)
     c = len(prepared.classnames)
     say(f"fitting a linear probe on {len(train_y)} x {train_x.shape[1]} features (weight decay search) ...")
-    probe = evaluate_linear_probe(train_x, train_y, val_x, val_y, c, seed=seed)
+    probe = evaluate_linear_probe(train_x, train_y, val_x, val_y, c, LinearProbeOptions(seed=seed))
     knn, _ = knn_classify(train_x, train_y, val_x, val_y, c, ks=(10, 20))
     return {"linear_probe_acc1": probe.metrics["acc1"], "knn10_acc1": knn["knn10_acc1"],
             "knn20_acc1": knn["knn20_acc1"], "probe_weight_decay": probe.weight_decay,
