@@ -151,6 +151,63 @@ def test_resume_continues_at_the_sample_without_decoding_what_it_skips(tmp_path,
         assert transform.calls == n - 6 * 3  # only the samples after the position are decoded
 
 
+class NoisySize:
+    """A random augmentation: the image size plus a draw of the per-sample random stream (counted)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, image):
+        self.calls += 1
+        return torch.tensor([*image.size, torch.rand(()).item()])  # (3,)
+
+
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_mix_resumes_at_the_sample_without_decoding_what_it_skips(tmp_path, mode, num_workers):
+    """A resumed mix gives the uninterrupted run's batches (the same samples, augmentations and sources), its
+    sources' shuffle buffers refilled from the epoch's start; nothing before the position is decoded."""
+    transform = NoisySize()
+
+    def sources():
+        a, _ = shard_set(tmp_path / "a", 4, per_shard=6)
+        b, _ = shard_set(tmp_path / "b", 2, per_shard=6)
+        return [TarShardDataset(p, transform=transform, shuffle_shards=True, shuffle_buffer=5, seed=s)
+                for p, s in ((a, 1), (b, 2))]
+
+    def loader():
+        mix = MixedIterableDataset(sources(), seed=7, mode=mode, batch_size=3)
+        return ResumableLoader(mix, 3, samples_per_epoch=36, num_workers=num_workers)
+
+    def rows(batches):
+        return [(list(b.texts), b.images.tolist()) for b in batches]
+
+    whole = rows(loader().batches(1))
+    assert len(whole) == 12 and sorted(t for texts, _ in whole for t in texts) == sorted(
+        [f"c{i}" for i in range(24)] + [f"c{i}" for i in range(12)])
+    for start in (3, 4):  # with two workers: worker 1's batch or worker 0's comes first
+        assert rows(loader().batches(1, start)) == whole[start:]
+    if num_workers == 0:
+        transform.calls = 0
+        assert len(list(loader().batches(1, 7))) == 5
+        assert transform.calls == 5 * 3  # only the samples of the batches after the position
+    # a mix with a source that has no raw stream leaves the skipping to the loader (decode and drop)
+    assert not hasattr(MixedIterableDataset([Numbers("a", 4), *sources()[:1]]), "set_position")
+
+
+def test_resume_without_shuffle_buffer_steps_over_tar_members_unread(tmp_path, monkeypatch):
+    import tarfile
+
+    paths, n = shard_set(tmp_path, 3, per_shard=4)  # 12 samples of 2 members (jpg, txt)
+    ds = TarShardDataset(paths)
+    whole = [s[1] for s in ds.iter_consumer(0, 1)]
+    reads = []
+    real = tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, m: (reads.append(m.name), real(self, m))[1])
+    assert [s[1] for s in ds.iter_consumer(0, 1, skip=7)] == whole[7:]
+    assert len(reads) == (n - 7) * 2  # the first 7 samples' members were stepped over, never read
+
+
 class Items(torch.utils.data.Dataset):
     def __init__(self, tag, n):
         self.tag, self.n = tag, n

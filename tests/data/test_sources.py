@@ -125,9 +125,12 @@ def test_s3_shards_train_eval_and_collection_equal_disk(tmp_path, s3):
     assert coll.load(3).tobytes() == local.load(3).tobytes()
     labelled = load_classification_dataset("s3://shards/train/shard-{000000..000002}.tar", classnames=["a", "b"])
     assert labelled.labels == [1] * 10 and labelled.images.load(9).size == (8, 8)
-    s3.put_object(Bucket="shards", Key="index.csv", Body=b"filepath,label\n")
-    with pytest.raises(ValueError, match="from a URL, openeva reads WebDataset"):
+    s3.put_object(Bucket="shards", Key="index.csv", Body=b"filepath,label\n")  # indexes are read from URLs too
+    with pytest.raises(ValueError, match="index.csv has no rows"):
         load_classification_dataset("s3://shards/index.csv", dataset_type="csv")
+    s3.put_object(Bucket="shards", Key="mnist/train-images-idx3-ubyte", Body=b"")
+    with pytest.raises(ValueError, match="local disk"):  # IDX and COCO are not
+        load_classification_dataset("s3://shards/mnist/train-images-idx3-ubyte")
 
 
 class MeanColour:

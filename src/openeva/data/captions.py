@@ -1,5 +1,9 @@
 """Image-caption datasets from an index file (CSV / TSV / JSONL) or a folder of images with .txt captions.
 
+The index, the folder and the images may be URLs (:mod:`openeva.data.sources`): ``s3://bucket/captions.csv``
+with image paths relative to the index's URL, or ``s3://bucket/pairs/`` (a folder of images and captions in a
+store that lists folders; plain HTTP cannot list one, and says so).
+
 Problems with the index itself (missing file, missing column, unreadable rows) raise at construction,
 before any compute. Problems with individual samples (missing image, corrupt image, failing augmentation,
 missing or empty caption) never raise: ``__getitem__`` returns ``None`` and counts the reason in
@@ -19,6 +23,7 @@ from PIL import Image
 from openeva.data.images import IMAGE_EXTENSIONS, list_images, open_rgb, prepare_sample
 from openeva.data.index import read_index, resolve_listed_path
 from openeva.data.loader import record_skip
+from openeva.data.sources import is_local, join_source, parent_of, read_text, source_kind
 
 __all__ = ["CaptionDataset", "ImageTextFolder", "clean_caption"]
 
@@ -78,12 +83,13 @@ class CaptionDataset(_PairSource):
         sep: str | None = None,
         images_only: bool = False,
     ) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
+        self.path = Path(path) if is_local(str(path)) else str(path)
+        if source_kind(self.path) != "file":
             raise FileNotFoundError(f"caption index file not found: {self.path}")
-        self.root = Path(root) if root is not None else self.path.parent
+        self.root = (Path(root) if is_local(str(root)) else str(root)) if root is not None else (
+            self.path.parent if isinstance(self.path, Path) else parent_of(self.path))
         self.explicit_root = root is not None
-        if not self.root.is_dir():
+        if isinstance(self.root, Path) and not self.root.is_dir():
             raise FileNotFoundError(f"image root folder not found: {self.root}")
         rows, columns = read_index(self.path, sep)
         roles = [("image_key", image_key)] + ([] if images_only else [("caption_key", caption_key)])
@@ -93,6 +99,7 @@ class CaptionDataset(_PairSource):
                 raise ValueError(
                     f"{role}={key!r} is not a column of {self.path}; available columns: {columns}{hint}"
                 )
+        self.name = str(self.path).rstrip("/").rsplit("/", 1)[-1]
         if not rows:
             raise ValueError(f"caption index {self.path} has no rows")
         self.image_paths: list[Any] = [row.get(image_key) for row in rows]
@@ -109,17 +116,21 @@ class CaptionDataset(_PairSource):
         """The cleaned caption of row ``index`` (None if unusable)."""
         return clean_caption(self.captions[index])
 
-    def image_path(self, index: int) -> Path | None:
+    def image_path(self, index: int) -> Path | str | None:
+        """Where row ``index``'s image is: a path, or a URL (a URL index's relative paths join its URL)."""
         value = self.image_paths[index]
         if not isinstance(value, str) or not value.strip():
             return None
         if self.explicit_root:
-            return self.root / value.strip()  # an absolute value replaces root
+            if isinstance(self.root, Path) and is_local(value.strip()):
+                return self.root / value.strip()  # an absolute value replaces root
+            return join_source(self.root, value.strip())
         return resolve_listed_path(value.strip(), self.root)
 
     def __getitem__(self, index: int) -> tuple[Any, Any] | None:
         image_path = self.image_path(index)
-        return self._make_sample(image_path, self.captions[index], f"{self.path.name} row {index}: {image_path}")
+        source = str(image_path) if isinstance(image_path, str) else image_path  # open_rgb reads a URL string
+        return self._make_sample(source, self.captions[index], f"{self.name} row {index}: {image_path}")
 
 
 class ImageTextFolder(_PairSource):
@@ -127,6 +138,8 @@ class ImageTextFolder(_PairSource):
 
     ``ds[i] -> (image, text) | None``; an image without a caption file counts as ``missing_caption``, unless
     ``images_only=True`` (MIM: any folder of images, e.g. one sub-folder per class), which yields ``(image, "")``.
+    ``root`` may be a folder URL in a store that lists folders (``s3://bucket/pairs/``): images and captions are
+    then read by URL, one request each.
     """
 
     def __init__(
@@ -137,8 +150,8 @@ class ImageTextFolder(_PairSource):
         recursive: bool = True,
         images_only: bool = False,
     ) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
+        self.root = Path(root) if is_local(str(root)) else str(root)
+        if source_kind(self.root) != "dir":
             raise FileNotFoundError(f"image-text folder not found: {self.root}")
         self.image_paths = list_images(self.root, recursive)
         if not self.image_paths:
@@ -152,9 +165,12 @@ class ImageTextFolder(_PairSource):
         return len(self.image_paths)
 
     def caption(self, index: int) -> str | None:
-        caption_path = self.image_paths[index].with_suffix(".txt")
+        image = self.image_paths[index]
         try:
-            return clean_caption(caption_path.read_text(encoding="utf-8", errors="replace"))
+            if isinstance(image, Path):
+                return clean_caption(image.with_suffix(".txt").read_text(encoding="utf-8", errors="replace"))
+            stem = image.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            return clean_caption(read_text(join_source(parent_of(image), stem + ".txt")))
         except OSError:
             return None
 

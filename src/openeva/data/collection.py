@@ -2,7 +2,8 @@
 
 ``open_collection(src)`` reads a folder of images (recursive, same-name ``.txt`` captions), a CSV/TSV/JSONL
 index (an image column, an optional caption column) or WebDataset shards (``a-{000..009}.tar``, a ``.tar``,
-or a folder of them; local files or URLs in the grammar of :mod:`openeva.data.sources`). Every source gives
+or a folder of them); each may be a local path or a URL in the grammar of :mod:`openeva.data.sources`
+(``s3://bucket/photos/``, ``s3://bucket/captions.csv`` with image paths relative to its URL). Every source gives
 the same small interface (:class:`ImageCollection`): a stable key per item, a path (a file, or
 ``shard.tar/member-key``), an optional caption and a ``load(i)`` that decodes an RGB image or raises one of
 :data:`DECODE_ERRORS`.
@@ -25,8 +26,8 @@ from openeva.data.captions import clean_caption
 from openeva.data.images import DECODE_ERRORS, IMAGE_EXTENSIONS, open_rgb
 from openeva.data.index import CAPTION_COLUMNS, IMAGE_COLUMNS, pick_column, read_index, resolve_listed_path
 from openeva.data.labelled import detect_format
-from openeva.data.sources import is_local
-from openeva.data.webdataset import TarMember, image_member, index_shard, shard_paths
+from openeva.data.sources import is_local, list_files, parent_of, read_bytes, read_text
+from openeva.data.webdataset import TarMember, image_member, index_shards, shard_paths
 
 __all__ = ["DECODE_ERRORS", "ImageCollection", "load_source", "open_collection", "read_source_bytes"]
 # DECODE_ERRORS: what ``load`` may raise for a bad item (missing, truncated, corrupt, hostile); callers skip and
@@ -117,7 +118,7 @@ def read_source_bytes(source: dict) -> bytes:
     """The raw bytes of the image a source record points at."""
     if "tar" in source:
         return _member_of(source).read()
-    return Path(source["path"]).read_bytes()
+    return read_bytes(source["path"])
 
 
 def open_collection(src, image_key: str | None = None, caption_key: str | None = None) -> ImageCollection:
@@ -135,9 +136,11 @@ def open_collection(src, image_key: str | None = None, caption_key: str | None =
     else:
         kind = detect_format(src_str)
         if kind in ("csv", "jsonl"):
-            coll = _open_rows(p, image_key, caption_key)
+            coll = _open_rows(p if is_local(src_str) else src_str, image_key, caption_key)
         elif kind == "wds":
             coll = _open_tars(src_str)
+        elif kind == "folder" and not is_local(src_str):
+            coll = _open_remote_folder(src_str)
         else:
             raise ValueError(f"{src_str}: unsupported source type {kind!r}; expected a folder of images, a "
                              ".csv/.tsv/.jsonl index or .tar shards")
@@ -162,7 +165,23 @@ def _open_folder(root: Path) -> FolderCollection:
     return FolderCollection(str(root), keys, paths, captions, skipped)
 
 
-def _open_rows(path: Path, image_key, caption_key) -> IndexFileCollection:
+def _open_remote_folder(root: str) -> FolderCollection:
+    """A folder in a store (listed once, recursively); captions from same-name ``.txt`` objects."""
+    files = list_files(root, (*IMAGE_EXTENSIONS, ".txt"), recursive=True)
+    texts = {f.rsplit(".", 1)[0] for f in files if f.lower().endswith(".txt")}
+    prefix = root.rstrip("/") + "/"
+    keys, paths, captions = [], [], []
+    for f in files:
+        if f.lower().endswith(".txt"):
+            continue
+        stem = f.rsplit(".", 1)[0]
+        keys.append(f[len(prefix):] if f.startswith(prefix) else f.rsplit("/", 1)[-1])
+        paths.append(f)
+        captions.append(clean_caption(read_text(stem + ".txt")) if stem in texts else None)
+    return FolderCollection(root, keys, paths, captions)
+
+
+def _open_rows(path: Path | str, image_key, caption_key) -> IndexFileCollection:
     rows, columns = read_index(path)
     img_col = pick_column(columns, image_key, IMAGE_COLUMNS, "image", path)
     if caption_key is not None:
@@ -180,14 +199,14 @@ def _open_rows(path: Path, image_key, caption_key) -> IndexFileCollection:
             continue
         seen.add(key)
         keys.append(key)
-        paths.append(str(resolve_listed_path(key, path.parent)))
+        paths.append(str(resolve_listed_path(key, path.parent if isinstance(path, Path) else parent_of(path))))
         captions.append(clean_caption(row.get(cap_col)) if cap_col else None)
     return IndexFileCollection(str(path), keys, paths, captions, skipped)
 
 
 def _open_tars(src: str) -> TarCollection:
     keys, paths, captions, members, skipped = [], [], [], [], []
-    samples = ((shard, key, files) for shard in shard_paths(src) for key, files in index_shard(shard).items())
+    samples = ((shard, key, files) for shard, index in index_shards(shard_paths(src)) for key, files in index.items())
     for shard, key, files in samples:
         img = image_member(files)
         if img is None:

@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image
 
 from openeva.data.loader import record_skip
+from openeva.data.sources import is_local, list_files, read_bytes
 
 __all__ = ["DECODE_ERRORS", "IMAGE_EXTENSIONS", "MAX_ASPECT", "ImageShapeError", "check_image_shape", "list_images",
            "load_image", "open_rgb", "prepare_sample"]
@@ -48,8 +49,16 @@ def check_image_shape(width: int, height: int, max_aspect: float = MAX_ASPECT) -
 
 
 def open_rgb(source: str | Path | bytes) -> Image.Image:
-    """Decode an image file or bytes fully (so truncation errors surface here) as RGB; raises DECODE_ERRORS
-    (an elongated or empty image, by :func:`check_image_shape`, too: a ValueError)."""
+    """Decode an image file, URL (:mod:`openeva.data.sources`, read whole with retries) or bytes fully (so
+    truncation errors surface here) as RGB; raises DECODE_ERRORS (FileNotFoundError for a missing file or
+    object; an elongated or empty image, by :func:`check_image_shape`, a ValueError)."""
+    if isinstance(source, str) and not is_local(source):
+        try:
+            source = read_bytes(source)
+        except OSError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a store's own error types (botocore, aiohttp): unreadable
+            raise OSError(f"cannot read {source}: {type(err).__name__}: {err}") from err
     handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     with Image.open(handle) as image:
         check_image_shape(*image.size)
@@ -59,7 +68,7 @@ def open_rgb(source: str | Path | bytes) -> Image.Image:
 
 def load_image(source: str | Path | bytes) -> Image.Image:
     """:func:`open_rgb` with user-facing errors: FileNotFoundError for a missing path, ValueError naming it else."""
-    if not isinstance(source, (bytes, bytearray)) and not Path(source).exists():
+    if isinstance(source, (str, Path)) and is_local(str(source)) and not Path(source).exists():
         raise FileNotFoundError(f"image file not found: {source}")
     try:
         return open_rgb(source)
@@ -68,8 +77,12 @@ def load_image(source: str | Path | bytes) -> Image.Image:
         raise ValueError(f"cannot decode image {name}: {err}") from err
 
 
-def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
-    """The image files under ``root`` (by :data:`IMAGE_EXTENSIONS`, case-insensitive), sorted; hidden files skipped."""
+def list_images(root: str | Path, recursive: bool = True) -> list[Path] | list[str]:
+    """The image files under ``root`` (by :data:`IMAGE_EXTENSIONS`, case-insensitive), sorted; hidden files skipped.
+
+    Paths for a local folder; URLs (str) for a folder in a store (``s3://bucket/images/``)."""
+    if not is_local(str(root)):
+        return list_files(root, IMAGE_EXTENSIONS, recursive=recursive)
     root = Path(root)
     pattern = root.rglob("*") if recursive else root.glob("*")
     return sorted(p for p in pattern if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")

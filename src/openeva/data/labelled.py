@@ -12,7 +12,9 @@ Formats (``dataset_type``):
 - ``idx``: MNIST-format IDX files (:mod:`openeva.data.idx`).
 - ``coco``: a COCO-captions JSON (``images`` + ``annotations``), for retrieval.
 
-Images are decoded lazily (:mod:`openeva.data.image_lists`).
+Images are decoded lazily (:mod:`openeva.data.image_lists`). Folders, indexes and shards may be URLs
+(:mod:`openeva.data.sources`): ``s3://bucket/classes/`` (one sub-folder per class), ``s3://bucket/labels.csv``
+(image paths relative to the index's URL); IDX and COCO files are read from a local disk only.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from openeva.data.images import IMAGE_EXTENSIONS, list_images
 from openeva.data.index import (
     CAPTION_COLUMNS, IMAGE_COLUMNS, LABEL_COLUMNS, pick_column, read_index, resolve_listed_path,
 )
-from openeva.data.sources import is_local, list_files, source_exists, source_is_dir
-from openeva.data.webdataset import image_member, index_shard, shard_paths
+from openeva.data.sources import is_http, is_local, list_dirs, list_files, parent_of, source_kind
+from openeva.data.webdataset import image_member, index_shards, shard_paths
 
 DATASET_TYPES = ("auto", "folder", "csv", "jsonl", "wds", "idx", "coco")
 
@@ -106,18 +108,32 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
+_REMOTE_KINDS = ("folder", "csv", "jsonl", "wds")  # what is read from a URL (IDX and COCO need a local disk)
+
+
 def _detect_remote(url: str) -> str:
-    """A URL or ``pipe:`` source: tar shards (one, or a folder / prefix holding them); other kinds need a disk."""
+    """A URL or ``pipe:`` source: tar shards (one, or a folder / prefix holding them), a caption or label index
+    (.csv/.tsv/.jsonl), or a folder of images (with class sub-folders or .txt captions)."""
     name = url.rstrip("/").rsplit("/", 1)[-1].lower()
     if name.endswith(".tar") or url.startswith("pipe:"):
         return "wds"
-    if not source_exists(url):
-        raise FileNotFoundError(f"dataset path does not exist: {url}")
-    if source_is_dir(url) and list_files(url, ".tar"):
+    kind = source_kind(url)
+    if kind is None:
+        raise FileNotFoundError(f"dataset path does not exist: {url}" + (
+            " (an HTTP folder is written with a trailing '/')" if is_http(url) and "." not in name else ""))
+    if kind == "file":
+        if name.endswith((".csv", ".tsv", ".tab")):
+            return "csv"
+        if name.endswith((".jsonl", ".ndjson")):
+            return "jsonl"
+        raise ValueError(f"{url}: from a URL, openeva reads WebDataset .tar shards, .csv/.tsv/.jsonl indexes and "
+                         "folders of images; copy other kinds (IDX, COCO .json) to a local disk")
+    if list_files(url, ".tar"):
         return "wds"
-    raise ValueError(f"{url}: from a URL, openeva reads WebDataset .tar shards (a .tar, a '{{000..099}}' pattern "
-                     "or a folder of them); copy other kinds (image folders, caption indexes, IDX, COCO) to a local "
-                     "disk, or write them as shards (img2dataset, openeva.data.webdataset.write_shards)")
+    if list_dirs(url) or list_files(url, IMAGE_EXTENSIONS):
+        return "folder"
+    raise ValueError(f"cannot detect the dataset format of folder {url}: expected images, class sub-folders or .tar "
+                     "shards in it")
 
 
 def _resolve_type(path, dataset_type: str) -> str:
@@ -125,15 +141,21 @@ def _resolve_type(path, dataset_type: str) -> str:
         raise ValueError(f"unknown dataset type {dataset_type!r}; expected one of {', '.join(DATASET_TYPES)}")
     if dataset_type == "auto":
         return detect_format(path)
-    if "{" not in str(path) and not source_exists(path):
+    if "{" not in str(path) and source_kind(path) is None and not (is_http(path) and str(path).endswith("/")):
         raise FileNotFoundError(f"dataset path does not exist: {path}")
-    if dataset_type != "wds" and not is_local(str(path)):
-        _detect_remote(str(path))  # raises: only shards are read from a URL
+    if dataset_type not in _REMOTE_KINDS and not is_local(str(path)):
+        raise ValueError(f"{path}: dataset type {dataset_type!r} is read from a local disk only; copy it there "
+                         f"(from a URL openeva reads {', '.join(_REMOTE_KINDS)})")
     return dataset_type
 
 
+def _as_source(path) -> Path | str:
+    """A local path as a Path, a URL as it is."""
+    return Path(path) if is_local(str(path)) else str(path)
+
+
 def dataset_name_from_path(path, split: str | None = None) -> str:
-    p = Path(str(path).split("{")[0])
+    p = Path(str(path).split("{")[0].rstrip("/"))
     stem = p.name if p.is_dir() or not p.suffix else p.stem
     stem = stem.strip("-_") or "dataset"
     return f"{stem}_{split}" if split else stem
@@ -156,9 +178,9 @@ def load_classification_dataset(
     kind = _resolve_type(path, dataset_type)
     classnames = list(classnames) if classnames is not None else None
     if kind == "folder":
-        data = _load_folder(Path(path), classnames)
+        data = _load_folder(_as_source(path), classnames)
     elif kind in ("csv", "jsonl"):
-        data = _classification_from_rows(Path(path), classnames, image_key, label_key)
+        data = _classification_from_rows(_as_source(path), classnames, image_key, label_key)
     elif kind == "wds":
         data = _classification_from_wds(path, classnames)
     elif kind == "idx":
@@ -181,7 +203,7 @@ def load_retrieval_dataset(
     """Index an image-caption dataset; rows sharing an image path are grouped into one image."""
     kind = _resolve_type(path, dataset_type)
     if kind in ("csv", "jsonl"):
-        data = _retrieval_from_rows(Path(path), image_key, caption_key)
+        data = _retrieval_from_rows(_as_source(path), image_key, caption_key)
     elif kind == "wds":
         data = _retrieval_from_wds(path)
     elif kind == "coco":
@@ -261,15 +283,16 @@ def align_classes(data: ClassificationData, classnames: Sequence[str], what: str
 
 
 # --------------------------------------------------------------------------------------------- readers
-def _load_folder(root: Path, classnames) -> ClassificationData:
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+def _load_folder(root: Path | str, classnames) -> ClassificationData:
+    class_dirs = list_dirs(root)  # paths, or URLs of a folder in a store
     if not class_dirs:
         raise ValueError(f"image folder {root} has no class sub-folders")
+    folder_names = [d.rstrip("/").rsplit("/", 1)[-1] if not is_local(d) else Path(d).name for d in class_dirs]
     if classnames is not None:
-        class_ids = match_folder_classes([d.name for d in class_dirs], classnames, root)
+        class_ids = match_folder_classes(folder_names, classnames, root)
         names = list(classnames)
     else:
-        class_ids, names = list(range(len(class_dirs))), [d.name.replace("_", " ") for d in class_dirs]
+        class_ids, names = list(range(len(class_dirs))), [n.replace("_", " ") for n in folder_names]
     paths, labels = [], []
     for label, class_dir in zip(class_ids, class_dirs):
         files = list_images(class_dir)
@@ -280,7 +303,11 @@ def _load_folder(root: Path, classnames) -> ClassificationData:
     return ClassificationData("", FileImages(paths), labels, names)
 
 
-def _rows(path: Path) -> tuple[list[dict], list[str]]:
+def _index_dir(path: Path | str) -> Path | str:
+    return path.parent if isinstance(path, Path) else parent_of(path)
+
+
+def _rows(path: Path | str) -> tuple[list[dict], list[str]]:
     rows, columns = read_index(path)
     if not rows:
         raise ValueError(f"{path} has no rows")
@@ -295,7 +322,7 @@ def _classification_from_rows(path: Path, classnames, image_key, label_key) -> C
     if missing:
         raise ValueError(f"{path}: row {missing[0] + 1} has an empty {label_col!r} value")
     labels, names = labels_to_ids([r[label_col] for r in rows], classnames, path)
-    paths = [str(resolve_listed_path(str(r[img_col]), path.parent)) for r in rows]
+    paths = [str(resolve_listed_path(str(r[img_col]), _index_dir(path))) for r in rows]
     return ClassificationData("", FileImages(paths), labels, names)
 
 
@@ -313,7 +340,7 @@ def _retrieval_from_rows(path: Path, image_key, caption_key) -> RetrievalData:
     cap_col = pick_column(columns, caption_key, CAPTION_COLUMNS, "caption", path)
     grouped: dict[str, list[str]] = {}
     for r in rows:
-        image = str(resolve_listed_path(str(r[img_col]), path.parent))
+        image = str(resolve_listed_path(str(r[img_col]), _index_dir(path)))
         grouped.setdefault(image, []).extend(_as_caption_list(r.get(cap_col)))
     empty = [p for p, caps in grouped.items() if not caps]
     if empty:
@@ -342,8 +369,8 @@ def _retrieval_from_coco(path: Path) -> RetrievalData:
 
 def _wds_samples(path):
     """Yield ``(shard::key, {extension: TarMember})`` for every sample of every shard of ``path``."""
-    for shard in shard_paths(path):
-        for key, members in index_shard(shard).items():
+    for shard, index in index_shards(shard_paths(path)):
+        for key, members in index.items():
             yield f"{shard}::{key}", members
 
 

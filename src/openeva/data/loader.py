@@ -9,6 +9,12 @@ The skip design, shared by every openeva data source:
   processes, ``dataset.skipped`` in the main process stays at zero (each worker counts in its own copy),
   so ``num_skipped`` is how skip counts reach the training loop.
 * If every sample of a batch is bad, the collate returns ``None``; the engine skips that step.
+* A shard that fails for good (:mod:`openeva.data.webdataset`) is listed in the dataset's ``failed_shards`` by
+  the process that read it; from a DataLoader worker its name also goes through a queue made with the dataset
+  (so inherited by every worker) to the main process, where :func:`take_failed_shards` drains it (with the
+  main process's own list, for ``num_workers=0``): the training loop counts and names every failed shard in
+  its metrics whatever the worker count. A queue, not the batches: a shard that fails after a worker's last
+  full batch has no batch left to carry its name.
 """
 
 from __future__ import annotations
@@ -76,6 +82,16 @@ def default_num_workers() -> int:
     except AttributeError:  # macOS, Windows
         cpus = os.cpu_count() or 1
     return max(0, cpus - 1)
+
+
+def take_failed_shards(dataset: Any) -> list[str]:
+    """Names of the shards that failed since the last call, read in this process or in any DataLoader worker,
+    from ``dataset`` or, for a mix, each of its sources (their ``take_failed_shards``)."""
+    names: list[str] = []
+    for ds in getattr(dataset, "datasets", None) or [dataset]:
+        if hasattr(ds, "take_failed_shards"):
+            names += ds.take_failed_shards()
+    return names
 
 
 def record_skip(skipped: Counter, reason: str, detail: str) -> None:

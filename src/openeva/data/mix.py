@@ -9,6 +9,15 @@ Two modes (``mode=``):
   mixing of LAION and other sets). Only for iterable sources (tar shards): each consumer yields runs of
   ``batch_size`` samples from one source, which the DataLoader collates into one batch.
 
+Resume (:meth:`MixedIterableDataset.set_position`) continues a mixed stream at the sample, as
+:meth:`~openeva.data.webdataset.TarShardDataset.set_position` does for one shard set: each DataLoader worker
+plays the worker whose batch comes next, replays its choice sequence from the epoch's start and passes over the
+samples of the batches before the resumed one without decoding them. Its sources' raw streams (tar members as
+bytes) are read from the epoch's start, through their shuffle buffers: a buffer is refilled from the start of the
+epoch, as in the uninterrupted run, so the resumed batches equal that run's (the cost is streaming, not decoding,
+what was already trained on). A mix with a source that has no raw stream (another kind of iterable dataset)
+has no ``set_position``: the training loader decodes and drops the batches before the position instead.
+
 For map-style sources (:class:`MixedDataset`) a weight is the fraction of the mixed epoch drawn from that
 source, independent of its size: a small source with a large weight is repeated (each pass a fresh
 permutation), a large source with a small weight is subsampled. The choices are seeded by ``(seed, epoch)``
@@ -21,6 +30,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -169,7 +179,9 @@ class MixedIterableDataset(IterableDataset):
         sizes = [source_size(ds) for ds in self.datasets] if weights is None else weights
         self.probs = _check_weights(sizes, len(datasets))
         self.seed, self.mode, self.batch_size, self.rank = int(seed), mode, batch_size, rank
-        self._epoch = SharedInt()
+        self._epoch, self._start, self._loader_batch = SharedInt(), SharedInt(), SharedInt()
+        if all(hasattr(ds, "raw_stream") for ds in self.datasets):  # else a resuming loader decodes and drops
+            self.set_position = self._set_position
 
     @property
     def epoch(self) -> int:
@@ -177,9 +189,21 @@ class MixedIterableDataset(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.set(epoch)
+        self._start.set(0)
         for ds in self.datasets:
             if hasattr(ds, "set_epoch"):
                 ds.set_epoch(epoch)
+
+    def _set_position(self, epoch: int, start_batch: int, batch_size: int) -> None:
+        """``set_position``, where every source has a raw stream (tar shard sets): resume epoch ``epoch`` at
+        batch ``start_batch`` of a DataLoader with this ``batch_size``, the samples of the batches before it
+        passed over undecoded (module docstring). Exact while every worker still had samples at ``start_batch``.
+        A mix with another kind of source has no ``set_position``: the loader decodes and drops instead."""
+        if start_batch < 0 or batch_size < 1:
+            raise ValueError(f"start_batch must be >= 0 and batch_size >= 1, got {start_batch}, {batch_size}")
+        self.set_epoch(epoch)
+        self._start.set(start_batch)
+        self._loader_batch.set(batch_size)
 
     def _rank(self) -> int:
         if self.rank is not None:
@@ -190,10 +214,17 @@ class MixedIterableDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
-        worker = info.id if info is not None else 0
-        rng = random.Random(derive_seed(self.seed, self.epoch, self._rank(), worker))
-        iterators = {k: iter(ds) for k, ds in enumerate(self.datasets) if self.probs[k] > 0}
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        start = self._start.get()
+        role = (worker + start) % num_workers  # the worker whose batch comes next (set_position)
+        batches_before = -(-(start - role) // num_workers) if start > role else 0  # its batches j < start
+        skip = batches_before * self._loader_batch.get()
+        epoch = self.epoch
+        rng = random.Random(derive_seed(self.seed, epoch, self._rank(), role))
+        iterators = {k: self._source(ds, role, num_workers, epoch) for k, ds in enumerate(self.datasets)
+                     if self.probs[k] > 0}
         run = 1 if self.mode == "sample" else self.batch_size
+        position = 0  # samples given (or passed over) by this consumer
         while iterators:
             need = run  # batch mode: a whole batch from one source; where a source ends, the next fills it up
             while need and iterators:
@@ -205,8 +236,20 @@ class MixedIterableDataset(IterableDataset):
                     except StopIteration:
                         del iterators[k]
                         break
-                    yield item
+                    if position >= skip:
+                        yield item() if isinstance(item, partial) else item
+                    position += 1
                     need -= 1
+
+    def _source(self, ds: IterableDataset, role: int, num_workers: int, epoch: int) -> Iterator[Any]:
+        """One source's stream for the consumer ``role`` plays: undecoded samples as calls that decode them
+        (a tar shard set's raw stream), else the source's own (decoded) items."""
+        if not hasattr(ds, "raw_stream"):
+            return iter(ds)
+        rank, world_size = ds._distributed()
+        consumer, consumers = rank * num_workers + role, world_size * num_workers
+        return (partial(ds.decode_at, key, files, consumer, index, epoch)
+                for index, (key, files) in enumerate(ds.raw_stream(consumer, consumers)))
 
     @property
     def skipped(self) -> Counter:

@@ -19,6 +19,13 @@ Credentials are never part of a source: each store reads its usual environment a
 (``AWS_*`` / ``~/.aws`` and ``AWS_ENDPOINT_URL`` for S3-compatible stores, ``GOOGLE_APPLICATION_CREDENTIALS``,
 ``AZURE_STORAGE_*``, ``HF_TOKEN``), so no secret reaches a command line, a log or a saved config.
 
+Not only shards: :func:`source_kind` (one look: file, folder or missing), :func:`list_files` / :func:`list_dirs`
+(folders and class folders in a store; plain HTTP has no listing, and the error says so), :func:`read_bytes`
+(an image or an index by URL) and :func:`join_source` (an index's relative paths against its URL) let every reader
+take image folders and caption indexes from a store too. Reading speed: :class:`PrefetchedSource` downloads a
+stream in a background thread (the next shard while one is decoded); :func:`read_range` keeps a few remote files
+open with a read-ahead, so a shard's members read in order cost a request per few MiB.
+
 Network faults: :func:`with_retries` retries transient errors (connection reset, timeout, HTTP 5xx) with
 exponential backoff; :func:`is_transient` says which errors those are. Readers that stream (tar shards) resume
 after the last good sample on a retry and, when the retries are spent, skip the rest of the shard and count it.
@@ -28,19 +35,24 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
 import shlex
 import subprocess
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 __all__ = [
-    "RetryPolicy", "expand_braces", "expand_sources", "fetch_files", "is_local", "is_transient", "list_files",
-    "local_mirror", "open_source", "read_range", "source_exists", "source_is_dir", "source_name", "split_sources",
-    "unescape", "upload_file", "with_retries",
+    "PrefetchedSource", "RetryPolicy", "expand_braces", "expand_sources", "fetch_files", "is_http", "is_local",
+    "is_transient",
+    "join_source", "list_dirs", "list_files", "local_mirror", "open_source", "parent_of", "read_bytes", "read_range",
+    "read_text", "source_exists", "source_kind", "source_name", "split_sources", "unescape", "upload_file",
+    "with_retries",
 ]
 
 T = TypeVar("T")
@@ -222,9 +234,80 @@ def open_source(source: str | Path) -> IO[bytes]:
         return open(local_path(text), "rb")
     import fsspec
 
-    if text.startswith(("http://", "https://")):  # one streamed GET, not a range request per block
+    if is_http(text):  # one streamed GET, not a range request per block
         return fsspec.open(text, "rb", block_size=0).open()
     return fsspec.open(text, "rb").open()
+
+
+PREFETCH_BYTES = 64 << 20  # how far a prefetching reader may run ahead of its consumer
+_CHUNK = 1 << 20
+
+
+class PrefetchedSource:
+    """A source read by a background thread into a bounded buffer (at most :data:`PREFETCH_BYTES` ahead): the
+    download of a remote shard overlaps the decoding of the one before it. ``read`` hands on the thread's
+    error (the reader retries as for any stream); ``close`` stops the thread."""
+
+    def __init__(self, source: str, limit: int = PREFETCH_BYTES):
+        self.source = source
+        self._chunks: queue.Queue = queue.Queue(maxsize=max(1, limit // _CHUNK))
+        self._stop = threading.Event()
+        self._pending = b""
+        self._done = False
+        self._thread = threading.Thread(target=self._fill, name=f"prefetch {source_name(source)}", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self) -> None:
+        try:
+            with open_source(self.source) as f:
+                while not self._stop.is_set():
+                    data = f.read(_CHUNK)
+                    if not self._put(data) or not data:
+                        return
+        except BaseException as err:  # noqa: BLE001 - handed to the reader, which decides
+            self._put(err)
+
+    def read(self, n: int = -1) -> bytes:
+        out = [self._pending]
+        have = len(self._pending)
+        while not self._done and (n < 0 or have < n):
+            item = self._chunks.get()
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            if not item:
+                self._done = True
+                break
+            out.append(item)
+            have += len(item)
+        data = b"".join(out)
+        if n < 0 or n >= len(data):
+            self._pending = b""
+            return data
+        self._pending = data[n:]
+        return data[:n]
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> PrefetchedSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _fs(source: str) -> tuple[Any, str]:
@@ -233,40 +316,172 @@ def _fs(source: str) -> tuple[Any, str]:
     return url_to_fs(source)
 
 
+def source_kind(source: str | Path) -> str | None:
+    """``"file"``, ``"dir"`` or None (not found): one look (a stat, or one request to a store), with retries.
+
+    A ``pipe:`` command counts as a file (only running it tells more). An ``http(s)://`` URL ending in ``/``
+    counts as a folder without asking (plain HTTP has no folders; :func:`list_files` says so if the server
+    gives no listing); other HTTP URLs are asked for (a HEAD) and are files when they answer."""
+    text = str(source)
+    if is_pipe(text):
+        return "file"
+    if is_local(text):
+        path = local_path(text)
+        return "dir" if path.is_dir() else "file" if path.exists() else None
+    if is_http(text) and text.endswith("/"):
+        return "dir"
+    fs, path = _fs(text)
+    try:
+        info = with_retries(lambda: fs.info(path), f"checking {text}")
+    except FileNotFoundError:
+        return None
+    return "dir" if info.get("type") == "directory" else "file"
+
+
 def source_exists(source: str | Path) -> bool:
-    """Whether a source can be found (a ``pipe:`` command is taken to exist: only running it tells)."""
-    text = str(source)
-    if is_pipe(text):
-        return True
+    """Whether a source can be found (:func:`source_kind` is not None)."""
+    return source_kind(source) is not None
+
+
+def is_http(source: str | Path) -> bool:
+    return str(source).startswith(("http://", "https://"))
+
+
+def _no_listing(folder: str, err: BaseException | None = None) -> ValueError:
+    why = f" ({type(err).__name__}: {err})" if err is not None else " (no links to files in its answer)"
+    return ValueError(f"cannot list the folder {folder}: plain HTTP has no folder listing{why}. From an HTTP "
+                      "server, read a caption index (.csv/.tsv/.jsonl listing the images, relative paths resolved "
+                      "against the index's URL), tar shards named by a pattern ('shard-{000..099}.tar'), or use "
+                      "an object store URL (s3://, gs://, az://, hf://) whose folders can be listed")
+
+
+def _as_url(text: str, name: str) -> str:
+    """fsspec's name of a listed object back as a URL of the same store as ``text``."""
+    if _URL.match(name):
+        return name
+    return f"{text.split('://', 1)[0]}://{name.lstrip('/')}"
+
+
+def list_files(folder: str | Path, suffix: str | tuple[str, ...], recursive: bool = False) -> list[str]:
+    """Sorted sources of the files in ``folder`` (directly in it, or at any depth when ``recursive``) whose
+    names end with ``suffix`` (or one of them; compared in lower case). Hidden files (``.name``) are left out.
+
+    Over plain HTTP a folder can only be listed where the server answers with a page of links (fsspec reads
+    those); ValueError saying so otherwise."""
+    text = str(folder)
+    suffixes = tuple(s.lower() for s in ((suffix,) if isinstance(suffix, str) else suffix))
+
+    def wanted(name: str) -> bool:
+        base = name.rstrip("/").rsplit("/", 1)[-1]
+        return base.lower().endswith(suffixes) and not base.startswith(".")
+
     if is_local(text):
-        return local_path(text).exists()
+        root = local_path(text)
+        found = root.rglob("*") if recursive else root.glob("*")
+        return sorted(str(p) for p in found if wanted(p.name) and p.is_file())
     fs, path = _fs(text)
-    return with_retries(lambda: fs.exists(path), f"checking {text}")
+    try:
+        if recursive:
+            names = with_retries(lambda: fs.find(path.rstrip("/")), f"listing {text}")
+        else:
+            names = [e["name"] for e in with_retries(lambda: fs.ls(path, detail=True), f"listing {text}")
+                     if e.get("type") != "directory"]
+    except Exception as err:  # noqa: BLE001 - HTTP servers answer a folder URL in many ways
+        if is_http(text):
+            raise _no_listing(text, err) from err
+        raise
+    files = sorted(_as_url(text, n) for n in names if wanted(n))
+    if not files and is_http(text):
+        raise _no_listing(text)
+    return files
 
 
-def source_is_dir(source: str | Path) -> bool:
-    text = str(source)
-    if is_pipe(text):
-        return False
-    if is_local(text):
-        return local_path(text).is_dir()
-    fs, path = _fs(text)
-    return with_retries(lambda: fs.isdir(path), f"checking {text}")
-
-
-def list_files(folder: str | Path, suffix: str) -> list[str]:
-    """Sorted sources of the files directly in ``folder`` whose names end with ``suffix``."""
+def list_dirs(folder: str | Path) -> list[str]:
+    """Sorted sources of the sub-folders directly in ``folder`` (hidden ones left out): class folders."""
     text = str(folder)
     if is_local(text):
-        return sorted(str(p) for p in local_path(text).glob(f"*{suffix}") if p.is_file())
+        return sorted(str(p) for p in local_path(text).iterdir() if p.is_dir() and not p.name.startswith("."))
+    if is_http(text):
+        raise _no_listing(text)
     fs, path = _fs(text)
-    protocol = text.split("://", 1)[0]
-    names = with_retries(lambda: fs.ls(path, detail=False), f"listing {text}")
-    return sorted(f"{protocol}://{n.lstrip('/')}" if not _URL.match(n) else n for n in names if n.endswith(suffix))
+    entries = with_retries(lambda: fs.ls(path, detail=True), f"listing {text}")
+    names = [e["name"].rstrip("/") for e in entries if e.get("type") == "directory"]
+    return sorted(_as_url(text, n) for n in names if not n.rsplit("/", 1)[-1].startswith("."))
+
+
+def join_source(folder: str | Path, relative: str) -> str:
+    """``relative`` (as written in an index) against ``folder`` (a path or a URL); an absolute path or a URL
+    is returned as it is."""
+    if _URL.match(relative) or relative.startswith("/"):
+        return relative
+    text = str(folder)
+    if is_local(text):
+        return str(local_path(text) / relative)
+    return text.rstrip("/") + "/" + relative
+
+
+def parent_of(source: str | Path) -> str:
+    """The folder holding a file source (a path, or the URL up to its last ``/``)."""
+    text = str(source)
+    if is_local(text):
+        return str(local_path(text).parent)
+    return text.rsplit("/", 1)[0]
+
+
+def read_bytes(source: str | Path) -> bytes:
+    """The whole content of one source (a local file, a URL with retries, a ``pipe:`` command's output).
+
+    FileNotFoundError for a missing file or object (so a missing listed image is skipped as ``missing_file``)."""
+    text = str(source)
+    if is_local(text):
+        return local_path(text).read_bytes()
+    if is_pipe(text):
+        with open_source(text) as f:
+            return f.read()
+    fs, path = _fs(text)
+    return with_retries(lambda: fs.cat_file(path), f"reading {text}")
+
+
+def read_text(source: str | Path) -> str:
+    """:func:`read_bytes` decoded as UTF-8 (invalid bytes replaced)."""
+    return read_bytes(source).decode("utf-8", errors="replace")
+
+
+READ_AHEAD = 4 << 20  # bytes fetched past a remote byte range, for the members that follow it
+_OPEN_FILES_MAX = 4  # remote files kept open (with their read-ahead) per thread of a process
+
+
+class _RemoteFiles(threading.local):
+    """Per thread (and process: keyed by pid, as a forked DataLoader worker must not reuse its parent's
+    connections) a few open remote files, least recently used first."""
+
+    def __init__(self) -> None:
+        self.files: OrderedDict[tuple[int, str], Any] = OrderedDict()
+
+    def get(self, text: str) -> Any:
+        key = (os.getpid(), text)
+        f = self.files.pop(key, None)
+        if f is None:
+            fs, path = _fs(text)
+            f = fs.open(path, "rb", block_size=READ_AHEAD, cache_type="readahead")
+        self.files[key] = f
+        while len(self.files) > _OPEN_FILES_MAX:
+            _, old = self.files.popitem(last=False)
+            old.close()
+        return f
+
+    def drop(self, text: str) -> None:
+        self.files.pop((os.getpid(), text), None)
+
+
+_remote_files = _RemoteFiles()
 
 
 def read_range(source: str | Path, offset: int, size: int) -> bytes:
-    """``size`` bytes at ``offset`` of a seekable source (a member of an uncompressed tar), with retries."""
+    """``size`` bytes at ``offset`` of a seekable source (a member of an uncompressed tar), with retries.
+
+    A remote source stays open (a few per thread) with a read-ahead of :data:`READ_AHEAD` bytes, so reading the
+    members of a shard in order (``openeva embed``) costs one request per few MiB, not one per image."""
     text = str(source)
     if is_pipe(text):
         raise ValueError(f"cannot read a byte range of a pipe: source ({text}); copy the shards to a store or "
@@ -275,8 +490,26 @@ def read_range(source: str | Path, offset: int, size: int) -> bytes:
         with open(local_path(text), "rb") as f:
             f.seek(offset)
             return f.read(size)
-    fs, path = _fs(text)
-    return with_retries(lambda: fs.cat_file(path, start=offset, end=offset + size), f"reading {text}")
+
+    def read() -> bytes:
+        try:
+            f = _remote_files.get(text)
+            f.seek(offset)
+            data = f.read(size)
+        except Exception as err:
+            _remote_files.drop(text)  # a failed connection: the retry opens the file again
+            if is_http(text) and "range requests" in str(err):  # fsspec's words for a server without Range
+                raise RuntimeError(f"the HTTP server of {text} does not answer range requests, and openeva reads "
+                                   "a tar member (embed, eval, serve) by its byte range: serve the shards from a "
+                                   "server that supports Range (nginx, Apache, object stores do), or copy them to "
+                                   "a local disk") from err
+            raise
+        if len(data) != size:
+            _remote_files.drop(text)
+            raise EOFError(f"{text}: {len(data)} of {size} bytes at offset {offset}")
+        return data
+
+    return with_retries(read, f"reading {text}")
 
 
 # ------------------------------------------------------------------------------------------------ folders

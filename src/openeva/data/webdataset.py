@@ -22,7 +22,9 @@ so that :meth:`TarShardDataset.set_epoch` reaches persistent DataLoader workers.
 and are counted (see :mod:`openeva.data.loader`). A read error on a remote shard (connection reset, 5xx, a
 stream cut short) is retried with backoff, resuming after the last sample read; a shard that still fails, or
 any unreadable local shard, is named in the log and counted in ``skipped["corrupt_shard"]`` (and listed in
-``failed_shards``); the samples read before the damage are kept and the epoch goes on. A shard truncated
+``failed_shards``; :meth:`TarShardDataset.take_failed_shards` also gets the names from DataLoader worker
+processes, for the training metrics); the samples read before the damage are kept and the epoch goes on. A
+consumer downloads its next remote shard while it decodes the current one (``prefetch``). A shard truncated
 exactly at a file boundary reads as a shorter shard, as tar cannot tell.
 """
 
@@ -32,6 +34,8 @@ import io
 import itertools
 import json
 import logging
+import multiprocessing
+import queue
 import random
 import tarfile
 from collections import Counter
@@ -49,8 +53,8 @@ from openeva.data.captions import clean_caption
 from openeva.data.images import IMAGE_EXTENSIONS, open_rgb, prepare_sample
 from openeva.data.loader import SharedInt, derive_seed, record_skip, seeded_rng
 from openeva.data.sources import (
-    RetryPolicy, expand_sources, is_local, is_transient, list_files, open_source, read_range, source_exists,
-    source_is_dir,
+    PrefetchedSource, RetryPolicy, expand_sources, is_local, is_transient, list_files, open_source, read_range,
+    source_exists, source_kind,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,7 +63,9 @@ IMAGE_EXTS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 SHARD_ERRORS = (tarfile.TarError, OSError, EOFError)
 INLINE_MAX = 1 << 16  # non-image members up to this size are kept in memory by index_shard (captions, labels)
 
-RawSample = tuple[str, dict[str, bytes]]
+RawSample = tuple[str, dict[str, bytes]]  # (key, files); files is None for a sample passed over unread
+READ, PASS, DROP = 1, 2, 0  # what a shard reader does with a sample (TarShardDataset._read_shard)
+_DROPPED: dict = {}  # marks a dropped sample in _group_samples (compared by identity)
 
 
 def expand_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
@@ -77,7 +83,7 @@ def shard_paths(source: str | Path | Sequence[str | Path]) -> list[str]:
     Raises FileNotFoundError naming the missing shards (or the empty folder) before anything is read. Local
     shards are all checked; of remote ones the first and last (checking thousands of objects costs minutes)."""
     if isinstance(source, (str, Path)) and "{" not in str(source) and ";" not in str(source) \
-            and source_is_dir(source):
+            and source_kind(source) == "dir":
         shards = list_files(source, ".tar")
         if not shards:
             raise FileNotFoundError(f"no .tar shards found in folder {source}")
@@ -115,12 +121,14 @@ def sample_key(name: str) -> tuple[str, str]:
     return key, ext.lower() if dot else ""
 
 
-def iter_tar_members(shard: str | Path) -> Iterator[tuple[str, str, tarfile.TarInfo, tarfile.TarFile]]:
+def iter_tar_members(shard: str | Path, stream: Any = None) -> Iterator[tuple[str, str, tarfile.TarInfo,
+                                                                             tarfile.TarFile]]:
     """``(sample key, extension, member, open tar)`` for each file of a shard, in tar order (members without an
     extension are left out). The shard is read as a stream (no seeks: a URL or a ``pipe:`` works), so a
     member's bytes must be read (``tar.extractfile``) before the next one. Raises :data:`SHARD_ERRORS` on an
-    unreadable shard, after the members before it."""
-    with open_source(shard) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+    unreadable shard, after the members before it. ``stream``: the shard already opened (a prefetching
+    reader), closed here."""
+    with (stream or open_source(shard)) as opened, tarfile.open(fileobj=opened, mode="r|*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -165,6 +173,21 @@ def index_shard(shard: str) -> dict[str, dict[str, TarMember]]:
     return groups
 
 
+INDEX_THREADS = 8  # remote shards indexed at once (each a streamed download; local shards are read in turn)
+
+
+def index_shards(shards: Sequence[str]) -> Iterator[tuple[str, dict[str, dict[str, TarMember]]]]:
+    """``(shard, index_shard(shard))`` for each shard, in order; remote shards are downloaded
+    :data:`INDEX_THREADS` at a time, as a request's latency, not the bytes, bounds one stream."""
+    if all(is_local(s) for s in shards) or len(shards) < 2:
+        yield from ((s, index_shard(s)) for s in shards)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(INDEX_THREADS, len(shards)), thread_name_prefix="index") as pool:
+        yield from zip(shards, pool.map(index_shard, shards))
+
+
 def image_member(files: dict[str, Any]) -> Any | None:
     """The image of a sample's ``{extension: value}`` files (first of :data:`IMAGE_EXTS`), or None."""
     return next((files[e] for e in IMAGE_EXTS if e in files), None)
@@ -176,7 +199,9 @@ class TarShardDataset(IterableDataset):
     ``transform`` maps the PIL image; ``tokenizer`` maps ``[caption]`` to a token row. ``rank`` /
     ``world_size`` default to torch.distributed's when initialized, else a single process. ``resampled``
     draws shards with replacement (endless; see the module docstring). ``retry`` sets how remote read errors
-    are retried. :meth:`set_epoch` reaches persistent DataLoader workers.
+    are retried. ``prefetch`` downloads a consumer's next remote shard (up to
+    :data:`~openeva.data.sources.PREFETCH_BYTES`) while the current one is decoded. :meth:`set_epoch` reaches
+    persistent DataLoader workers.
     """
 
     def __init__(
@@ -193,6 +218,7 @@ class TarShardDataset(IterableDataset):
         world_size: int | None = None,
         resampled: bool = False,
         retry: RetryPolicy = RetryPolicy(),
+        prefetch: bool = True,
     ) -> None:
         self.shards = shard_paths(urls)
         if target not in ("txt", "cls", "none"):
@@ -215,9 +241,23 @@ class TarShardDataset(IterableDataset):
         self.world_size = world_size
         self.resampled = bool(resampled)
         self.retry = retry
+        self.prefetch = bool(prefetch)
         self._epoch, self._start, self._batch_size = SharedInt(), SharedInt(), SharedInt()
         self.skipped: Counter = Counter()
-        self.failed_shards: list[str] = []
+        self.failed_shards: list[str] = []  # failed in this process
+        self._failed_queue = multiprocessing.Queue()  # failed in DataLoader workers (made here: they inherit it)
+        self._failed_taken = 0
+
+    def take_failed_shards(self) -> list[str]:
+        """The shards that failed since the last call, in this process or in DataLoader workers (their names
+        arrive through a queue, a moment after the failure)."""
+        names = self.failed_shards[self._failed_taken:]
+        self._failed_taken = len(self.failed_shards)
+        while True:
+            try:
+                names.append(self._failed_queue.get_nowait())
+            except queue.Empty:
+                return names
 
     @property
     def epoch(self) -> int:
@@ -232,9 +272,10 @@ class TarShardDataset(IterableDataset):
 
         The DataLoader takes batches from its workers in turn, so batch ``k`` came from worker ``k % W``; a
         resumed iteration starts at worker 0, which therefore plays consumer ``(0 + start) % W`` and so on,
-        each passing over the samples of its batches before ``start`` without decoding them (but streaming
-        their bytes, and through its shuffle buffer, as the uninterrupted run did). Exact while every worker
-        still had samples at ``start``."""
+        each passing over the samples of its batches before ``start`` without decoding them. Without a shuffle
+        buffer their tar members are not read into memory (the stream steps over them); with one, the buffer is
+        refilled from the start of the epoch, their bytes passing through it as in the uninterrupted run, so
+        the resumed order is that run's. Exact while every worker still had samples at ``start``."""
         if start_batch < 0 or batch_size < 1:
             raise ValueError(f"start_batch must be >= 0 and batch_size >= 1, got {start_batch}, {batch_size}")
         self._epoch.set(epoch)
@@ -283,37 +324,64 @@ class TarShardDataset(IterableDataset):
 
     def iter_consumer(self, consumer: int, num_consumers: int, skip: int = 0) -> Iterator[tuple[Any, Any] | None]:
         """The samples of consumer ``consumer`` of ``num_consumers`` (rank * num_workers + worker id), after
-        passing over the first ``skip`` undecoded."""
+        passing over the first ``skip`` undecoded (without a shuffle buffer their tar members are not even
+        read into memory: the stream steps over them)."""
+        epoch = self.epoch
+        raw = self.raw_stream(consumer, num_consumers, pass_over=skip if self.shuffle_buffer <= 1 else 0)
+        for index, (key, files) in enumerate(raw):
+            if index >= skip:
+                yield self.decode_at(key, files, consumer, index, epoch)
+
+    def raw_stream(self, consumer: int, num_consumers: int, pass_over: int = 0) -> Iterator[RawSample]:
+        """Consumer ``consumer``'s undecoded samples ``(key, {extension: bytes})`` in this epoch's order (after
+        the shuffle buffer, if any). The first ``pass_over`` are ``(key, None)``: counted, their bytes never
+        read (only for a stream without a shuffle buffer, whose order does not depend on them)."""
         if not 0 <= consumer < num_consumers:
             raise ValueError(f"consumer must be in [0, {num_consumers}), got {consumer}")
-        raw = self._raw_samples(consumer, num_consumers)
+        if pass_over and self.shuffle_buffer > 1:
+            raise ValueError("pass_over needs shuffle_buffer <= 1: a shuffle buffer holds the bytes it passes on")
+        raw = self._raw_samples(consumer, num_consumers, pass_over)
         if self.shuffle_buffer > 1:
             rng = random.Random((self.seed * 1_000_003 + self.epoch) * 65_537 + consumer)
             raw = _buffer_shuffle(raw, self.shuffle_buffer, rng)
-        epoch = self.epoch
-        for index, (key, files) in enumerate(raw):
-            if index < skip:
-                continue
-            # each sample's augmentation is a function of (seed, epoch, consumer, index), as map-style sources
-            # get from the training loader: the same in any worker process, and on resume
-            with seeded_rng(derive_seed(self.seed, epoch, consumer, index)):
-                sample = self._decode(key, files)
-            yield sample
+        return raw
 
-    def _raw_samples(self, consumer: int, num_consumers: int) -> Iterator[RawSample]:
+    def decode_at(self, key: str, files: dict[str, bytes], consumer: int, index: int,
+                  epoch: int | None = None) -> tuple[Any, Any] | None:
+        """Decode sample ``index`` of consumer ``consumer``'s raw stream. Its augmentation is a function of
+        ``(seed, epoch, consumer, index)``, as map-style sources get from the training loader: the same in any
+        worker process, in a mix, and on resume."""
+        with seeded_rng(derive_seed(self.seed, self.epoch if epoch is None else epoch, consumer, index)):
+            return self._decode(key, files)
+
+    def _raw_samples(self, consumer: int, num_consumers: int, pass_over: int = 0) -> Iterator[RawSample]:
+        kept = itertools.count(1)  # samples of this consumer so far; the first pass_over are not read
+
+        def take(_: str) -> int:
+            return PASS if next(kept) <= pass_over else READ
+
         if self.resampled:
             rng = random.Random((self.seed * 1_000_003 + self.epoch) * 65_537 + consumer)
             while True:
-                yield from self._read_shard(rng.choice(self.shards), lambda _: True)
+                yield from self._read_shard(rng.choice(self.shards), take)
         order = self.shard_order()
         positions, stride, offset = split_shards(len(order), consumer, num_consumers)
         counter = itertools.count()  # samples seen so far across this consumer's shards, in order
-        keep = (lambda _: True) if stride == 1 else (lambda _: next(counter) % stride == offset)
-        for p in positions:
-            yield from self._read_shard(order[p], keep)
+        keep = take if stride == 1 else (lambda key: take(key) if next(counter) % stride == offset else DROP)
+        ahead = None  # the next remote shard, downloading while this one is decoded
+        try:
+            for i, p in enumerate(positions):
+                stream, ahead = (ahead, None) if ahead is not None and ahead.source == order[p] else (None, ahead)
+                if i + 1 < len(positions) and not is_local(order[positions[i + 1]]) and self.prefetch:
+                    ahead = PrefetchedSource(order[positions[i + 1]])
+                yield from self._read_shard(order[p], keep, stream)
+        finally:
+            if ahead is not None:
+                ahead.close()
 
-    def _read_shard(self, shard: str, keep: Callable[[str], bool]) -> Iterator[RawSample]:
-        """Samples of one shard whose bytes ``keep(key)`` wants (it is asked once per key, in order).
+    def _read_shard(self, shard: str, keep: Callable[[str], int], stream: Any = None) -> Iterator[RawSample]:
+        """Samples of one shard by what ``keep(key)`` says (asked once per key, in order): :data:`READ` (yield
+        its bytes), :data:`PASS` (yield ``(key, None)``, its bytes not read) or :data:`DROP` (leave it out).
 
         A remote read error is retried from the start of the stream, passing over the samples already
         seen without asking ``keep`` again; when the retries are spent (or at once for a local file) the
@@ -321,9 +389,9 @@ class TarShardDataset(IterableDataset):
         seen = 0  # samples whose fate is decided (yielded or left out)
         for attempt in itertools.count():
             try:
-                for key, files in _group_samples(shard, keep, skip=seen):
+                for key, files in _group_samples(shard, keep, skip=seen, stream=stream if attempt == 0 else None):
                     seen += 1
-                    if files is not None:
+                    if files is not _DROPPED:
                         yield key, files
                 return
             except Exception as err:  # noqa: BLE001 - a store's own error types too (aiohttp, botocore)
@@ -335,6 +403,8 @@ class TarShardDataset(IterableDataset):
                     self.retry.wait(attempt)
                     continue
                 self.failed_shards.append(shard)
+                if get_worker_info() is not None:  # to the main process (openeva.data.loader.take_failed_shards)
+                    self._failed_queue.put(shard)
                 record_skip(self.skipped, "corrupt_shard", f"{shard}: {type(err).__name__}: {err} (after {seen} "
                                                            "samples; the rest of the shard is skipped)")
                 logger.error("shard %s failed (%s); skipped, %d failed shard(s) in this process so far", shard,
@@ -374,23 +444,29 @@ class TarShardDataset(IterableDataset):
         return sum(_count_keys(shard) for shard in self.shards)
 
 
-def _group_samples(shard: str, keep: Callable[[str], bool], skip: int = 0) -> Iterator[tuple[str, dict | None]]:
-    """``(key, {extension: bytes})`` per sample of a shard, or ``(key, None)`` for one ``keep`` refuses.
+def _group_samples(shard: str, keep: Callable[[str], int], skip: int = 0,
+                   stream: Any = None) -> Iterator[tuple[str, Any]]:
+    """``(key, {extension: bytes})`` per sample of a shard ``keep`` reads, ``(key, None)`` per one it passes over,
+    ``(key, _DROPPED)`` per one it drops (neither's members are read: the tar stream steps over them).
 
-    The first ``skip`` samples are passed over unread and unasked (a resumed stream)."""
-    key, files, wanted, index = None, {}, False, -1
-    for member_key, ext, member, tar in iter_tar_members(shard):
+    The first ``skip`` samples are passed over unread and unasked (a stream resumed after a read error)."""
+    key, files, wanted, index = None, {}, DROP, -1
+
+    def result():
+        return key, files if wanted == READ else None if wanted == PASS else _DROPPED
+
+    for member_key, ext, member, tar in iter_tar_members(shard, stream):
         if member_key != key:
             if key is not None and index >= skip:
-                yield key, files if wanted else None
+                yield result()
             index += 1
             key, files = member_key, {}
-            wanted = index >= skip and keep(member_key)
-        if wanted:
+            wanted = keep(member_key) if index >= skip else DROP
+        if wanted == READ:
             handle = tar.extractfile(member)
             files[ext] = handle.read() if handle is not None else b""
     if key is not None and index >= skip:
-        yield key, files if wanted else None
+        yield result()
 
 
 def _count_keys(shard: str) -> int:
