@@ -39,6 +39,7 @@ FORBIDDEN = {
     "export": {"train", "eval", "quickstart", "cli", "serve"},
     "dense": {"train", "eval", "quickstart", "cli", "serve"},
     "serve": {"train", "eval", "quickstart", "cli"},
+    "index": {"train", "eval", "quickstart", "cli", "serve", "factory", "models"},
 }
 
 

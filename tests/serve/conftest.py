@@ -80,3 +80,18 @@ def make_folder():
 @pytest.fixture(scope="session")
 def make_shards():
     return write_tar_shards
+
+
+@pytest.fixture(scope="session")
+def build_index():
+    """``build_index(images_folder, root, encoder) -> index folder``: embed the folder, index its vectors."""
+
+    def build(images, root, encoder):
+        from openeva.index import Index
+        from openeva.serve import embed
+
+        embed(images, out=root / "emb", encoder=encoder, progress=False)
+        Index.build([root / "emb"], root / "index")
+        return root / "index"
+
+    return build

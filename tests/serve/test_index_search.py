@@ -1,10 +1,11 @@
-"""`openeva index build/add`, `openeva search` (+ --grid), `openeva classify`, and the Index API."""
+"""`openeva index build/add/delete/compact/info`, `openeva search` (filters, threshold, --grid), `openeva classify`,
+and the Index API over real `openeva embed` folders."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
+import shutil
 
 import numpy as np
 import pytest
@@ -12,87 +13,6 @@ from PIL import Image
 
 from openeva.cli import main
 from openeva.serve import Index, classify, embed
-from openeva.serve.index import measure_recall
-
-
-def _unit(n, d, seed=0):
-    v = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def _meta(n, start=0):
-    return [{"id": f"item{i}", "path": f"/x/{i}.png", "caption": None, "width": 1, "height": 1,
-             "source": {"path": f"/x/{i}.png"}} for i in range(start, start + n)]
-
-
-def test_exact_index_finds_each_vector_first_and_round_trips(tmp_path):
-    vectors = _unit(200, 16)
-    index = Index.build(vectors, _meta(200), {"model": "m", "dim": 16})
-    assert index.kind == "flat" and index.manifest["recall@10"] == 1.0
-    hits = index.search(vectors[:5], k=3)
-    assert [h[0]["id"] for h in hits] == [f"item{i}" for i in range(5)]
-    assert hits[0][0]["score"] == pytest.approx(1.0, abs=1e-5) and hits[0][0]["score"] >= hits[0][1]["score"]
-    index.save(tmp_path / "idx")
-    loaded = Index.load(tmp_path / "idx")
-    assert len(loaded) == 200 and loaded.search(vectors[7], k=1)[0][0]["id"] == "item7"
-
-
-def test_approximate_index_records_measured_recall(tmp_path):
-    vectors = _unit(3000, 16, seed=1)
-    for kind in ("ivf", "hnsw"):
-        index = Index.build(vectors, _meta(3000), kind=kind)
-        recall = index.manifest["recall@10"]
-        assert index.kind == kind and 0.5 < recall <= 1.0
-        assert recall == pytest.approx(measure_recall(index.faiss_index, vectors), abs=1e-3)
-    index.save(tmp_path / "ivf")
-    assert json.loads((tmp_path / "ivf" / "v000001" / "manifest.json").read_text())["recall@10"] == recall
-
-
-def test_approximate_search_is_tuned_to_the_target_recall():
-    vectors = _unit(4000, 32, seed=3)  # random unit vectors: the hardest case for an IVF index
-    fixed = Index.build(vectors, _meta(4000), kind="ivf", params={"nprobe": 1})
-    assert fixed.manifest["params"]["nprobe"] == 1 and "target_recall" not in fixed.manifest
-    tuned = Index.build(vectors, _meta(4000), kind="ivf", target_recall=0.95)
-    p = tuned.manifest["params"]
-    assert tuned.manifest["recall@10"] >= 0.95 > fixed.manifest["recall@10"]
-    assert p["nprobe"] <= p["nlist"] and tuned.faiss_index.nprobe == p["nprobe"]
-    if p["nprobe"] > 8:  # the smallest doubling that reaches the target: half of it did not
-        half = Index.build(vectors, _meta(4000), kind="ivf", params={"nprobe": p["nprobe"] // 2})
-        assert half.manifest["recall@10"] < 0.95
-    hnsw = Index.build(vectors, _meta(4000), kind="hnsw", target_recall=0.99)
-    assert hnsw.manifest["recall@10"] >= 0.99 or hnsw.manifest["params"]["ef_search"] == 4096
-    with pytest.raises(ValueError, match="target_recall"):
-        Index.build(vectors, _meta(4000), kind="ivf", target_recall=1.5)
-
-
-def test_add_skips_known_ids_and_refuses_other_dimensions(tmp_path):
-    index = Index.build(_unit(50, 8), _meta(50), {"model": "a", "dim": 8})
-    assert index.add(_unit(60, 8, seed=2), _meta(60)) == 10 and len(index) == 60
-    with pytest.raises(ValueError, match="dimension"):
-        index.add(_unit(5, 12), _meta(5, start=100))
-    with pytest.raises(ValueError, match="dimension 12"):
-        index.check_compatible({"dim": 12, "model": "b"})
-
-
-def test_a_crash_while_saving_leaves_the_previous_index(tmp_path, monkeypatch):
-    index = Index.build(_unit(20, 8), _meta(20))
-    index.save(tmp_path / "idx")
-    index.add(_unit(5, 8, seed=3), _meta(5, start=20))
-    real_replace = os.replace
-
-    def crash(src, dst):
-        if str(dst).endswith("CURRENT"):
-            raise OSError("simulated crash before the pointer moves")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="simulated"):
-        index.save(tmp_path / "idx")
-    monkeypatch.setattr(os, "replace", real_replace)
-    assert len(Index.load(tmp_path / "idx")) == 20  # the old version is still the live one
-    index.save(tmp_path / "idx")
-    assert len(Index.load(tmp_path / "idx")) == 25
-    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["CURRENT", "v000003"]
 
 
 def test_cli_build_add_search_grid_and_classify(clip_dir, other_clip_dir, make_folder, tmp_path, capsys):
@@ -104,9 +24,11 @@ def test_cli_build_add_search_grid_and_classify(clip_dir, other_clip_dir, make_f
         assert main(["embed", str(src), "--model", clip_dir, "--out", str(tmp_path / out), "--workers", "0",
                      "--no-progress", "--precision", "fp32"]) == 0
     idx = str(tmp_path / "idx")
-    assert main(["index", "build", str(tmp_path / "ea"), "--out", idx]) == 0
-    assert main(["index", "add", idx, str(tmp_path / "eb")]) == 0
     capsys.readouterr()
+    assert main(["index", "build", str(tmp_path / "ea"), "--out", idx]) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "flat"
+    assert main(["index", "add", idx, str(tmp_path / "eb")]) == 0
+    assert json.loads(capsys.readouterr().out)["added"] == 6
     assert main(["search", idx, "--text", "a red circle", "-k", "4", "--json", "--grid", str(tmp_path / "g.png")]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert [h["rank"] for h in hits] == [1, 2, 3, 4] and hits[0]["score"] >= hits[-1]["score"]
@@ -130,6 +52,69 @@ def test_cli_build_add_search_grid_and_classify(clip_dir, other_clip_dir, make_f
     assert "skipped" in capsys.readouterr().out
 
 
+def test_cli_filters_threshold_delete_compact_info_and_bad_input(clip_dir, make_folder, tmp_path, capsys):
+    src = make_folder(tmp_path / "photos", 12, bad=False)  # half the images in photos/sub/
+    assert main(["embed", str(src), "--model", clip_dir, "--out", str(tmp_path / "e"), "--workers", "0",
+                 "--no-progress", "--precision", "fp32"]) == 0
+    idx = str(tmp_path / "idx")
+    capsys.readouterr()
+    assert main(["index", "build", str(tmp_path / "e"), "--out", idx, "--kind", "flat"]) == 0
+    capsys.readouterr()
+
+    def search(*extra) -> list[dict]:
+        assert main(["search", idx, "--text", "a shape", "-k", "20", "--json", "--precision", "fp32", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    everything = search()
+    assert len(everything) == 12
+    sub = search("--filter", "path=*/sub/*")
+    assert len(sub) == 6 and all("/sub/" in h["path"] for h in sub)
+    prefix = str(src / "sub")
+    assert {h["id"] for h in search("--filter", f"path={prefix}")} == {h["id"] for h in sub}
+    assert search("--min-width", "41") == [] and len(search("--filter", "width<=40", "--max-height", "40")) == 12
+    cut = everything[5]["score"]
+    assert [h["id"] for h in search("--threshold", str(cut))] == [h["id"] for h in everything[:6]]
+    # delete by id: gone from the next search; compaction keeps the rest
+    gone = everything[0]["id"]
+    assert main(["index", "delete", idx, gone, "no-such-id"]) == 0
+    assert json.loads(capsys.readouterr().out)["deleted"] == 1
+    assert gone not in {h["id"] for h in search()}
+    assert main(["index", "compact", idx]) == 0
+    assert json.loads(capsys.readouterr().out)["segments"] == 1
+    assert main(["index", "info", idx]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count"] == 11 and info["kind"] == "flat" and info["recall@10"] == 1.0 and info["kind_reason"]
+    # the index is whole without its embedding folder
+    shutil.rmtree(tmp_path / "e")
+    assert len(search()) == 11
+    # bad input: one line each, exit code 2
+    for argv, message in [
+        (["search", idx, "--text", "x", "--filter", "width>=wide"], "needs an integer"),
+        (["search", idx, "--text", "x", "--where", "camera"], "COLUMN=VALUE"),
+        (["search", idx, "--text", "x", "-k", "5000"], "k must be"),
+        (["search", str(tmp_path / "none"), "--text", "x"], "does not exist"),
+        (["index", "build", str(tmp_path / "missing"), "--out", str(tmp_path / "i2")], "does not exist"),
+        (["index", "build", str(tmp_path / "e2"), "--out", str(src)], "not an openeva index"),
+        (["index", "build", str(tmp_path / "x"), "--out", str(tmp_path / "i3"), "--max-memory", "lots"],
+         "bad memory size"),
+    ]:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    (tmp_path / "idx" / "segments" / info["segments"][0]["name"] / "ann.faiss").write_bytes(b"garbage")
+    assert main(["index", "info", idx]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def test_an_embedding_folder_of_another_dimension_is_refused(clip_dir, shapes_dir, tmp_path):
+    embed(shapes_dir, clip_dir, tmp_path / "e", progress=False)
+    index = Index.build(tmp_path / "e", tmp_path / "idx")
+    v = np.ones((1, index.dim + 4), np.float32)
+    with pytest.raises(ValueError, match="dimension"):
+        index.add(v / np.linalg.norm(v), [{"id": "x", "path": "x"}])
+    with pytest.raises(ValueError, match="dimension"):
+        index.check_compatible({"dim": index.dim + 4})
+
+
 def test_python_api(clip_dir, shapes_dir, tmp_path):
     import openeva
 
@@ -137,25 +122,18 @@ def test_python_api(clip_dir, shapes_dir, tmp_path):
     openeva.embed(shapes_dir, clip_dir, tmp_path / "e", progress=False)
     index = openeva.Index.from_embeddings(tmp_path / "e")
     assert len(index) == 24
+    index.save(tmp_path / "saved")
+    assert len(openeva.Index.load(tmp_path / "saved")) == 24 and index.root == tmp_path / "saved"
     result = openeva.classify(shapes_dir, clip_dir, labels=["red circle", "blue square"], progress=False)
     assert len(result["predictions"]) == 24 and len(result["skipped"]) == 2
     with pytest.raises(ValueError, match="exactly one"):
         openeva.classify(shapes_dir, clip_dir, progress=False)
 
 
-def test_add_keeps_rows_whose_ids_clash_across_sources(tmp_path):
-    """Two folders each with ``a.jpg``: relative ids clash, sources differ; both rows land and are found."""
-    v = _unit(2, 8, seed=4)
-    row = lambda folder: {"id": "a.jpg", "path": f"/{folder}/a.jpg", "caption": None, "width": 1, "height": 1,  # noqa: E731
-                          "source": {"path": f"/{folder}/a.jpg"}}
-    index = Index.build(v[:1], [row("one")], {"model": "m", "dim": 8})
-    assert index.add(v[1:], [row("two")]) == 1 and len(index) == 2
-    assert index.add(v[1:], [row("two")]) == 0  # the same item again is still skipped
-    assert [h[0]["path"] for h in index.search(v, k=1)] == ["/one/a.jpg", "/two/a.jpg"]
-
-
-def test_save_refuses_a_folder_that_is_not_an_index_and_removes_only_its_versions(tmp_path):
-    index = Index.build(_unit(10, 8), _meta(10))
+def test_save_refuses_a_folder_that_is_not_an_index_and_removes_only_its_own_files(tmp_path):
+    v = np.eye(8, dtype=np.float32)
+    meta = [{"id": f"i{i}", "path": f"/x/{i}", "source": {"path": f"/x/{i}"}} for i in range(8)]
+    index = Index.build(v, meta)
     user = tmp_path / "photos"
     user.mkdir()
     (user / "vacation").mkdir()  # a user's folder whose name starts with "v"
@@ -163,10 +141,31 @@ def test_save_refuses_a_folder_that_is_not_an_index_and_removes_only_its_version
     with pytest.raises(FileExistsError, match="not an openeva index"):
         index.save(user)
     assert (user / "vacation" / "a.jpg").read_bytes() == b"x" and not (user / "CURRENT").exists()
-    assert main(["index", "build", str(tmp_path / "no_embeddings"), "--out", str(user)]) == 2  # refused first
-    assert sorted(p.name for p in user.iterdir()) == ["vacation"]
     idx = tmp_path / "idx"
     index.save(idx)
     (idx / "v2023").mkdir()  # not a version folder of ours (not v + 6 digits): left alone
-    index.save(idx)
-    assert sorted(p.name for p in idx.iterdir()) == ["CURRENT", "v000002", "v2023"]
+    index.add(np.ones((1, 8), np.float32) / np.sqrt(8), [{"id": "new", "path": "/x/new"}])
+    index.add(np.full((1, 8), -1, np.float32) / np.sqrt(8), [{"id": "new2", "path": "/x/new2"}])
+    assert (idx / "v2023").is_dir() and len(Index.open(idx)) == 10
+    assert sorted(p.name for p in idx.iterdir() if p.name.startswith("v0")) == ["v000003", "v000004"]
+
+
+def test_columns_of_a_csv_source_are_searchable_with_where(clip_dir, make_folder, tmp_path, capsys):
+    folder = make_folder(tmp_path / "imgs", 6, bad=False)
+    pngs = sorted(folder.rglob("*.png"))
+    with (folder / "list.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "text", "camera", "year"])
+        for i, p in enumerate(pngs):
+            w.writerow([str(p.relative_to(folder)), f"caption {i}", ["X100", "A7"][i % 2], 2020 + i])
+    assert main(["embed", str(folder / "list.csv"), "--model", clip_dir, "--out", str(tmp_path / "e"), "--workers",
+                 "0", "--no-progress", "--precision", "fp32"]) == 0
+    assert main(["index", "build", str(tmp_path / "e"), "--out", str(tmp_path / "idx")]) == 0
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "idx"), "--text", "a shape", "-k", "10", "--json", "--precision", "fp32",
+                 "--where", "camera=A7"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 3 and {h["camera"] for h in hits} == {"A7"}
+    index = Index.open(tmp_path / "idx")
+    v = index.vectors([0])
+    assert [h["year"] for h in index.search(v.astype(np.float32), k=5, filter="year=2023")[0]] == ["2023"]

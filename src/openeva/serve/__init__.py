@@ -7,6 +7,6 @@
 from openeva.serve.classify import classify
 from openeva.serve.embed import embed, load_embeddings
 from openeva.serve.encoder import Encoder, TorchClipEncoder, load_encoder
-from openeva.serve.index import Index
+from openeva.index import Index
 
 __all__ = ["Encoder", "Index", "TorchClipEncoder", "classify", "embed", "load_embeddings", "load_encoder"]

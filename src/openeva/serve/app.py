@@ -1,37 +1,46 @@
 """The HTTP service (``openeva serve``): FastAPI under uvicorn, micro-batched inference, limits, metrics, a page.
 
-Endpoints (all JSON unless noted; errors are ``{"error": {"code", "message"}}`` with a 4xx, or 503 when
-saturated / timed out / not ready):
+Endpoints (all JSON unless noted; errors are OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``
+with a 4xx, or 503 when saturated / timed out / not ready):
 
+- ``POST /v1/embeddings`` (OpenAI's embeddings API: texts, or images as data URLs), ``GET /v1/models``
 - ``POST /v1/embed/images`` (multipart ``files``), ``POST /v1/embed/images/base64`` (``{"images": [b64]}``),
   ``POST /v1/embed/texts`` (``{"texts": [...]}``) -> unit vectors
 - ``POST /v1/classify`` (multipart ``files`` + ``labels`` "a,b,c" + ``k``) -> top-k labels per image
-- ``POST /v1/search`` (``{"text", "k"}``), ``POST /v1/search/image`` (multipart ``file`` + ``k``) -> hits
-- ``POST /v1/index/add`` (multipart ``files``, header ``X-API-Key``) -> adds to the index, saved atomically
+- ``POST /v1/search`` (``{"text", "k", "threshold", "filter"}``), ``POST /v1/search/image`` (multipart ``file``
+  + ``k`` + ``threshold`` + ``filter``) -> hits
+- ``POST /v1/index/add`` (multipart ``files``), ``DELETE /v1/index/items?id=..`` (both with header ``X-API-Key``)
 - ``GET /v1/thumb/{row}`` -> a JPEG thumbnail of index row ``row`` (only files the index lists)
-- ``GET /healthz``, ``GET /readyz`` (model loaded), ``GET /metrics`` (Prometheus), ``GET /openapi.json``
+- ``GET /healthz``, ``GET /readyz`` (model loaded), ``GET /metrics`` (Prometheus text), ``GET /openapi.json``
+  (every status, limit and content type stated: :mod:`openeva.serve.openapi`)
 - ``GET /``: the web page (static/)
 
 The pieces: :mod:`openeva.serve.state` (the state every route shares, passed by dependency, and the app's
 lifespan), :mod:`openeva.serve.routes` (one router per concern), :mod:`openeva.serve.errors` (the error
 response and its exception handlers), :mod:`openeva.serve.limits` (request limits and their middleware).
 The model runs in one thread fed by two micro-batchers (images, texts); decoding runs in the default thread
-pool; the event loop only routes. On shutdown (SIGTERM: uvicorn first lets in-flight requests finish) the
-batchers drain and an unsaved index is written.
+pool; the event loop only routes. Several worker processes (``--workers``, :func:`app_from_environment`) may
+serve one index folder: each re-opens the index when another wrote a new version (a stat per request).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from openeva.serve.encoder import Encoder
-from openeva.serve.errors import ApiError, api_error, invalid_request
+from openeva.serve.errors import ApiError, api_error, http_error, invalid_request
 from openeva.serve.limits import Limits, LimitsMiddleware
+from openeva.serve.openapi import service_openapi
 from openeva.serve.routes import ROUTERS
 from openeva.serve.routes.page import STATIC_DIR
 from openeva.serve.state import ServiceState, lifespan
@@ -53,10 +62,32 @@ def create_app(model: str | None = None, pretrained: str | None = None, index_pa
     app.add_middleware(BaseHTTPMiddleware, dispatch=observe)  # outside the limits: refusals are counted too
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     for router in ROUTERS:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.openapi = lambda: service_openapi(app, state)  # every status, limit and content type it really uses
     return app
+
+
+SERVE_CONFIG_ENV = "OPENEVA_SERVE_CONFIG"  # JSON settings for the worker processes of `openeva serve --workers N`
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn's app factory for ``openeva serve --workers N``: each worker process builds its own app (own model,
+    own memory map of the shared index folder) from the settings the CLI put in :data:`SERVE_CONFIG_ENV`, read
+    when the worker calls this, never at import."""
+    raw = os.environ.get(SERVE_CONFIG_ENV)
+    if not raw:
+        raise RuntimeError(f"{SERVE_CONFIG_ENV} is not set: start worker processes with `openeva serve --workers N`")
+    config = json.loads(raw)
+    threads = config.pop("torch_threads", None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    limits = Limits(**config.pop("limits", {}))
+    options = dict(config.pop("encoder_options", None) or {})
+    options["log"] = lambda line: print(f"[worker {os.getpid()}] {line}", file=sys.stderr)
+    return create_app(**config, limits=limits, encoder_options=options)
 
 
 async def observe(request: Request, call_next):

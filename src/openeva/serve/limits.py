@@ -18,6 +18,11 @@ from openeva.data.images import ImageShapeError, check_image_shape
 from openeva.serve.errors import ApiError
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+# Whitespace as both Python's str.isspace() and ECMAScript's \s see it: a text made only of these is blank.
+# The OpenAPI schema's non-blank pattern (serve/openapi.py) is built from this one class, so the schema and
+# check_texts agree character for character.
+BLANK_CHARS = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+               "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff")
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ def check_texts(texts: list[str], limits: Limits) -> list[str]:
         if len(t) > limits.max_text_chars:
             raise ApiError(413, "text_too_long", f"text {i} has {len(t)} characters; the limit is "
                            f"{limits.max_text_chars}")
-        if not t.strip():
+        if not t.strip(BLANK_CHARS):
             raise ApiError(422, "empty_text", f"text {i} is empty")
         try:
             t.encode("utf-8")

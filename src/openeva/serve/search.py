@@ -1,4 +1,4 @@
-"""Text or image queries against an :class:`~openeva.serve.index.Index`: a table, JSON, or a thumbnail grid."""
+"""Text or image queries against an :class:`~openeva.index.Index`: a table, JSON, or a thumbnail grid."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw, ImageOps
 from openeva.data.images import open_rgb
 from openeva.data.collection import DECODE_ERRORS, load_source
 from openeva.serve.encoder import Encoder
-from openeva.serve.index import Index
+from openeva.index import Index
 
 
 def encode_query(encoder: Encoder, text: str | None = None, image=None) -> np.ndarray:

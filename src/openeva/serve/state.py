@@ -24,7 +24,7 @@ from fastapi import Depends, FastAPI, Request, UploadFile
 from openeva.serve.batching import MicroBatcher
 from openeva.serve.encoder import Encoder, load_encoder
 from openeva.serve.errors import ApiError
-from openeva.serve.index import Index
+from openeva.index import MAX_K, Index
 from openeva.serve.limits import Limits, check_image_count, check_texts, decode_image
 from openeva.serve.metrics import ServiceMetrics
 
@@ -42,6 +42,8 @@ class ServiceState:
                  model: str | None = None, pretrained: str | None = None, encoder: Encoder | None = None,
                  encoder_options: dict | None = None, max_batch: int = 32, max_wait_ms: float = 5.0):
         self.limits, self.api_key = limits or Limits(), api_key
+        if self.limits.max_k > MAX_K:
+            raise ValueError(f"max_k {self.limits.max_k} is above what the index answers (MAX_K = {MAX_K})")
         self.index_path = Path(index_path).expanduser() if index_path else None
         self.model, self.pretrained, self.encoder_options = model, pretrained, dict(encoder_options or {})
         self.encoder: Encoder | None = encoder
@@ -49,7 +51,6 @@ class ServiceState:
         self.ready = False
         self.load_error: str | None = None
         self.in_flight = 0  # counted by LimitsMiddleware
-        self.dirty = False  # the index holds rows not yet saved
         self.metrics = ServiceMetrics()
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openeva-model")
         m, wait_s = self.metrics, max_wait_ms / 1000
@@ -57,14 +58,15 @@ class ServiceState:
                                           on_batch=lambda n: m.batch_size.labels("image").observe(n))
         self.text_batcher = MicroBatcher(self._encode_texts, max_batch, wait_s, self.model_thread,
                                          on_batch=lambda n: m.batch_size.labels("text").observe(n))
-        self.index_lock = asyncio.Lock()  # one index write at a time, and none during the shutdown save
+        # one index write at a time in this process (the index's lock file serialises them across processes)
+        self.index_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------------------------------ life
     def load(self) -> None:
         """Open the index (if its folder has one) and the model, check that they match, and mark the service
         ready. Blocking: at startup it runs in a thread; a test may call it directly."""
         if self.index_path is not None and (self.index_path / "CURRENT").is_file():
-            self.index = Index.load(self.index_path)
+            self.index = Index.open(self.index_path)
         if self.encoder is None:
             manifest = self.index.manifest if self.index is not None else {}
             name = self.model or manifest.get("model")
@@ -86,8 +88,8 @@ class ServiceState:
     @asynccontextmanager
     async def running(self):
         """While the app serves: the batchers run and the model loads in the background (unless :meth:`load`
-        ran already). On exit (SIGTERM: uvicorn first lets in-flight requests finish) the batchers drain, an
-        unsaved index is written and the model thread stops."""
+        ran already). On exit (SIGTERM: uvicorn first lets in-flight requests finish) the batchers drain, a write
+        under way finishes (each write is durable when it returns) and the model thread stops."""
         self.image_batcher.start()
         self.text_batcher.start()
         loader = None if self.ready else asyncio.create_task(self._load_in_background())
@@ -97,9 +99,7 @@ class ServiceState:
         await self.image_batcher.stop()
         await self.text_batcher.stop()
         async with self.index_lock:
-            if self.dirty and self.index is not None and self.index_path is not None:
-                await asyncio.to_thread(self.index.save, self.index_path)
-                self.dirty = False
+            pass
         self.model_thread.shutdown(wait=True)
 
     # ------------------------------------------------------------------------------------------ checks
@@ -108,13 +108,32 @@ class ServiceState:
             raise ApiError(503, "not_ready", self.load_error or "the model is still loading")
         return self.encoder
 
-    def need_index(self) -> Index:
-        self.need_model()
-        if self.index is None or len(self.index) == 0:
-            raise ApiError(409, "no_index", "this service has no index to search (start it with --index)")
+    def current_index(self) -> Index | None:
+        """The index as the last write left it, by this worker or any other: re-opened when another process
+        made a new version live (``refresh`` is a stat of the folder's CURRENT pointer), opened when the
+        folder got its first index."""
+        if self.index is not None:
+            self.index.refresh()
+        elif self.index_path is not None and (self.index_path / "CURRENT").is_file():
+            self.index = Index.open(self.index_path)
         return self.index
 
+    def need_index(self) -> Index:
+        self.need_model()
+        index = self.current_index()
+        if index is None or len(index) == 0:
+            raise ApiError(409, "no_index", "this service has no index to search (start it with --index)")
+        return index
+
+    def model_ids(self) -> list[str]:
+        """The names ``/v1/embeddings`` accepts for the served model: the name it was loaded by and, for a
+        checkpoint folder, the folder's own name."""
+        name = str(self.need_model().info.get("model") or "openeva")
+        base = Path(name).name
+        return [name] + ([base] if base and base != name else [])
+
     def check_k(self, k: int) -> int:
+        """``k`` within [1, max_k] (``--max-k``, at most the index's MAX_K), else a 422."""
         if not 1 <= k <= self.limits.max_k:
             raise ApiError(422, "bad_k", f"k must be in [1, {self.limits.max_k}], got {k}")
         return k

@@ -5,8 +5,8 @@ Each route is a top-level function that takes the :class:`~openeva.serve.state.S
 OpenAPI paths).
 """
 
-from openeva.serve.routes import classify, embed, health, index, page, search
+from openeva.serve.routes import classify, embed, health, index, openai, page, search
 
-ROUTERS = (health.router, embed.router, classify.router, search.router, index.router, page.router)
+ROUTERS = (health.router, openai.router, embed.router, classify.router, search.router, index.router, page.router)
 
 __all__ = ["ROUTERS"]

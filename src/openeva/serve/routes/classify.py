@@ -6,17 +6,25 @@ import asyncio
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from openeva.serve.classify import DEFAULT_TEMPLATES, label_probs, parse_labels, text_classifier, top_labels
+from openeva.serve.classify import DEFAULT_TEMPLATES, label_probs, text_classifier, top_labels
 from openeva.serve.errors import ApiError
-from openeva.serve.limits import Limits, check_texts
+from openeva.serve.limits import BLANK_CHARS, Limits, check_texts
+from openeva.serve.openapi import FormInt, errors, limit
+from openeva.serve.routes.embed import FILES_SCHEMA
 from openeva.serve.state import StateDep
 
 router = APIRouter()
+# at least one character that is neither a comma nor blank: at least one label
+LABELS_PATTERN = "[^," + "".join(f"\\u{ord(c):04x}" for c in BLANK_CHARS) + "]"
 
 
-@router.post("/v1/classify")
-async def classify(state: StateDep, files: list[UploadFile] = File(...), labels: str = Form(...),
-                   k: int = Form(5)):
+@router.post("/v1/classify", responses=errors(400, 413, 415, 422, 503))
+async def classify(state: StateDep, files: list[UploadFile] = File(..., json_schema_extra=FILES_SCHEMA),
+                   labels: str = Form(..., description="comma-separated label names (repeats count once)",
+                                      json_schema_extra={"pattern": LABELS_PATTERN,
+                                                         **limit(maxLength="max_text_chars")}),
+                   k: FormInt = Form(5, description="labels per image", json_schema_extra={"minimum": 1,
+                                                                                      **limit(maximum="max_k")})):
     names = check_labels(labels, state.limits)
     k = state.check_k(k)
     blobs = await state.read_uploads(files)
@@ -34,12 +42,12 @@ async def classify(state: StateDep, files: list[UploadFile] = File(...), labels:
 
 
 def check_labels(labels: str, limits: Limits) -> list[str]:
-    """``"a,b,c"`` -> the label names, each a text within the limits."""
-    try:
-        names = parse_labels(labels)
-    except ValueError as err:
-        raise ApiError(422, "bad_labels", str(err)) from None
+    """``"a,b,c"`` -> the label names, each a text within the limits; a label given twice counts once, blank
+    entries are dropped (blank as the schema's pattern sees it)."""
+    names = [n for n in dict.fromkeys(x.strip(BLANK_CHARS) for x in labels.split(",")) if n]
+    if not names:
+        raise ApiError(422, "bad_labels", 'no labels given (e.g. labels="cat,dog,car")', "labels")
     if len(names) > limits.max_texts:
-        raise ApiError(413, "too_many_labels", f"{len(names)} labels; the limit is {limits.max_texts}")
+        raise ApiError(413, "too_many_labels", f"{len(names)} labels; the limit is {limits.max_texts}", "labels")
     check_texts(names, limits)
     return names
