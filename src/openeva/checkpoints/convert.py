@@ -3,7 +3,8 @@
 openeva's layout is timm's ``Eva`` with two fusions for speed: separate ``q_proj/k_proj/v_proj`` (EVA-02 B/L)
 become one ``qkv`` + ``q_bias``/``v_bias``, and split SwiGLU ``fc1_g/fc1_x`` (EVA ``w1/w2``) become one packed
 ``fc1`` ([gate; value]). Rope buffers are never loaded (they are recomputed). The key mapping facts are in
-``shared/reference/eva.md`` section 4.
+``shared/reference/eva.md`` section 4. open_clip's plain-ViT zoo (OpenAI-layout CLIPs, SigLIP's timm towers)
+is mapped in :mod:`openeva.checkpoints.openclip_zoo`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import re
 
 import torch
+
+from openeva.checkpoints.openclip_zoo import is_openai_layout, openai_to_openeva, split_timm_qkv_biases
 
 # EVA native (and EVA-CLIP ``visual.``) names -> timm names, applied after the tower prefix is stripped.
 _EVA_TO_TIMM = [
@@ -46,12 +49,18 @@ def _is_flat(d: dict) -> bool:
 
 
 def detect_format(sd: dict[str, torch.Tensor]) -> str:
-    """Names the layout from its keys: 'open_clip', 'eva_clip', 'openeva_clip', 'eva' or 'timm'.
+    """Names the layout from its keys: 'openai_clip', 'open_clip', 'eva_clip', 'openeva_clip', 'eva' or 'timm'.
+
+    'openai_clip': OpenAI's CLIP layout (``visual.conv1``, ``visual.transformer.resblocks``), which open_clip keeps
+    for its own ViTs (OpenAI, LAION, DFN, MetaCLIP); 'open_clip': a timm trunk under ``visual.trunk.`` (EVA,
+    SigLIP).
 
     The last four pairs differ only in naming details that ``vision_to_openeva`` handles either way (it is
     idempotent on openeva names), so the name is for messages; the prefix structure decides the conversion.
     """
     keys = list(sd)
+    if is_openai_layout(sd):
+        return "openai_clip"
     if any(k.startswith("visual.trunk.") for k in keys):
         return "open_clip"
     eva_markers = (".mlp.w1.", ".mlp.w12.", ".mlp.w3.", ".ffn_ln.", ".inner_attn_ln.", "lm_head.", "rope.freqs")
@@ -74,6 +83,7 @@ def vision_to_openeva(sd: dict[str, torch.Tensor], depth: int | None = None) -> 
         for pat, rep in _EVA_TO_TIMM:
             k = re.sub(pat, rep, k)
         out[k] = v
+    split_timm_qkv_biases(out)  # timm ViT (SigLIP): fused qkv.bias -> q_bias / v_bias
     blocks = sorted({int(m.group(1)) for k in out if (m := re.match(r"blocks\.(\d+)\.", k))})
     for i in blocks:
         p = f"blocks.{i}."
@@ -111,8 +121,10 @@ def to_openeva(sd: dict[str, torch.Tensor], fmt: str, is_clip: bool) -> dict[str
 
     A CLIP checkpoint loaded into a backbone gives its vision tower (EVA-CLIP towers as backbones).
     """
-    if fmt not in ("open_clip", "eva_clip", "openeva_clip", "eva", "timm"):
+    if fmt not in ("openai_clip", "open_clip", "eva_clip", "openeva_clip", "eva", "timm"):
         raise ValueError(f"unknown checkpoint format {fmt!r}")
+    if fmt == "openai_clip":
+        return openai_to_openeva(sd, is_clip)
     vision_prefix = "visual.trunk." if fmt == "open_clip" else "visual." if fmt.endswith("_clip") else ""
     if not vision_prefix and any(k.startswith("visual.") for k in sd):  # a lone vision tower saved with prefix
         vision_prefix = "visual.trunk." if any(k.startswith("visual.trunk.") for k in sd) else "visual."
@@ -124,6 +136,7 @@ def to_openeva(sd: dict[str, torch.Tensor], fmt: str, is_clip: bool) -> dict[str
                          "tower instead (openeva.checkpoints.load_checkpoint(model.visual, path))")
     out = {f"visual.{k}": v for k, v in vision.items()}
     out.update({f"text.{k}": v for k, v in text_to_openeva(strip_prefix(sd, "text.")).items()})
-    if "logit_scale" in sd:
-        out["logit_scale"] = sd["logit_scale"]
+    for k in ("logit_scale", "logit_bias"):  # logit_bias: SigLIP
+        if k in sd:
+            out[k] = sd[k]
     return out

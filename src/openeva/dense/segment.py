@@ -66,6 +66,8 @@ class DenseOptions:
 def image_tower(model: nn.Module) -> nn.Module:
     """The EVA ViT of a CLIP (``model.visual``) or the ViT itself; a clear error for anything else."""
     visual = getattr(model, "visual", model)
+    if hasattr(visual, "forward_dense"):  # a timm tower (models.timm_tower): its head applied per feature cell
+        return visual
     if not all(hasattr(visual, a) for a in ("blocks", "_embed", "head")):
         raise TypeError(f"{type(model).__name__} is not an openeva EVA-CLIP / EVA ViT; dense features need "
                         "its blocks (build it with openeva.create_model)")
@@ -119,6 +121,13 @@ def _guided_smooth(feats: torch.Tensor, guide: torch.Tensor, window: int) -> tor
 def dense_embeddings(model: nn.Module, images: torch.Tensor, options: DenseOptions = DenseOptions()) -> torch.Tensor:
     """Images (B, 3, H, W) -> L2-normalised patch embeddings in the CLIP space (B, E, h, w)."""
     visual = image_tower(model)
+    if hasattr(visual, "forward_dense"):  # a timm ConvNet tower: no attention to re-route, ``options`` do not apply
+        was_training = visual.training
+        visual.eval()
+        try:
+            return F.normalize(visual.forward_dense(images).float(), dim=1)  # (B, E, h, w)
+        finally:
+            visual.train(was_training)
     if isinstance(visual.head, nn.Identity):
         raise ValueError("this image tower has no projection head; dense text-space embeddings need a CLIP "
                          "vision tower")

@@ -65,7 +65,7 @@ def model_input(image: Image.Image, visual, mean=OPENAI_CLIP_MEAN, std=OPENAI_CL
     if max_aspect < 1:
         raise ValueError(f"max_aspect must be >= 1, got {max_aspect}")
     base = min(visual.cfg.img_size)
-    patch = visual.cfg.patch_size
+    patch = getattr(visual, "patch_size", None) or visual.cfg.patch_size  # a timm tower: its feature stride
     w, h = image.size
     if w < 1 or h < 1:
         raise ValueError(f"cannot segment an empty image ({w}x{h} pixels)")

@@ -5,7 +5,8 @@ student and teacher (``build_student``, ``build_teacher``), the fine-tuning clas
 CLIP training's model with its towers initialised from other checkpoints (``create_clip``, ``load_tower``).
 Which checkpoint keys may be missing, unexpected or of another shape is stated once per tower in
 :mod:`openeva.factory.policies` and applied by :func:`openeva.checkpoints.load_weights`. ``models/`` holds the
-modules only and imports nothing of this package.
+modules only and imports nothing of this package. Models with a timm vision tower or a Hugging Face text tower
+(open_clip's parameter names) are read by :mod:`openeva.factory.tower_weights`, under the same policies.
 """
 
 from openeva.factory.classifier import EVA02_HEAD_INIT_SCALE, build_classifier, init_head

@@ -14,6 +14,7 @@ from torch import nn
 
 from openeva.factory.create import build_config, create_model, load_from, resolve_pretrained, resolve_spec
 from openeva.factory.policies import CLASSIFIER
+from openeva.models.timm_tower import TimmTower, TimmTowerConfig
 from openeva.models.vit import EVAViT
 
 EVA02_HEAD_INIT_SCALE = 1e-3  # EVA-02 fine-tuning's head init scale (trunc-normal(0.02) x 0.001)
@@ -22,7 +23,7 @@ EVA02_HEAD_INIT_SCALE = 1e-3  # EVA-02 fine-tuning's head init scale (trunc-norm
 def init_head(model: nn.Module, init_scale: float = EVA02_HEAD_INIT_SCALE) -> None:
     """EVA-02 / BEiT head init: trunc-normal(0.02) weights scaled by ``init_scale``, zero bias, so the
     first logits are ~0 and the pretrained features are not disturbed by a random head."""
-    head = model.head
+    head = getattr(model.head, "proj", model.head)  # a timm tower's head is (dropout, proj)
     with torch.no_grad():
         nn.init.trunc_normal_(head.weight, std=0.02)
         head.weight.mul_(init_scale)
@@ -73,6 +74,13 @@ def _copied_classifier(model: nn.Module, num_classes: int, patch_embed_grad_scal
     """A deep copy of a built backbone (or a CLIP's vision tower) as a ``num_classes`` classifier; -> (model,
     its head kept)."""
     source = getattr(model, "visual", model)
+    if isinstance(source, TimmTower):
+        tower = copy.deepcopy(source)
+        tower.spec = getattr(model, "spec", None)
+        kept = source is model and tower.num_classes == num_classes  # a CLIP projection is never a classifier
+        if not kept:
+            tower.reset_classifier(num_classes)
+        return tower, kept
     if not isinstance(source, EVAViT):
         raise ValueError(f"fine-tuning needs an EVA ViT backbone or an EVA-CLIP model, got {type(model).__name__}")
     vit = copy.deepcopy(source)
@@ -89,6 +97,8 @@ def _copied_classifier(model: nn.Module, num_classes: int, patch_embed_grad_scal
 def _named_classifier(name, num_classes, pretrained, img_size, drop_path_rate, patch_embed_grad_scale):
     """Build a registered / saved model as a ``num_classes`` classifier; -> (model, checkpoint head kept)."""
     spec, saved_weights = resolve_spec(name)
+    if isinstance(spec.config.vision if spec.is_clip else spec.config, TimmTowerConfig):
+        return _timm_classifier(name, spec, num_classes, pretrained, img_size, drop_path_rate)
     overrides = {"patch_embed_grad_scale": patch_embed_grad_scale}
     if drop_path_rate is not None:
         overrides["drop_path_rate"] = drop_path_rate
@@ -105,3 +115,20 @@ def _named_classifier(name, num_classes, pretrained, img_size, drop_path_rate, p
         return vit, False
     report = load_from(vit, resolve_pretrained(spec, weights), CLASSIFIER)
     return vit, "head.weight" in report.loaded
+
+
+def _timm_classifier(name, spec, num_classes, pretrained, img_size, drop_path_rate):
+    """A timm tower (a ``timm:`` backbone, or a CLIP model's timm vision tower) as a ``num_classes`` classifier:
+    a backbone whose own classifier already has ``num_classes`` outputs and was loaded keeps it; otherwise a new
+    linear head follows the trunk's pooled features (``TimmTower.reset_classifier``). EVA-02's patch-embedding
+    gradient scale is a ViT option and does not apply."""
+    overrides = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
+    model = create_model(name, pretrained=pretrained, img_size=img_size, **overrides)
+    tower = model.visual if spec.is_clip else model
+    loaded = (pretrained or resolve_spec(name)[1]) is not None
+    if spec.is_clip:
+        tower.spec = dataclasses.replace(model.spec, name=f"{model.spec.name}-visual")
+    if not (loaded and not spec.is_clip and tower.num_classes == num_classes):
+        tower.reset_classifier(num_classes)
+        return tower, False
+    return tower, True

@@ -48,11 +48,14 @@ def create_clip(
     img_size=None,
     patch_dropout: float | None = None,
     drop_path_rate: float | None = None,
+    vision: dict | None = None,
 ) -> nn.Module:
     """A CLIP model (``create_model``) with its towers initialised from ``pretrained_image`` (e.g. a MIM
     student's ``RUN/final``) and ``pretrained_text`` (a CLIP), ``skip_list`` keys left as initialised
-    (``logit_scale`` there resets the temperature to its init)."""
+    (``logit_scale`` there resets the temperature to its init). ``vision``: ``create_model``'s timm tower
+    keywords (``{"timm_name": "convnext_tiny"}`` swaps the vision tower for that timm backbone)."""
     overrides = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
+    overrides.update(vision or {})
     model = create_model(model_name, pretrained=pretrained, img_size=img_size, force_patch_dropout=patch_dropout,
                          **overrides)
     if not hasattr(model, "text"):

@@ -7,6 +7,7 @@ Weights are loaded under the policies of :mod:`openeva.factory.policies`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -20,7 +21,11 @@ from openeva.runtime import PRECISION_CHOICES, dtype_of, resolve_precision
 from openeva.models.clip import CLIP, CLIPConfig
 from openeva.models.int8 import quantize_int8
 from openeva.models.registry import ModelSpec, get_model_spec
-from openeva.models.tokenizer import ClipTokenizer
+from openeva.models.hf_text import HFTextConfig
+from openeva.models.tokenizer import TokenizerSpec, build_tokenizer, tokenizer_for_folder
+from openeva.models.towers import build_tower, tower_from_dict, tower_to_dict
+from openeva.models.timm_tower import TimmTowerConfig
+from openeva.factory.tower_weights import has_library_tower, read_tower_weights
 from openeva.models.tome import apply_tome
 from openeva.models.vit import EVAViT, ViTConfig
 
@@ -34,6 +39,9 @@ def _pair(v) -> tuple[int, int] | None:
 def resolve_spec(name: str) -> tuple[ModelSpec, str | None]:
     """A registered name, or an openeva checkpoint directory -> (spec, weights path or None)."""
     path = name[len("local-dir:"):] if name.startswith("local-dir:") else name
+    if name.startswith("timm/") and not Path(name).exists():
+        raise ValueError(f"{name!r}: a timm backbone is named timm:<name> (e.g. timm:{name[5:]}); "
+                         "a path must exist")
     if name.startswith("local-dir:") or (os.sep in name or Path(name).exists()):
         model_dir = resolve_model_dir(path)  # a run directory -> its final/ (or latest checkpoint)
         return spec_from_saved_config(read_config(model_dir)), str(model_dir)
@@ -46,11 +54,16 @@ def spec_from_saved_config(cfg: dict) -> ModelSpec:
     except ValueError:
         base = None
     model_cfg = cfg["model_config"]
-    config = CLIPConfig.from_dict(model_cfg) if "vision" in model_cfg else ViTConfig.from_dict(model_cfg)
+    config = CLIPConfig.from_dict(model_cfg) if "vision" in model_cfg else tower_from_dict(model_cfg, "vision")
     pre = cfg.get("preprocess", {})
     kw = {k: tuple(pre[k]) for k in ("mean", "std") if k in pre}
-    if "interpolation" in pre:
-        kw["interpolation"] = pre["interpolation"]
+    for key in ("interpolation", "resize_mode"):
+        if key in pre:
+            kw[key] = pre[key]
+    if cfg.get("tokenizer"):
+        kw["tokenizer"] = TokenizerSpec.from_dict(cfg["tokenizer"])
+    elif base is not None and base.tokenizer is not None:
+        kw["tokenizer"] = base.tokenizer
     return ModelSpec(name=cfg.get("model_name", "local"), config=config,
                      pretrained=base.pretrained if base else {}, **kw)
 
@@ -58,9 +71,17 @@ def spec_from_saved_config(cfg: dict) -> ModelSpec:
 def build_config(
     spec: ModelSpec, img_size=None, patch_dropout: float | None = None, **vision_overrides
 ) -> ViTConfig | CLIPConfig:
-    """The spec's config with a new image size / patch dropout / other vision-tower overrides applied."""
+    """The spec's config with a new image size / patch dropout / other vision-tower overrides applied.
+
+    ``timm_name`` (with ``timm_pool`` / ``timm_proj`` / ``timm_proj_bias`` / ``timm_pretrained``, open_clip's
+    ``vision_cfg`` keys) swaps a CLIP model's vision tower for that timm backbone at the model's embedding dim
+    and image size (``model.vision.timm_name=convnext_tiny`` in a training config).
+    """
     size = _pair(img_size)
     changes = dict(vision_overrides)
+    timm = {k: changes.pop(k) for k in list(changes) if k.startswith("timm_") and changes[k] is not None}
+    if timm:
+        spec = _with_timm_vision(spec, timm)
     if size is not None:
         changes["img_size"] = size
     if patch_dropout is not None:
@@ -70,6 +91,31 @@ def build_config(
     if isinstance(spec.config, CLIPConfig):
         return spec.config.replace(vision=spec.config.vision.replace(**changes))
     return spec.config.replace(**changes)
+
+
+_TIMM_KEYS = {"timm_pool": "pool", "timm_proj": "proj", "timm_proj_bias": "proj_bias", "timm_pretrained": "pretrained",
+              "timm_drop": "drop"}
+
+
+def _with_timm_vision(spec: ModelSpec, timm: dict) -> ModelSpec:
+    """``spec`` with its CLIP vision tower replaced by (or its timm tower re-optioned with) ``timm``'s choices."""
+    unknown = sorted(set(timm) - set(_TIMM_KEYS) - {"timm_name"})
+    if unknown:
+        raise ValueError(f"unknown timm tower option(s) {', '.join(unknown)}; known: timm_name, "
+                         f"{', '.join(_TIMM_KEYS)}")
+    if not isinstance(spec.config, CLIPConfig):
+        raise ValueError(f"timm_name swaps a CLIP model's vision tower; {spec.name} is a backbone (a bare timm "
+                         "backbone is named timm:<name>, e.g. timm:convnext_tiny)")
+    vision = spec.config.vision
+    options = {_TIMM_KEYS[k]: v for k, v in timm.items() if k != "timm_name"}
+    if "timm_name" in timm:
+        vision = TimmTowerConfig(timm_name=timm["timm_name"], embed_dim=spec.config.embed_dim, img_size=vision.img_size,
+                                 **options)
+    elif isinstance(vision, TimmTowerConfig):
+        vision = vision.replace(**options)
+    else:
+        raise ValueError(f"{', '.join(timm)} need timm_name: {spec.name}'s vision tower is not a timm backbone")
+    return dataclasses.replace(spec, config=spec.config.replace(vision=vision))
 
 
 def create_model(
@@ -132,7 +178,8 @@ def create_model(
 def load_from(model: nn.Module, path, policy: LoadPolicy, assign: bool = False):
     """Any supported checkpoint into ``model`` (converted, fitted to its layout) under ``policy``: the factory's one
     way to load weights. Returns the :class:`~openeva.checkpoints.LoadReport`."""
-    sd, notes, fmt = read_weights(path, model)
+    reader = read_tower_weights if has_library_tower(model) else read_weights  # timm / HF towers: open_clip keys
+    sd, notes, fmt = reader(path, model)
     return load_weights(model, sd, policy, path, notes=notes, fmt=fmt, assign=assign)
 
 
@@ -147,7 +194,7 @@ def _inference_options(model: nn.Module, tome_r: int | list[int] | None, int8: b
 def _build(cfg: ViTConfig | CLIPConfig, spec: ModelSpec, device: torch.device) -> nn.Module:
     """The model with its parameters created on ``device`` (on "meta": shapes only, nothing allocated)."""
     with torch.device(device):
-        model = CLIP(cfg) if isinstance(cfg, CLIPConfig) else EVAViT(cfg)
+        model = CLIP(cfg) if isinstance(cfg, CLIPConfig) else build_tower(cfg, "vision")  # EVAViT, TimmTower, ...
     model.spec = spec  # name, preprocessing and published tags travel with the model
     return model
 
@@ -202,18 +249,40 @@ def create_model_from_pretrained(model_name: str, pretrained: str | None = None,
 
 
 def get_tokenizer(model_name: str | None = None, context_length: int | None = None):
-    """The CLIP BPE tokenizer, with the model's context length."""
-    if context_length is None and model_name is not None:
-        spec, _ = resolve_spec(model_name)
-        context_length = spec.config.text.context_length if spec.is_clip else 77
-    return ClipTokenizer(context_length=context_length or 77)
+    """The tokenizer of a model, as open_clip's ``get_tokenizer``: ``model_name`` a registered name (its
+    ``ModelSpec.tokenizer``; a Hugging Face text tower's own tokenizer; else the CLIP BPE), an openeva checkpoint
+    directory (the tokenizer its ``config.json`` names), or any folder holding tokenizer files
+    (``tokenizer.json`` / ``tokenizer_config.json`` / ``spiece.model``: a SigLIP or HF checkpoint folder).
+    ``context_length``: row length (default: the model's text context length, 77 without a model)."""
+    if model_name is None:
+        return build_tokenizer(None, context_length)
+    folder = model_name[len("local-dir:"):] if model_name.startswith("local-dir:") else model_name
+    found = tokenizer_for_folder(folder) if Path(folder).is_dir() else None
+    if found is not None and not (Path(folder) / "config.json").is_file():
+        return build_tokenizer(found, context_length)  # a tokenizer (or HF / open_clip) folder, no openeva model
+    spec, _ = resolve_spec(model_name)
+    tspec = found or spec.tokenizer
+    text = spec.config.text if spec.is_clip else None
+    if tspec is None and isinstance(text, HFTextConfig):
+        if not text.hf_model_name:
+            raise ValueError(f"{spec.name}'s Hugging Face text tower names no tokenizer (hf_model_name)")
+        tspec = TokenizerSpec("hf", text.hf_model_name, "whitespace")
+    if context_length is None:
+        context_length = (tspec.context_length if tspec is not None else None) or (text.context_length if text
+                                                                                   else None)
+    return build_tokenizer(tspec, context_length)
 
 
 def model_config_dict(model: nn.Module) -> dict:
     """What ``save_checkpoint`` writes so ``create_model(dir)`` can rebuild the model: the model's
     ``export_config()`` when it has one (a MIM student saves the plain backbone its weights initialise)."""
     cfg = model.export_config() if hasattr(model, "export_config") else model.cfg
-    return {"model_name": model.spec.name, "model_config": cfg.to_dict(), "preprocess": preprocess_cfg(model)}
+    # a backbone other than an EVA ViT saves its tower kind (an EVA backbone's config.json is unchanged)
+    saved = cfg.to_dict() if isinstance(cfg, (CLIPConfig, ViTConfig)) else tower_to_dict(cfg, "vision")
+    out = {"model_name": model.spec.name, "model_config": saved, "preprocess": preprocess_cfg(model)}
+    if getattr(model.spec, "tokenizer", None) is not None:
+        out["tokenizer"] = model.spec.tokenizer.to_dict()
+    return out
 
 
 def save_model(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None = None):

@@ -8,10 +8,11 @@ from torch import nn
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, bias: bool = True):
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        # OpenAI CLIP's ``conv1`` has no bias; EVA's and timm's patch kernels have one
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def grid_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         h, w = image_hw

@@ -1,8 +1,16 @@
 """Every published EVA size as a row of data, registered under the name users already know.
 
 Backbones use timm's names (``eva02_base_patch14_224``), CLIP models open_clip's (``EVA02-B-16``). Each entry
-carries its config, its preprocessing and the published weights it can load (tag -> Hugging Face Hub file).
-Nothing here depends on parsing a name: a new size is a new row.
+carries its config, its preprocessing, its tokenizer (CLIP models; None = the CLIP BPE) and the published
+weights it can load (tag -> Hugging Face Hub file). Nothing here depends on parsing a name: a new size is a new
+row.
+
+Naming rule where open_clip and timm use one name for two things (``convnext_base`` is a CLIP model in open_clip
+and an ImageNet backbone in timm): a registered name is exact and wins, so ``convnext_base`` is open_clip's CLIP
+model (its vision tower is timm's ConvNeXt; rows in ``zoo_timm.py``); ``timm:<name>`` always means timm's bare
+backbone (``timm:convnext_base``, ``timm:convnext_tiny.fb_in1k``), for any model ``timm.list_models()`` knows,
+built as a :class:`~openeva.models.timm_tower.TimmTower` with timm's own head and preprocessing. ``timm:`` names
+are resolved on use, not listed by :func:`list_models`.
 """
 
 from __future__ import annotations
@@ -11,7 +19,13 @@ from dataclasses import dataclass, field
 
 from openeva.models.clip import CLIPConfig
 from openeva.models.text import TextConfig
+from openeva.models.timm_tower import TimmTowerConfig, import_timm
+from openeva.models.tokenizer import TokenizerSpec
 from openeva.models.vit import ViTConfig
+from openeva.models.zoo_openclip import OPENCLIP_ZOO
+from openeva.models.zoo_timm import TIMM_CLIP_ZOO
+
+TIMM_PREFIX = "timm:"  # ``timm:<timm model name>``: timm's bare backbone (see the naming rule above)
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -20,12 +34,14 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    config: ViTConfig | CLIPConfig
+    config: ViTConfig | TimmTowerConfig | CLIPConfig
     pretrained: dict[str, str] = field(default_factory=dict)  # tag -> "hf-hub:org/repo/filename"
     mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] = OPENAI_CLIP_STD
     interpolation: str = "bicubic"
+    resize_mode: str = "shortest"  # open_clip's: "shortest" (resize + center crop) | "squash" (SigLIP) | "longest"
     description: str = ""
+    tokenizer: TokenizerSpec | None = None  # None: the CLIP BPE (or an HF text tower's own tokenizer)
 
     @property
     def is_clip(self) -> bool:
@@ -38,7 +54,7 @@ class ModelSpec:
 
     def preprocess_cfg(self, image_size: tuple[int, int] | None = None) -> dict:
         return {"size": tuple(image_size or self.image_size), "mean": self.mean, "std": self.std,
-                "interpolation": self.interpolation, "resize_mode": "shortest"}
+                "interpolation": self.interpolation, "resize_mode": self.resize_mode}
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -52,12 +68,43 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 
 
 def get_model_spec(name: str) -> ModelSpec:
+    """The registered row ``name``; ``timm:<name>`` is timm's bare backbone (the naming rule above)."""
+    if name.startswith(TIMM_PREFIX):
+        return timm_backbone_spec(name[len(TIMM_PREFIX):])
     try:
         return _REGISTRY[name]
     except KeyError:
         close = [n for n in _REGISTRY if name.lower().replace("_", "-") in n.lower().replace("_", "-")]
         hint = f" Did you mean {', '.join(close[:5])}?" if close else " See `openeva models`."
         raise ValueError(f"unknown model {name!r}.{hint}") from None
+
+
+def timm_backbone_spec(timm_name: str) -> ModelSpec:
+    """timm's ``timm_name`` (``convnext_tiny`` or ``convnext_tiny.fb_in1k``) as a backbone spec: its classifier
+    head (``num_classes`` from timm's pretrained config), default pool, input size and normalisation, and its
+    published weights on the Hub as tags."""
+    timm = import_timm()
+    arch = timm_name.split(".")[0]
+    if not timm_name or not timm.is_model(arch):
+        close = timm.list_models(f"*{arch[:8]}*")[:5] if arch else []
+        hint = f" Close timm names: {', '.join(close)}." if close else " See timm.list_models()."
+        raise ValueError(f"unknown timm model {timm_name!r} (from {TIMM_PREFIX}{timm_name}).{hint}")
+    from timm.models import get_pretrained_cfg
+
+    pcfg = get_pretrained_cfg(timm_name)
+    size = tuple(pcfg.input_size[-2:]) if pcfg is not None and pcfg.input_size else (224, 224)
+    tags = {}
+    for full in timm.list_pretrained(f"{arch}.*"):
+        hub = getattr(get_pretrained_cfg(full), "hf_hub_id", None)
+        if hub:
+            tags[full.split(".", 1)[1]] = f"hf-hub:{hub}/model.safetensors"
+    extra = {}
+    if pcfg is not None:
+        extra = {"mean": tuple(pcfg.mean), "std": tuple(pcfg.std), "interpolation": pcfg.interpolation or "bicubic"}
+    config = TimmTowerConfig(timm_name=timm_name, embed_dim=int(getattr(pcfg, "num_classes", 0) or 1000),
+                             img_size=size, pool="default", proj="")
+    return ModelSpec(name=f"{TIMM_PREFIX}{timm_name}", config=config, pretrained=tags,
+                     description=f"timm backbone {timm_name}", **extra)
 
 
 def list_models(kind: str | None = None) -> list[str]:
@@ -186,3 +233,11 @@ register_model(ModelSpec(
                       text=TextConfig(width=128, heads=4, layers=3, embed_dim=64, context_length=20)),
     description="quickstart EVA-CLIP (vision tower = eva02_quickstart_patch8_64; 3-layer text, context 20)",
 ))
+
+# open_clip's CLIP models with a timm vision tower (ConvNeXt ...): rows in zoo_timm.py
+for _row in TIMM_CLIP_ZOO:
+    register_model(ModelSpec(**_row))
+
+# open_clip's plain-ViT zoo (OpenAI / LAION / DFN / MetaCLIP CLIPs, SigLIP, SigLIP 2): rows in zoo_openclip.py
+for _row in OPENCLIP_ZOO:
+    register_model(ModelSpec(**_row))

@@ -1,8 +1,13 @@
-"""The CLIP text transformer (Radford et al., 2021) used by every EVA-CLIP model.
+"""The CLIP text transformer (Radford et al., 2021) used by every EVA-CLIP model, and SigLIP's.
 
 Causal pre-LN transformer over BPE tokens; the feature is the final-LN state at the end-of-text token (the
 highest id in each row), projected by ``text_projection`` ([width, embed], used as ``x @ P``). Parameter names
 follow open_clip / EVA-CLIP so their state dicts load without renaming.
+
+Options for the rest of open_clip's zoo: ``causal=False`` (SigLIP attends both ways), ``pool`` ("argmax": the
+EOT token, the highest id; "last": the last position, SigLIP; "first"; "eos": the first ``eos_id``), ``proj``
+("matrix": OpenAI's bias-free ``text_projection``; "linear": a biased ``nn.Linear``, SigLIP; "none") and the
+MLP activation ``act`` ("quick_gelu" for OpenAI-trained weights, "gelu_tanh" for SigLIP 2).
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from openeva.layers.attention import attention
+from openeva.layers.mlp import ACTIVATIONS, activation
+
+TEXT_POOLS = ("argmax", "last", "first", "eos")
+TEXT_PROJS = ("matrix", "linear", "none")
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,11 @@ class TextConfig:
     vocab_size: int = 49408
     mlp_ratio: float = 4.0
     norm_eps: float = 1e-5
+    causal: bool = True  # causal attention mask (CLIP); SigLIP's text tower attends both ways
+    pool: str = "argmax"  # "argmax" (EOT = highest id) | "last" | "first" | "eos" (first ``eos_id``)
+    eos_id: int = 2  # the end-of-sequence id "eos" pooling looks for
+    proj: str = "matrix"  # "matrix" (x @ P, no bias) | "linear" (biased nn.Linear) | "none" (width == embed_dim)
+    act: str = "gelu"  # MLP activation: "gelu" | "gelu_tanh" | "quick_gelu"
 
     def __post_init__(self):
         for name in ("width", "heads", "layers", "embed_dim", "context_length", "vocab_size"):
@@ -34,6 +48,14 @@ class TextConfig:
                 raise ValueError(f"TextConfig.{name} must be positive, got {getattr(self, name)}")
         if self.width % self.heads:
             raise ValueError(f"text width {self.width} not divisible by {self.heads} heads")
+        if self.pool not in TEXT_POOLS:
+            raise ValueError(f"TextConfig.pool must be one of {', '.join(TEXT_POOLS)}, got {self.pool!r}")
+        if self.proj not in TEXT_PROJS:
+            raise ValueError(f"TextConfig.proj must be one of {', '.join(TEXT_PROJS)}, got {self.proj!r}")
+        if self.proj == "none" and self.width != self.embed_dim:
+            raise ValueError(f"TextConfig.proj='none' outputs the width ({self.width}); embed_dim is {self.embed_dim}")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"TextConfig.act must be one of {', '.join(ACTIVATIONS)}, got {self.act!r}")
 
     def replace(self, **changes) -> "TextConfig":
         return replace(self, **changes)
@@ -43,11 +65,13 @@ class TextConfig:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal attention with open_clip's parameter layout (``in_proj_weight``, ``out_proj``)."""
+    """Multi-head self-attention, causal unless ``causal=False``, in open_clip's parameter layout
+    (``in_proj_weight``, ``out_proj``)."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, causal: bool = True):
         super().__init__()
         self.heads = heads
+        self.causal = causal
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
@@ -56,20 +80,21 @@ class CausalSelfAttention(nn.Module):
         B, L, D = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3D)
         q, k, v = qkv.view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, L, hd) each
-        x = attention(q, k, v, is_causal=True)  # (B, H, L, hd)
+        x = attention(q, k, v, is_causal=self.causal)  # (B, H, L, hd)
         return self.out_proj(x.transpose(1, 2).reshape(B, L, D))
 
 
 class TextBlock(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_ratio: float, norm_eps: float):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, norm_eps: float, causal: bool = True,
+                 act: str = "gelu"):
         super().__init__()
         self.ln_1 = nn.LayerNorm(width, eps=norm_eps)
-        self.attn = CausalSelfAttention(width, heads)
+        self.attn = CausalSelfAttention(width, heads, causal)
         self.ln_2 = nn.LayerNorm(width, eps=norm_eps)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential()
         self.mlp.add_module("c_fc", nn.Linear(width, hidden))
-        self.mlp.add_module("gelu", nn.GELU())
+        self.mlp.add_module("gelu", activation(act))
         self.mlp.add_module("c_proj", nn.Linear(hidden, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +106,8 @@ class Transformer(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.resblocks = nn.ModuleList(
-            [TextBlock(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.layers)]
+            [TextBlock(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.norm_eps, cfg.causal, cfg.act)
+             for _ in range(cfg.layers)]
         )
 
 
@@ -98,7 +124,12 @@ class TextTransformer(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
         self.transformer = Transformer(cfg)
         self.ln_final = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
-        self.text_projection = nn.Parameter(torch.empty(cfg.width, cfg.embed_dim))
+        if cfg.proj == "matrix":
+            self.text_projection = nn.Parameter(torch.empty(cfg.width, cfg.embed_dim))  # used as x @ P
+        elif cfg.proj == "linear":
+            self.text_projection = nn.Linear(cfg.width, cfg.embed_dim)
+        else:
+            self.text_projection = None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -115,7 +146,11 @@ class TextTransformer(nn.Module):
             nn.init.zeros_(blk.attn.out_proj.bias)
             nn.init.normal_(blk.mlp.c_fc.weight, std=fc_std)
             nn.init.normal_(blk.mlp.c_proj.weight, std=proj_std)
-        nn.init.normal_(self.text_projection, std=w ** -0.5)
+        if isinstance(self.text_projection, nn.Linear):
+            nn.init.normal_(self.text_projection.weight, std=w ** -0.5)
+            nn.init.zeros_(self.text_projection.bias)
+        elif self.text_projection is not None:
+            nn.init.normal_(self.text_projection, std=w ** -0.5)
 
     def no_weight_decay(self) -> set[str]:
         """EVA-CLIP's ``{positional_embedding}``: the token embedding is decayed (2-D, not listed), as in EVA."""
@@ -146,5 +181,20 @@ class TextTransformer(nn.Module):
             else:
                 x = blk(x)
         x = self.ln_final(x)
-        eot = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]  # (B, W)
-        return eot @ self.text_projection  # (B, E)
+        pooled = self._pool(x, text)  # (B, W)
+        if isinstance(self.text_projection, nn.Module):  # a Linear (or its int8 swap, not an nn.Linear subclass)
+            return self.text_projection(pooled)  # (B, E)
+        return pooled if self.text_projection is None else pooled @ self.text_projection  # (B, E)
+
+    def _pool(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, L, W) final-LN states -> (B, W) at the position ``cfg.pool`` names."""
+        pool = self.cfg.pool
+        if pool == "last":
+            return x[:, -1]
+        if pool == "first":
+            return x[:, 0]
+        if pool == "argmax":  # CLIP's EOT token has the highest id in the BPE vocabulary
+            idx = text.argmax(dim=-1)  # (B,)
+        else:  # "eos": the first end-of-sequence id (0 where a row has none)
+            idx = (text == self.cfg.eos_id).int().argmax(dim=-1)  # (B,)
+        return x[torch.arange(x.shape[0], device=x.device), idx]

@@ -9,6 +9,11 @@ How a text becomes ids:
 2. pre-tokenize with a regex into words, contractions, single digits and punctuation runs;
 3. map each piece's UTF-8 bytes to printable unicode characters (so every byte has a vocabulary symbol);
 4. apply the BPE merges in rank order; the last symbol of a piece carries the end-of-word marker ``</w>``.
+
+Models trained on other vocabularies read theirs from the checkpoint folder (second half of this module):
+:class:`HFTokenizer` (transformers' ``tokenizer.json`` / ``tokenizer_config.json``: XLM-RoBERTa, SigLIP's Hub
+folders) and :class:`SentencePieceTokenizer` (a bare ``spiece.model``, SigLIP's T5 / Gemma rules), chosen by a
+:class:`TokenizerSpec` row (``openeva.factory.get_tokenizer`` picks it from a model name or a folder).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import functools
 import gzip
 import html
 import importlib.resources
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -215,3 +221,253 @@ def default_tokenizer() -> ClipTokenizer:
 def tokenize(texts: str | Sequence[str], context_length: int = DEFAULT_CONTEXT_LENGTH) -> torch.Tensor:
     """Tokenize with the shared default tokenizer; see ``ClipTokenizer.__call__``."""
     return default_tokenizer()(texts, context_length=context_length)
+
+
+# ---------------------------------------------------------------------------- SentencePiece / Hugging Face
+# Models trained on other vocabularies (SigLIP's SentencePiece, XLM-RoBERTa's, Gemma's for SigLIP 2) read their
+# tokenizer from the checkpoint folder through transformers, as open_clip's ``HFTokenizer`` / ``SigLipTokenizer``
+# do, so the ids are theirs: same cleaning, padding to the context length, truncation keeping the end token.
+# These text towers pool the last / first / mean position, not the EOT argmax, so padding ids may be anything.
+
+TOKENIZER_KINDS = ("clip", "hf", "sentencepiece")
+CLEANS = ("lower", "whitespace", "canonicalize")
+SENTENCEPIECE_VARIANTS = ("t5", "gemma")  # SigLIP (T5 / mT5 vocabularies: pad = eos = 1) | SigLIP 2 (pad 0)
+_SPM_NAMES = ("spiece.model", "sentencepiece.model", "tokenizer.model")
+_HF_NAMES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def whitespace_clean(text: str) -> str:
+    """open_clip's 'whitespace' cleaning: ftfy repair, HTML unescape, whitespace collapse (case kept)."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split())
+
+
+def canonicalize_text(text: str) -> str:
+    """big_vision's (and open_clip's SigLIP) canonical form: ``_`` as space, ASCII punctuation removed,
+    lowercase, whitespace collapsed; applied after the whitespace cleaning."""
+    import string
+
+    text = whitespace_clean(text).replace("_", " ")
+    text = text.translate(str.maketrans("", "", string.punctuation)).lower()
+    return " ".join(text.split())
+
+
+_CLEAN_FNS = {"lower": clean_text, "whitespace": whitespace_clean, "canonicalize": canonicalize_text}
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """Which tokenizer a model uses: a row of data in the registry and in a saved ``config.json``.
+
+    ``kind``: ``clip`` (the bundled BPE, or a merges file in ``source``), ``hf`` (``AutoTokenizer`` from a folder
+    holding ``tokenizer.json`` / ``tokenizer_config.json``, or a Hub id), ``sentencepiece`` (a ``.model`` file or
+    a folder holding one, read as SigLIP's T5 / Gemma tokenizer). ``clean``: open_clip's text cleaning.
+    """
+
+    kind: str = "clip"
+    source: str | None = None
+    clean: str = "lower"
+    context_length: int | None = None
+    strip_sep_token: bool = False
+    variant: str = "t5"  # sentencepiece only
+
+    def __post_init__(self):
+        if self.kind not in TOKENIZER_KINDS:
+            raise ValueError(f"TokenizerSpec.kind must be one of {TOKENIZER_KINDS}, got {self.kind!r}")
+        if self.clean not in CLEANS:
+            raise ValueError(f"TokenizerSpec.clean must be one of {CLEANS}, got {self.clean!r}")
+        if self.variant not in SENTENCEPIECE_VARIANTS:
+            raise ValueError(f"TokenizerSpec.variant must be one of {SENTENCEPIECE_VARIANTS}, got {self.variant!r}")
+        if self.kind != "clip" and not self.source:
+            raise ValueError(f"a {self.kind} tokenizer needs a source (a folder, file or Hub id)")
+        if self.context_length is not None:
+            _check_context_length(self.context_length)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TokenizerSpec:
+        return cls(**d)
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as e:
+        raise ImportError("SentencePiece / Hugging Face tokenizers need transformers (and sentencepiece): "
+                          "pip install 'openeva[hf]'") from e
+    return transformers
+
+
+class HFTokenizer:
+    """A transformers tokenizer with open_clip's conventions: cleaned text, rows padded to ``context_length``
+    with the tokenizer's pad id, too-long texts truncated (special tokens kept)."""
+
+    def __init__(self, tokenizer, context_length: int = DEFAULT_CONTEXT_LENGTH, clean: str = "whitespace",
+                 strip_sep_token: bool = False, source: str | None = None):
+        if clean not in CLEANS:
+            raise ValueError(f"clean must be one of {CLEANS}, got {clean!r}")
+        self.tokenizer = tokenizer
+        self.context_length = _check_context_length(context_length)
+        self.clean = clean
+        self._clean_fn = _CLEAN_FNS[clean]
+        self.strip_sep_token = strip_sep_token
+        self.source = source
+
+    @classmethod
+    def from_pretrained(cls, source: str, **kwargs) -> HFTokenizer:
+        """From a folder with ``tokenizer.json`` / ``tokenizer_config.json`` (or a Hub id, through its cache)."""
+        transformers = _transformers()
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(str(source))
+        except (OSError, ValueError) as e:
+            raise FileNotFoundError(f"cannot read a tokenizer from {source!r}: {e}") from e
+        return cls(tok, source=str(source), **kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id or 0)
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of the cleaned ``text`` without special tokens and without truncation."""
+        return list(self.tokenizer(self._clean_fn(_check_text(text, "text")), add_special_tokens=False).input_ids)
+
+    def decode(self, ids) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        """``(N, context_length)`` long tensor of padded ids."""
+        length = self.context_length if context_length is None else _check_context_length(context_length)
+        if isinstance(texts, str):
+            texts = [texts]
+        elif not isinstance(texts, (list, tuple)):
+            raise TypeError(f"tokenizer input must be a str or a list of str, got {type(texts).__name__}")
+        cleaned = [self._clean_fn(_check_text(t, f"texts[{i}]")) for i, t in enumerate(texts)]
+        ids = self.tokenizer(cleaned, return_tensors="pt", max_length=length, padding="max_length",
+                             truncation=True).input_ids  # (N, L)
+        if self.strip_sep_token and self.tokenizer.sep_token_id is not None:
+            ids = torch.where(ids == self.tokenizer.sep_token_id, torch.zeros_like(ids), ids)
+        return ids.long()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(source={self.source!r}, vocab_size={self.vocab_size}, "
+                f"context_length={self.context_length}, clean={self.clean!r})")
+
+
+class SentencePieceTokenizer:
+    """SigLIP's tokenizer from a bare SentencePiece ``.model``, as open_clip's ``SigLipTokenizer`` defines it:
+    canonicalised text, the SentencePiece ids, one end token (id 1), rows padded to ``context_length`` with
+    the pad id (1 for T5 / mT5 vocabularies, 0 for Gemma's, SigLIP 2) and truncated keeping the end token.
+
+    Read with the ``sentencepiece`` library itself (the reference implementation of the format), so no
+    transformers conversion is involved; a checkpoint folder with a ``tokenizer.json`` uses :class:`HFTokenizer`.
+    """
+
+    eot_token_id = 1
+
+    def __init__(self, model_file: str | Path, context_length: int = 64, variant: str = "t5",
+                 clean: str = "canonicalize"):
+        if variant not in SENTENCEPIECE_VARIANTS:
+            raise ValueError(f"variant must be one of {SENTENCEPIECE_VARIANTS}, got {variant!r}")
+        if clean not in CLEANS:
+            raise ValueError(f"clean must be one of {CLEANS}, got {clean!r}")
+        path = Path(model_file)
+        if path.is_dir():
+            found = [path / n for n in _SPM_NAMES if (path / n).is_file()]
+            if not found:
+                raise FileNotFoundError(f"no SentencePiece model ({', '.join(_SPM_NAMES)}) in {path}")
+            path = found[0]
+        if not path.is_file():
+            raise FileNotFoundError(f"SentencePiece model not found: {path}")
+        try:
+            import sentencepiece
+        except ImportError as e:
+            raise ImportError("SentencePiece tokenizers need sentencepiece: pip install 'openeva[hf]'") from e
+        try:
+            self._sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        except (OSError, RuntimeError) as e:
+            raise ValueError(f"{path} is not a SentencePiece model: {e}") from e
+        self.source, self.variant, self.clean = str(path), variant, clean
+        self._clean_fn = _CLEAN_FNS[clean]
+        self.context_length = _check_context_length(context_length)
+        self.pad_token_id = 0 if variant == "gemma" else 1
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._sp.get_piece_size())
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of the cleaned ``text``, no end token, no truncation."""
+        return list(self._sp.encode(self._clean_fn(_check_text(text, "text"))))
+
+    def decode(self, ids) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        ids = [int(i) for i in ids]
+        if self.eot_token_id in ids:
+            ids = ids[: ids.index(self.eot_token_id)]
+        return self._sp.decode([i for i in ids if i != self.pad_token_id])
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        length = self.context_length if context_length is None else _check_context_length(context_length)
+        if isinstance(texts, str):
+            texts = [texts]
+        elif not isinstance(texts, (list, tuple)):
+            raise TypeError(f"tokenizer input must be a str or a list of str, got {type(texts).__name__}")
+        out = torch.full((len(texts), length), self.pad_token_id, dtype=torch.long)  # (N, L)
+        for row, text in enumerate(texts):
+            ids = self.encode(_check_text(text, f"texts[{row}]"))[: length - 1] + [self.eot_token_id]
+            out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(source={self.source!r}, variant={self.variant!r}, "
+                f"vocab_size={self.vocab_size}, context_length={self.context_length})")
+
+
+def sentencepiece_tokenizer(model_file: str | Path, context_length: int = 64, variant: str = "t5",
+                            clean: str = "canonicalize") -> SentencePieceTokenizer:
+    """SigLIP's tokenizer from a SentencePiece ``.model`` or a folder holding one (``spiece.model``)."""
+    return SentencePieceTokenizer(model_file, context_length, variant, clean)
+
+
+def tokenizer_for_folder(folder: str | Path) -> TokenizerSpec | None:
+    """The tokenizer a checkpoint folder carries: ``tokenizer.json`` / ``tokenizer_config.json`` (transformers)
+    before a bare SentencePiece model; the cleaning and context length from an ``open_clip_config.json`` beside
+    them (``text_cfg.tokenizer_kwargs.clean``), else open_clip's defaults. None when the folder has none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    clean, context_length = None, None
+    oc = folder / "open_clip_config.json"
+    if oc.is_file():
+        import json
+
+        text_cfg = json.loads(oc.read_text()).get("model_cfg", {}).get("text_cfg", {})
+        clean = text_cfg.get("tokenizer_kwargs", {}).get("clean")
+        context_length = text_cfg.get("context_length")
+    if any((folder / n).is_file() for n in _HF_NAMES):
+        return TokenizerSpec("hf", str(folder), clean or "whitespace", context_length)
+    if any((folder / n).is_file() for n in _SPM_NAMES):
+        return TokenizerSpec("sentencepiece", str(folder), clean or "canonicalize", context_length)
+    return None
+
+
+def build_tokenizer(spec: TokenizerSpec | None = None, context_length: int | None = None):
+    """The tokenizer a :class:`TokenizerSpec` names, rows of ``context_length`` (else the spec's, else 77 / 64)."""
+    spec = spec or TokenizerSpec()
+    length = context_length or spec.context_length
+    if spec.kind == "clip":
+        return ClipTokenizer(spec.source, context_length=length or DEFAULT_CONTEXT_LENGTH)
+    if spec.kind == "sentencepiece":
+        return sentencepiece_tokenizer(spec.source, context_length=length or 64, variant=spec.variant,
+                                       clean=spec.clean)
+    return HFTokenizer.from_pretrained(spec.source, context_length=length or DEFAULT_CONTEXT_LENGTH,
+                                       clean=spec.clean, strip_sep_token=spec.strip_sep_token)

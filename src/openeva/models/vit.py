@@ -1,11 +1,16 @@
 """The EVA Vision Transformer: EVA-02 (Ti/S/B/L, CLIP towers B/L/E) and EVA-01 g, one Block with options.
 
+The same class builds the plain ViTs of open_clip's zoo (``openeva.models.zoo_openclip``): OpenAI / LAION /
+DFN / MetaCLIP towers (``norm_pre``, QuickGELU, a bias-free patch kernel and projection, no RoPE) and SigLIP's
+(no class token, ``global_pool="map"``: attention pooling with a learned query).
+
 EVA-02 (Fang et al., 2023, "EVA-02: A Visual Representation for Neon Genesis") is a plain pre-LN ViT with
 2D RoPE, SwiGLU, sub-LN and q/v biases; EVA02-E and EVA01-g use post-norm / GELU MLPs. All are rows in
 ``openeva.models.registry``; this module knows nothing of names, devices, ranks or precision.
 
-Returned shapes: ``forward_features`` (B, 1 + N, D) tokens (CLS first); ``forward_head`` (B, num_classes) or
-(B, D) with ``pre_logits``; ``forward_intermediates`` a list of (B, D, H, W) patch maps.
+Returned shapes: ``forward_features`` (B, P + N, D) tokens (P = 1 CLS first, or 0 without a class token);
+``forward_head`` (B, num_classes) or (B, D) with ``pre_logits``; ``forward_intermediates`` a list of (B, D, H, W)
+patch maps.
 """
 
 from __future__ import annotations
@@ -17,7 +22,16 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from openeva.layers import Attention, DropPath, Mlp, PatchEmbed, RotaryEmbedding2D, SwiGLU
+from openeva.layers import (
+    ACTIVATIONS,
+    Attention,
+    AttentionPoolLatent,
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    RotaryEmbedding2D,
+    SwiGLU,
+)
 from openeva.layers import patch_keep_indices, resample_pos_embed
 
 
@@ -47,7 +61,8 @@ class ViTConfig:
     img_size: tuple[int, int] = (224, 224)
     patch_size: int = 14
     in_chans: int = 3
-    mlp: str = "swiglu"  # "swiglu" | "gelu"
+    mlp: str = "swiglu"  # "swiglu" | "gelu" (a two-layer MLP with the ``mlp_act`` non-linearity)
+    mlp_act: str = "gelu"  # the "gelu" MLP's activation: "gelu" | "gelu_tanh" (SigLIP) | "quick_gelu" (OpenAI)
     mlp_norm: bool = False  # sub-LN in the MLP (EVA's ffn_ln)
     attn_norm: bool = False  # sub-LN on merged heads (EVA-CLIP's inner_attn_ln)
     qkv_bias: bool = True  # learnable q and v biases (k has none)
@@ -57,6 +72,11 @@ class ViTConfig:
     rope_temperature: float = 10000.0
     pos_embed: bool = True
     global_pool: str = "avg"  # "avg" (mean of patch tokens, then fc_norm) | "token" (final norm, CLS)
+    #                           | "map" (final norm, then attention pooling with a learned query: SigLIP)
+    class_token: bool = True  # a CLS token before the patches (SigLIP has none)
+    norm_pre: bool = False  # a LayerNorm on the embedded tokens before the blocks (OpenAI CLIP's ``ln_pre``)
+    patch_bias: bool = True  # the patch kernel's bias (OpenAI CLIP's ``conv1`` has none)
+    head_bias: bool = True  # the head's bias (OpenAI CLIP's ``proj`` is a bias-free matrix)
     num_classes: int = 0  # head output dim: classes, or the CLIP embedding dim; 0 = no head
     mask_token: bool = False  # a learned token for masked patches (MIM students)
     norm_eps: float = 1e-6
@@ -84,8 +104,15 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.mlp must be 'swiglu' or 'gelu', got {self.mlp!r}")
         if self.mlp_norm and self.mlp != "swiglu":
             raise ValueError("mlp_norm (sub-LN) is only defined for the SwiGLU MLP")
-        if self.global_pool not in ("avg", "token"):
-            raise ValueError(f"ViTConfig.global_pool must be 'avg' or 'token', got {self.global_pool!r}")
+        if self.global_pool not in ("avg", "token", "map"):
+            raise ValueError(f"ViTConfig.global_pool must be 'avg', 'token' or 'map', got {self.global_pool!r}")
+        if self.global_pool == "token" and not self.class_token:
+            raise ValueError("ViTConfig.global_pool='token' pools the class token; set class_token=True or pool "
+                             "with 'avg' / 'map'")
+        if self.mlp_act not in ACTIVATIONS:
+            raise ValueError(f"ViTConfig.mlp_act must be one of {', '.join(ACTIVATIONS)}, got {self.mlp_act!r}")
+        if self.mlp_act != "gelu" and self.mlp != "gelu":
+            raise ValueError("ViTConfig.mlp_act applies to the 'gelu' MLP; SwiGLU's gate is SiLU")
         for name in ("drop_rate", "attn_drop_rate", "drop_path_rate", "patch_drop_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ViTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -94,6 +121,11 @@ class ViTConfig:
         for hw in self.img_size:
             if hw % self.patch_size:
                 raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+
+    @property
+    def output_dim(self) -> int:
+        """The pooled output's size: the head's, or the width without a head (SigLIP's towers)."""
+        return self.num_classes or self.embed_dim
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -127,7 +159,7 @@ class Block(nn.Module):
         if cfg.mlp == "swiglu":
             self.mlp = SwiGLU(D, cfg.mlp_hidden, sub_norm=cfg.mlp_norm, norm_eps=cfg.norm_eps, drop=cfg.drop_rate)
         else:
-            self.mlp = Mlp(D, cfg.mlp_hidden, drop=cfg.drop_rate)
+            self.mlp = Mlp(D, cfg.mlp_hidden, drop=cfg.drop_rate, act=cfg.mlp_act)
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -141,7 +173,7 @@ class Block(nn.Module):
 class EVAViT(nn.Module):
     """EVA / EVA-02 Vision Transformer backbone (classification, MIM student, or CLIP vision tower)."""
 
-    num_prefix_tokens = 1  # the CLS token
+    num_prefix_tokens = 1  # the CLS token (0 on instances built with ``class_token=False``)
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -149,20 +181,24 @@ class EVAViT(nn.Module):
         D = cfg.embed_dim
         self.embed_dim = self.num_features = D
         self.num_classes = cfg.num_classes
+        self.num_prefix_tokens = 1 if cfg.class_token else 0
         self.grad_checkpointing = False
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, D)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, D, bias=cfg.patch_bias)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.mask_token else None
         n_pos = cfg.grid_size[0] * cfg.grid_size[1] + self.num_prefix_tokens
         self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, D)) if cfg.pos_embed else None
         self.rope = RotaryEmbedding2D(D // cfg.num_heads, cfg.rope_ref_grid, cfg.rope_temperature) if cfg.rope else None
+        self.norm_pre = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.norm_pre else nn.Identity()
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # stochastic depth decay rule
         self.blocks = nn.ModuleList([Block(cfg, drop_path=r) for r in rates])
-        token_pool = cfg.global_pool == "token"
-        self.norm = nn.LayerNorm(D, eps=cfg.norm_eps) if token_pool else nn.Identity()
-        self.fc_norm = nn.Identity() if token_pool else nn.LayerNorm(D, eps=cfg.norm_eps)
+        final_norm = cfg.global_pool in ("token", "map")  # norm on every token; "avg" normalises the mean instead
+        self.norm = nn.LayerNorm(D, eps=cfg.norm_eps) if final_norm else nn.Identity()
+        self.fc_norm = nn.Identity() if final_norm else nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.attn_pool = (AttentionPoolLatent(D, cfg.num_heads, cfg.mlp_hidden, cfg.norm_eps, cfg.mlp_act)
+                          if cfg.global_pool == "map" else None)
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(D, cfg.num_classes, bias=cfg.head_bias) if cfg.num_classes > 0 else nn.Identity()
         self.reset_parameters()
 
     # ----------------------------------------------------------------------------------------------- init
@@ -190,7 +226,8 @@ class EVAViT(nn.Module):
                 nn.init.zeros_(m.bias)
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        if self.patch_embed.proj.bias is not None:
+            nn.init.zeros_(self.patch_embed.proj.bias)
         for p in (self.cls_token, self.mask_token, self.pos_embed):
             if p is not None:
                 nn.init.trunc_normal_(p, std=TOKEN_INIT_STD, a=-TOKEN_INIT_STD, b=TOKEN_INIT_STD)
@@ -211,6 +248,8 @@ class EVAViT(nn.Module):
         if isinstance(self.head, nn.Linear):
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             self.head.weight.mul_(self.cfg.head_init_scale)
+        if self.attn_pool is not None:
+            self.attn_pool.reset_parameters()
 
     # ------------------------------------------------------------------------------ hooks for the trainer
     def no_weight_decay(self) -> set[str]:
@@ -224,7 +263,7 @@ class EVAViT(nn.Module):
         return self.cfg.depth + 2
 
     def layer_id(self, name: str) -> int:
-        if name.startswith(("cls_token", "mask_token", "pos_embed", "patch_embed", "rope")):
+        if name.startswith(("cls_token", "mask_token", "pos_embed", "patch_embed", "rope", "norm_pre")):
             return 0
         if name.startswith("blocks."):
             return int(name.split(".")[1]) + 1
@@ -235,14 +274,15 @@ class EVAViT(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.embed_dim, num_classes, bias=self.cfg.head_bias) if num_classes > 0 else nn.Identity()
         self.cfg = self.cfg.replace(num_classes=num_classes)
 
     # ---------------------------------------------------------------------------------------- forward
     def _embed(
         self, x: torch.Tensor, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, tuple[int, int]]:
-        """Patchify, swap masked patches for the mask token, add CLS and position; returns tokens, rope, grid."""
+        """Patchify, swap masked patches for the mask token, add CLS and position, patch dropout, ``norm_pre``;
+        returns tokens (B, P + N, D), rope, grid."""
         grid = self.patch_embed.grid_size(x.shape[-2:])
         x = self.patch_embed(x)  # (B, N, D)
         s = self.cfg.patch_embed_grad_scale
@@ -255,13 +295,14 @@ class EVAViT(nn.Module):
                 raise ValueError(f"mask shape {tuple(mask.shape)} does not match (batch, patches) {tuple(x.shape[:2])}")
             w = mask.unsqueeze(-1).to(x.dtype)  # (B, N, 1)
             x = x * (1.0 - w) + self.mask_token.to(x.dtype) * w
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)  # (B, 1 + N, D)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)  # (B, 1 + N, D)
         if self.pos_embed is not None:
             x = x + resample_pos_embed(self.pos_embed, grid, self.cfg.grid_size, self.num_prefix_tokens)
         rope = self.rope(grid, self.num_prefix_tokens, x.device) if self.rope is not None else None
         if self.training and self.cfg.patch_drop_rate > 0:
             x, rope = self._drop_patches(x, rope)
-        return x, rope, grid
+        return self.norm_pre(x), rope, grid
 
     def _drop_patches(self, x, rope):
         """FLIP patch dropout that keeps each sample's RoPE rows aligned with the patches it keeps."""
@@ -279,16 +320,18 @@ class EVAViT(nn.Module):
         return blk(x, rope)
 
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Images (B, C, H, W) [+ bool mask (B, N), True = masked] -> tokens (B, 1 + N, D) after the final norm."""
+        """Images (B, C, H, W) [+ bool mask (B, N), True = masked] -> tokens (B, P + N, D) after the final norm."""
         x, rope, _ = self._embed(x, mask)
         for blk in self.blocks:
             x = self._run_block(blk, x, rope)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens (B, 1 + N, D) -> pooled (B, D) with ``pre_logits``, else head output (B, num_classes)."""
+        """Tokens (B, P + N, D) -> pooled (B, D) with ``pre_logits``, else head output (B, num_classes)."""
         if self.cfg.global_pool == "token":
             x = x[:, 0]  # (B, D)
+        elif self.attn_pool is not None:
+            x = self.attn_pool(x)  # (B, D): the learned query attends over every token
         else:
             x = x[:, self.num_prefix_tokens:].mean(dim=1)  # (B, D)
         x = self.head_drop(self.fc_norm(x))
