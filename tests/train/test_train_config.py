@@ -102,6 +102,10 @@ def test_published_recipes_hold_the_eva_clip_hyperparameters():
         assert cfg.loss.local_loss and cfg.loss.gather_with_grad and cfg.model.grad_checkpointing
         assert cfg.model.patch_dropout == 0.0 and cfg.data.scale == (0.9, 1.0)
         assert "text_projection" in cfg.model.skip_list and "logit_scale" in cfg.model.skip_list
+        # Merged-2B: whole batches alternating between LAION-2B and COYO-700M at 1.6B : 0.4B, resampled shards
+        d = cfg.data
+        assert (d.mix, d.train_weights, d.resampled, len(d.sources())) == ("batch", (0.8, 0.2), True, 2)
+        assert "laion2b" in d.sources()[0] and "coyo700m" in d.sources()[1]
     assert b16.model.name == "EVA02-B-16" and l14.model.name == "EVA02-L-14"
     assert (b16.optim.visual_lr, b16.optim.visual_layer_decay, b16.optim.text_lr, b16.optim.text_layer_decay) == (
         2e-4, 0.75, 2e-5, 0.75)

@@ -35,8 +35,13 @@ What follows EVA-CLIP's code (``EVA-CLIP/rei/training``) and what departs:
 * Precision: bf16 autocast instead of EVA-CLIP's fp16 with DeepSpeed's dynamic loss scaling. bf16 has fp32's
   exponent range, so no loss scale is needed and no step is skipped on overflow; fp16 with a loss scaler stays
   available (``precision=fp16``). Its effect on the published numbers has not been measured.
-* Data: EVA-CLIP alternates whole batches between LAION-2B and COYO (``data.mix=batch``); the default mixes
-  per sample.
+* Data: as EVA-CLIP, whole batches alternate between LAION-2B and COYO-700M (``data.mix=batch``: each batch is
+  drawn from one source), at weights 0.8 / 0.2 (Merged-2B is 1.6B LAION-2B + 0.4B COYO-700M samples, EVA-CLIP
+  paper section 3), shards resampled with replacement (``data.resampled=true``, EVA-CLIP's
+  ``--dataset-resampled``), so an "epoch" is ``train_num_samples`` draws, not a pass. Departure: openeva draws
+  the source of each batch at the weights, seeded per rank and data worker (``openeva.data.mix``); the weights
+  come from the paper's composition, as EVA-CLIP's data loader (not among the files read for this recipe) takes
+  them from ``--train-num-samples-list``. ``data.mix=sample`` mixes per sample instead.
 """
 
 from openeva.train.config import (
@@ -55,7 +60,12 @@ config = TrainConfig(
         grad_checkpointing=True,
     ),
     data=DataConfig(
-        train="/path/to/merged-2b/{000000..164090}.tar",
+        # Merged-2B as EVA-CLIP trains on it: LAION-2B and COYO-700M shard sets, whole batches alternating between
+        # them at the paper's 1.6B : 0.4B composition, shards drawn with replacement (--dataset-resampled)
+        train="/path/to/laion2b/{000000..164090}.tar;/path/to/coyo700m/{000000..047435}.tar",
+        train_weights=(0.8, 0.2),
+        mix="batch",
+        resampled=True,
         train_num_samples=40_000_000,  # samples per "epoch" (open_clip --train-num-samples)
         batch_size=2048,  # per GPU; x 64 GPUs = 131,072
         num_workers=8,

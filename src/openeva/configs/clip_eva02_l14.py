@@ -12,7 +12,8 @@ cosine; global batch 131,072 (1,024 per GPU x 128 GPUs); 100 "epochs" of 40M sam
 
 The 304M-parameter vision tower fits DDP on 80 GB GPUs with grad checkpointing; ``dist.strategy=fsdp`` shards
 parameters, gradients and optimizer state when memory is short. LAMB, betas / eps, precision and what else
-follows or departs from EVA-CLIP's code: see clip_eva02_b16.py.
+follows or departs from EVA-CLIP's code, and the Merged-2B data mix (whole batches alternating between LAION-2B
+and COYO-700M at 0.8 / 0.2, resampled shards): see clip_eva02_b16.py.
 """
 
 import dataclasses

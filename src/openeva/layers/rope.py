@@ -74,7 +74,9 @@ def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.T
     x: (..., N, D); sin/cos: (N, D/2) or (B, 1, N, D/2) for per-sample token subsets. Math in fp32, result in
     x's dtype (as the EVA reference does with fp32 tables).
     """
-    if torch.onnx.is_in_onnx_export():  # ONNX has no complex type: the same rotation in real arithmetic
+    # ONNX has no complex type, and torch.compile's inductor generates no code for complex operators (and its
+    # layout check below would break the graph): there, the same rotation in real arithmetic
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
         pairs = x.float().unflatten(-1, (-1, 2))  # (..., N, D/2, 2)
         x0, x1 = pairs[..., 0], pairs[..., 1]
         c, s = cos.float(), sin.float()

@@ -21,12 +21,13 @@ from openeva.data.image_lists import LabelledImages
 from openeva.data.labelled import load_classification_dataset
 from openeva.data.synthetic import ShapesClassification
 from openeva.data.transforms import PreprocessConfig, image_transform
-from openeva.factory import create_clip, get_tokenizer, preprocess_cfg
+from openeva.factory import create_clip, create_model, get_tokenizer, preprocess_cfg
 from openeva.losses import ClipLoss, SigLipLoss
 from openeva.evaluators import Batching, Labelled, Retrieval, RetrievalOptions, ZeroShot, ZeroShotOptions
-from openeva.train.evals import select_evals
+from openeva.train.evals import accepts_group, select_evals
 from openeva.train.data import ResumableLoader, build_image_text_dataset, build_val_pairs, check_sources
 from openeva.train.preflight import check_weights, resolve_model
+from openeva.train.distributed import builds_on_meta
 from openeva.train.task import ParamGroupSpec, Task
 
 class CLIPTask(Task):
@@ -34,7 +35,7 @@ class CLIPTask(Task):
 
     ``loss`` "clip" uses :class:`~openeva.losses.ClipLoss`; "siglip" adds a learned ``logit_bias`` (init -10,
     with the logit scale reset to ln 10, as SigLIP) kept in the Task's state. ``evaluator`` (a
-    :class:`ClipValidation`, or any ``evaluator(model) -> metrics``) is what :meth:`evaluate` reports. Every option
+    :class:`ClipValidation`, or any ``evaluator(model[, group=]) -> metrics``) is what :meth:`evaluate` reports. Every option
     is keyword-only.
     """
 
@@ -111,19 +112,31 @@ class CLIPTask(Task):
         """CLIP clamps the learned temperature so logits never exceed 100 x cosine."""
         self.model.logit_scale.clamp_(0, self.max_log_scale)
 
-    def evaluate(self, step: int) -> dict[str, float]:
+    def evaluate(self, step: int, group=None) -> dict[str, float]:
         if self.evaluator is None:
             return {}
+        if accepts_group(self.evaluator):  # a callable without one scores all of its data on every rank
+            return self.evaluator(self.model, group=group)
         return self.evaluator(self.model)
 
 
 # -------------------------------------------------------------------------------------- model building
-def build_clip_model(mcfg) -> nn.Module:
+def build_clip_model(mcfg, meta: bool = False) -> nn.Module:
     """The CLIP model of a :class:`~openeva.train.config.ModelConfig`: built with its tower inits by the factory
-    (:func:`openeva.factory.create_clip`), then the run's tower locks and gradient checkpointing."""
-    model = create_clip(mcfg.name, mcfg.pretrained, pretrained_image=mcfg.pretrained_image,
-                        pretrained_text=mcfg.pretrained_text, skip_list=tuple(mcfg.skip_list), img_size=mcfg.img_size,
-                        patch_dropout=mcfg.patch_dropout, drop_path_rate=mcfg.drop_path_rate)
+    (:func:`openeva.factory.create_clip`), then the run's tower locks and gradient checkpointing. ``meta``: its
+    shapes only, on the meta device (no init, no weights read), for an FSDP rank that receives its shards from
+    rank 0 (:func:`~openeva.train.distributed.builds_on_meta`)."""
+    if meta:
+        overrides = {k: v for k, v in mcfg.vision.factory_overrides().items() if k != "timm_pretrained"}
+        if mcfg.drop_path_rate is not None:
+            overrides["drop_path_rate"] = mcfg.drop_path_rate
+        model = create_model(mcfg.name, img_size=mcfg.img_size, force_patch_dropout=mcfg.patch_dropout,
+                             device="meta", **overrides)
+    else:
+        model = create_clip(mcfg.name, mcfg.pretrained, pretrained_image=mcfg.pretrained_image,
+                            pretrained_text=mcfg.pretrained_text, skip_list=tuple(mcfg.skip_list),
+                            img_size=mcfg.img_size, patch_dropout=mcfg.patch_dropout,
+                            drop_path_rate=mcfg.drop_path_rate, vision=mcfg.vision.factory_overrides())
     if mcfg.lock_image:
         model.lock_image_tower(mcfg.lock_image_unlocked_groups)
     if mcfg.lock_text:
@@ -138,18 +151,19 @@ class ClipValidation:
     """The run's evaluators (:mod:`openeva.evaluators`, as ``openeva eval`` runs them) on their data: retrieval and
     the contrastive validation loss on held-out pairs, zero-shot accuracy (``zeroshot_*``) on a labelled set.
 
-    It runs where the engine evaluates (rank 0; every rank, on all of the data, under FSDP) as one process
-    (``group=None``), in fp32; the evaluators' rank rules let a later engine give each rank its part."""
+    It runs on every rank of the run, in fp32: each evaluator reads its rank's block of the data and applies its
+    rank rule over ``group`` (retrieval gathers the features, zero-shot sums the counts), so the metrics are one
+    process's (``group=None``)."""
 
     def __init__(self, runs):
         self.runs = list(runs)  # (evaluator, data, metric prefix)
 
     @torch.no_grad()
-    def __call__(self, model) -> dict[str, float]:
+    def __call__(self, model, group=None) -> dict[str, float]:
         device = model.logit_scale.device
         metrics: dict[str, float] = {}
         for evaluator, data, prefix in self.runs:
-            result = evaluator.run(model, data, device=device, precision="fp32")
+            result = evaluator.run(model, data, device=device, precision="fp32", group=group)
             metrics.update({f"{prefix}{k}": v for k, v in result.items()})
         return metrics
 
@@ -208,7 +222,7 @@ def preflight_clip(cfg) -> None:
 
 def build_clip(cfg, world):
     """(CLIPTask, ResumableLoader) for a :class:`~openeva.train.config.TrainConfig` on this process."""
-    model = build_clip_model(cfg.model)
+    model = build_clip_model(cfg.model, meta=builds_on_meta(world, cfg.dist.strategy, cfg.dist.meta_init))
     tokenizer = get_tokenizer(context_length=model.context_length)
     pre = PreprocessConfig.from_dict(preprocess_cfg(model))
     train_tf = image_transform(pre, is_train=True, scale=tuple(cfg.data.scale))
@@ -219,9 +233,7 @@ def build_clip(cfg, world):
     loader = ResumableLoader(train, d.batch_size, rank=world.rank, world_size=world.world_size, seed=cfg.seed,
                              num_workers=d.num_workers, pin_memory=world.device.type == "cuda",
                              samples_per_epoch=d.train_num_samples)
-    evaluator = None
-    if world.is_main or cfg.dist.strategy == "fsdp":
-        evaluator = build_clip_validation(cfg, tokenizer, val_tf, size)
+    evaluator = build_clip_validation(cfg, tokenizer, val_tf, size)  # on every rank: each scores its share
     o, loss = cfg.optim, cfg.loss
     task = CLIPTask(model, loss=loss.kind, local_loss=loss.local_loss, gather_with_grad=loss.gather_with_grad,
                     tiled=loss.tiled, visual_lr=o.visual_lr, text_lr=o.text_lr,

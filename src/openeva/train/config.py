@@ -55,6 +55,31 @@ def _check_positive(key: str, value: Any, allow_zero: bool = False, allow_none: 
 
 
 @dataclass(frozen=True)
+class VisionTowerConfig:
+    """A timm backbone as the CLIP model's vision tower, e.g. ``model.vision.timm_name=convnext_tiny`` (open_clip's
+    ``timm_*`` choices, at the model's embedding dim and image size); every field None keeps the registered tower.
+    """
+
+    timm_name: str | None = None  # any timm.list_models() name
+    pool: str | None = None  # avg | token | map | max | "" | abs_attn | rot_attn ... (default: avg)
+    proj: str | None = None  # linear | mlp | none | "" (the trunk's own head; default: linear)
+    proj_bias: bool | None = None
+    timm_pretrained: bool | None = None  # timm's ImageNet weights (downloaded by timm)
+
+    def validate(self, p: str = "model.vision") -> None:
+        if self.timm_name is None:
+            extra = [k for k in ("pool", "proj", "proj_bias", "timm_pretrained") if getattr(self, k) is not None]
+            if extra:
+                _check(False, f"{p}.{extra[0]}", getattr(self, extra[0]), f"{p}.timm_name set as well")
+
+    def factory_overrides(self) -> dict[str, Any]:
+        """The ``create_model`` keywords (``timm_name``, ``timm_pool`` ...) of the fields that are set."""
+        names = {"timm_name": "timm_name", "pool": "timm_pool", "proj": "timm_proj", "proj_bias": "timm_proj_bias",
+                 "timm_pretrained": "timm_pretrained"}
+        return {names[k]: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """What is trained and where its weights come from."""
 
@@ -72,6 +97,7 @@ class ModelConfig:
     lock_text_unlocked_layers: int = 0
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile the Task
+    vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)  # model.vision.timm_name=... swaps the tower
 
     def validate(self, p: str = "model") -> None:
         _check(isinstance(self.name, str) and bool(self.name), f"{p}.name", self.name, "a model name")
@@ -82,6 +108,7 @@ class ModelConfig:
         for key in ("lock_image_unlocked_groups", "lock_text_unlocked_layers"):
             value = getattr(self, key)
             _check(isinstance(value, int) and value >= 0, f"{p}.{key}", value, "an int >= 0")
+        self.vision.validate(f"{p}.vision")
 
 
 @dataclass(frozen=True)
@@ -242,8 +269,12 @@ class DistConfig:
     # Seconds a collective may wait for the slowest rank before the run fails (NCCL's default is 10 minutes; a
     # checkpoint of a g/E-size model or a first evaluation on a busy file system can take longer).
     timeout_s: float = 1800.0
+    # FSDP: ranks other than 0 build the model on the meta device (no memory, no init, no weight files read); after
+    # sharding, each rank allocates its shards and receives them from rank 0 tensor by tensor
+    meta_init: bool = True
 
     def validate(self, p: str = "dist") -> None:
+        _check(isinstance(self.meta_init, bool), f"{p}.meta_init", self.meta_init, "true or false")
         _check_choice(f"{p}.strategy", self.strategy, STRATEGIES)
         _check_choice(f"{p}.backend", self.backend, BACKENDS)
         _check_positive(f"{p}.timeout_s", self.timeout_s)
@@ -265,6 +296,9 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept (older ones deleted)
     log_every: int = 10
     eval_every: int = 0  # steps between validations; 0: only at the end
+    # restores from the newest checkpoint after a non-finite loss / grad norm, skipping the data window that gave it
+    # (openeva.train.nan_guard); one more non-finite step stops the run. 0: stop at the first one
+    nan_max_retries: int = 3
     evals: tuple[str, ...] | None = None  # validation evaluators (openeva.train.evals.EVALS); None: the task's own
     progress: bool = True  # progress bar on rank 0
     tensorboard: bool = True
@@ -294,6 +328,8 @@ class TrainConfig:
         for key in ("save_every", "keep_last", "log_every"):
             value = getattr(self, key)
             _check(isinstance(value, int) and value >= 1, key, value, "an int >= 1")
+        _check(isinstance(self.nan_max_retries, int) and not isinstance(self.nan_max_retries, bool)
+               and self.nan_max_retries >= 0, "nan_max_retries", self.nan_max_retries, "an int >= 0")
         _check(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every", self.eval_every,
                "an int >= 0 (0: evaluate at the end only)")
         if self.evals is not None:

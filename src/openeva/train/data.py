@@ -14,7 +14,8 @@ not of what happened before. So:
   seeded stream too. A resumed run continues at the sample: each consumer streams its shards from the start of
   the epoch (tar streams cannot seek), refilling its shuffle buffer as the uninterrupted run did, and passes over
   the samples it had already given without decoding them (:meth:`TarShardDataset.set_position`); the resumed
-  batches equal an uninterrupted run's. Other iterable datasets (mixes) decode and drop the batches before.
+  batches equal an uninterrupted run's. A mix of shard sets does the same (:meth:`MixedIterableDataset.set_position`);
+  other iterable datasets decode and drop the batches before.
 * Tar shards are split exactly once per epoch over ranks x workers (:func:`~openeva.data.webdataset.split_shards`).
   A rank whose shards run out before ``len(loader)`` batches ends its epoch with ``None`` batches (the engine
   skips those steps on every rank together, counting the samples as skipped), never re-reading what it already
@@ -306,10 +307,13 @@ def build_val_pairs(cfg, transform, tokenizer, image_size: int, seed: int,
     if cfg.val == "synthetic":  # same distribution as the training pairs, other samples
         return ShapesDataset(cfg.val_num_samples, image_size=image_size, seed=seed + 1_000_003, split="train",
                              transform=transform, tokenizer=tokenizer)
-    path = Path(cfg.val)
-    if not path.exists():
+    from openeva.data.sources import is_local, source_kind
+
+    path = Path(cfg.val) if is_local(str(cfg.val)) else str(cfg.val)  # a path, or a URL (s3://, https://...)
+    kind = source_kind(path)
+    if kind is None:
         raise FileNotFoundError(f"validation data not found: {cfg.val} (data.val)")
-    if path.is_dir():
+    if kind == "dir":
         ds = ImageTextFolder(path, transform=transform, tokenizer=tokenizer, images_only=images_only)
     else:
         ds = CaptionDataset(path, image_key=cfg.image_key, caption_key=cfg.caption_key, transform=transform,

@@ -170,6 +170,8 @@ def wrap_task(task: nn.Module, world: World, strategy: str = "ddp", find_unused_
     if strategy == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        meta = _any_rank(any(t.is_meta for _, t in _named_tensors(task)), world)
+        source = dict(_named_tensors(task)) if meta and world.is_main else None  # rank 0's whole model
         mp = MixedPrecisionPolicy() if param_dtype is None else MixedPrecisionPolicy(
             param_dtype=param_dtype, reduce_dtype=torch.float32)
         sharded: set[nn.Parameter] = set()
@@ -179,8 +181,59 @@ def wrap_task(task: nn.Module, world: World, strategy: str = "ddp", find_unused_
                 sharded.update(module.parameters())
         outside = {p for p in task.parameters() if p not in sharded and (not p.requires_grad or p.ndim == 0)}
         fully_shard(task, mp_policy=mp, ignored_params=outside or None)
+        if meta:
+            if not world.is_main:
+                task.to_empty(device=world.device)  # this rank's shards (and replicas), allocated, not initialised
+            _load_from_rank0(task, source, world)
         return task
     raise ValueError(f"dist.strategy must be ddp or fsdp, got {strategy!r}")
+
+
+def builds_on_meta(world: World, strategy: str, meta_init: bool = True) -> bool:
+    """Whether this rank builds its model on the meta device (``dist.meta_init``): FSDP ranks other than 0, which
+    receive their shards from rank 0 in :func:`wrap_task` (the same weights as building everywhere, without every
+    rank initialising, reading weight files or holding the whole model)."""
+    return meta_init and strategy == "fsdp" and world.distributed and not world.is_main
+
+
+def _named_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Parameters, then buffers (persistent or not), by name, in module order: the same list on every rank."""
+    return [*module.named_parameters(), *(("buffer:" + n, b) for n, b in module.named_buffers())]
+
+
+def _any_rank(flag: bool, world: World) -> bool:
+    t = torch.tensor([int(flag)], device=_comm_device(world))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())  # once, while wrapping
+
+
+@torch.no_grad()
+def _load_from_rank0(task: nn.Module, source: dict | None, world: World) -> None:
+    """Every tensor of the sharded ``task`` set from rank 0's whole model ``source``, one tensor at a time (peak
+    extra memory: one whole tensor): a sharded parameter keeps its rank's shard, a replica (frozen modules, 0-dim
+    parameters, buffers) the whole tensor."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    comm = _comm_device(world)
+    for name, local in _named_tensors(task):
+        whole = source[name].detach().to(comm) if world.is_main else torch.empty(
+            local.shape, dtype=local.dtype, device=comm)
+        dist.broadcast(whole, src=0)
+        if isinstance(local, DTensor):  # chunked on every rank as FSDP2 shards (dim 0), no further communication
+            whole = distribute_tensor(whole.to(local.device), local.device_mesh, local.placements, src_data_rank=None)
+        local.copy_(whole)
+
+
+def compile_blocks(model: nn.Module) -> list[nn.Module]:
+    """``torch.compile`` each transformer block's ``forward`` in place, after DDP / FSDP wrapping: the wrappers'
+    hooks (DDP's bucketed all-reduce, FSDP2's all-gather / reshard around each block) run eagerly around the
+    compiled blocks, so communication still overlaps computation, and parameter names do not change. Blocks
+    compile without a graph break (RoPE's layout check is skipped under the compiler, openeva.layers.rope).
+    Returns the compiled blocks (their eager ``forward`` is ``block.forward._torchdynamo_orig_callable``)."""
+    blocks = [m for m in model.modules() if _is_block(m)]
+    for block in blocks:
+        block.forward = torch.compile(block.forward)
+    return blocks
 
 
 def replicated_params(task: nn.Module) -> list[nn.Parameter]:
@@ -210,18 +263,26 @@ def is_fsdp(module: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def unsharded_root(module: nn.Module):
-    """Within the block, an FSDP2 root's own parameters are gathered whole, so methods other than ``forward``
-    (``encode_image``, ``forward_features``, a Task's ``encode`` ...) can run on every rank; each sharded block
-    still gathers its shards in its own forward. A no-op for any other module."""
+def unsharded(module: nn.Module):
+    """Within the block, every FSDP2 unit of ``module`` (the root and each block) holds its parameters whole (in
+    the policy's ``param_dtype``) and keeps them through its forwards: evaluation can call methods other than
+    ``forward`` (``encode_image``, ``forward_features``, a Task's ``encode`` ...) and each rank can run a different
+    number of forwards over its share of the validation data, since no forward starts a collective. The cost: the
+    whole model's parameters on every rank while evaluating. A no-op for any other module."""
     if not is_fsdp(module):
         yield
         return
-    module.unshard()
+    units = [m for m in module.modules() if is_fsdp(m)]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
     try:
         yield
     finally:
-        module.reshard()
+        for unit in units:
+            unit.reshard()
+            if unit is not module:  # the root keeps its parameters after forward anyway (FSDP2's default)
+                unit.set_reshard_after_forward(True, recurse=False)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from openeva.data.loader import take_failed_shards
 from openeva.factory import model_config_dict
 from openeva.runtime import cpu_capability, resolve_precision
 from openeva.train.config import TrainConfig
@@ -30,14 +31,16 @@ from openeva.train.optim import create_optimizer, describe_groups, param_groups
 from openeva.runtime import Precision
 from openeva.train.schedule import LRSchedule
 from openeva.train.task import Task
+from openeva.train.evals import accepts_group, eval_group
+from openeva.train.nan_guard import NanGuard
 from openeva.train.accumulate import cached_accumulation
 from openeva.train.checkpointing import (
     SHARDED, TRAIN_STATE, CheckpointManager, export_target, load_sharded, rng_state, save_sharded, set_rng_state,
     split_task_state, write_model_dir,
 )
 from openeva.train.distributed import (
-    World, all_reduce_min, all_reduce_sum, average_replicated_grads, barrier, gradient_sync, is_fsdp,
-    replicated_params, unsharded_root, unwrap, wrap_task,
+    World, all_gather_object, all_reduce_min, all_reduce_sum, average_replicated_grads, barrier, gradient_sync,
+    compile_blocks, is_fsdp, replicated_params, unsharded, unwrap, wrap_task,
 )
 
 logger = logging.getLogger(__name__)
@@ -75,6 +78,13 @@ def pad_batch(batch, template, size: int):
     return fill(batch, template)
 
 
+def use_tf32(device: torch.device) -> bool:
+    """Whether a run on ``device`` does its fp32 matmuls in TF32: on CUDA, yes (products with a 10-bit mantissa,
+    accumulated in fp32, as cluster training of these models runs: the fp32 parts of a bf16 run, such as the loss
+    and logit matmuls, and every matmul of an fp32 run go to the tensor cores); no other device has TF32."""
+    return torch.device(device).type == "cuda"
+
+
 @contextlib.contextmanager
 def _rng_preserved():
     """Validation must not change the training RNG stream (a resumed run would diverge otherwise)."""
@@ -104,19 +114,23 @@ class Trainer:
         self.total_steps = cfg.schedule.total_steps or cfg.schedule.epochs * self.steps_per_epoch
         precision, reason = resolve_precision(cfg.precision, self.world.device)  # "auto" -> what is fast here
         self.precision = Precision(precision, self.world.device)
+        tf32 = use_tf32(self.world.device)
+        if tf32:
+            torch.set_float32_matmul_precision("high")  # process-wide: fp32 matmuls (also outside autocast) in TF32
         self.precision_info = {"requested": cfg.precision, "precision": precision, "reason": reason,
-                               "device": str(self.world.device), **cpu_capability()}
+                               "device": str(self.world.device), "tf32_matmul": tf32, **cpu_capability()}
         if self.world.is_main:
-            print(f"precision {cfg.precision} -> {precision}: {reason}", flush=True)
+            print(f"precision {cfg.precision} -> {precision}: {reason}"
+                  f"{'; fp32 matmuls in TF32 (CUDA)' if tf32 else ''}", flush=True)
 
-        task.to(self.world.device)
+        if not any(p.is_meta for p in task.parameters()):  # meta: materialised shard by shard in wrap_task
+            task.to(self.world.device)
         task.set_world(self.world.rank, self.world.world_size)
-        if cfg.model.compile:
-            task.compile()
         # a Task that honours a validity mask gets fixed-shape batches (no per-micro-batch sync in _next_batch)
         self.masked, self._template = "valid" in inspect.signature(task.forward).parameters, None
         self.model = wrap_task(task, self.world, cfg.dist.strategy, cfg.dist.find_unused_parameters,
                                cfg.dist.static_graph, torch.bfloat16 if precision == "bf16" else None)
+        self.compiled = compile_blocks(self.model) if cfg.model.compile else []  # wrapped first, then compiled
         o = cfg.optim
         self.groups = param_groups(task, task.param_group_specs(), o.lr, o.weight_decay)
         self.optimizer = create_optimizer(self.groups, o.optimizer, o.lr, o.betas, o.eps, o.weight_decay)
@@ -127,8 +141,10 @@ class Trainer:
         self.replicated = replicated_params(task) if is_fsdp(self.model) else []
         self.export = export_target(task)
         self.ckpt = CheckpointManager(self.run_dir, cfg.keep_last)
+        self.guard = NanGuard(cfg.nan_max_retries, self.world.device)
         self.step, self.epoch, self.position = 0, 0, 0  # position: next batch of the epoch to read
-        self.counters = {"samples": 0, "skipped_samples": 0, "skipped_batches": 0}
+        self.counters = {"samples": 0, "skipped_samples": 0, "skipped_batches": 0, "failed_shards": 0}
+        self.new_failed_shards: list[str] = []  # names not yet in metrics.jsonl
         self.last_saved = self.last_evaluated = -1
         resume = self.ckpt.resolve(cfg.resume)
         if resume is not None:
@@ -153,6 +169,9 @@ class Trainer:
             usable, from_start = 0, self.position == 0  # a resumed epoch's tail may legitimately be empty
             for batch in self.data.batches(self.epoch, self.position):
                 self.position += 1
+                failed = take_failed_shards(getattr(self.data, "dataset", None))  # from workers too
+                self.counters["failed_shards"] += len(failed)
+                self.new_failed_shards += failed
                 usable += batch_size_of(batch) if batch is not None else 0
                 yield batch
             if usable == 0 and from_start:
@@ -211,11 +230,23 @@ class Trainer:
         t_log, samples_at_log = time.perf_counter(), self.counters["samples"]
         try:
             while self.step < stop_at:
+                window = self.epoch * len(self.data) + self.position  # global index of the step's first batch
+                if window in self.guard.skip:  # it gave a non-finite step before a restore (nan_guard.py)
+                    for _ in range(self.accum):
+                        next(stream)
+                    log.log(self.step, {"skipped_window": window, "window_batches": self.accum}, prefix="nan_guard")
+                    continue
                 self.schedule.set_step(self.step)
                 sums, grad_norm, stepped = self.train_step([self._next_batch(stream) for _ in range(self.accum)])
                 self.step += 1
+                if stepped:  # an fp16 step the grad scaler skipped (inf/NaN gradients) left the weights as they were
+                    self.guard.record(self.step, window, sums["loss"], grad_norm)
                 self.task.on_step_end(self.step)
-                if self.step % cfg.log_every == 0 or self.step == stop_at:
+                logs = self.step % cfg.log_every == 0 or self.step == stop_at
+                if (logs or self.step % cfg.save_every == 0) and self._nonfinite(log):
+                    stream = self._stream()  # restored: the data from the checkpoint's position on
+                    continue
+                if logs:
                     now = time.perf_counter()
                     rate = (self.counters["samples"] - samples_at_log) * world.world_size / max(now - t_log, 1e-9)
                     t_log, samples_at_log = now, self.counters["samples"]
@@ -237,6 +268,39 @@ class Trainer:
         return {"step": self.step, "total_steps": self.total_steps, "epoch": self.epoch, "rank": self.world.rank,
                 **self.counters,
                 **{k: v for k, v in last.items() if k in ("loss",)}, "run_dir": str(self.run_dir)}
+
+    def _nonfinite(self, log: RunLogger) -> bool:
+        """At a logging or saving step: whether a step since the last check was not finite on some rank; if so,
+        restore the newest checkpoint and mark the first such step's data window to be skipped (or stop after
+        ``nan_max_retries`` restores). See :mod:`openeva.train.nan_guard`."""
+        found = self.guard.check(self.world)
+        if found is None:
+            return False
+        step, window = found
+        self.guard.retries += 1
+        path = self.ckpt.latest()
+        event = {"nonfinite_step": step, "window": window, "window_batches": self.accum,
+                 "retry": self.guard.retries, "max_retries": self.guard.max_retries,
+                 "restored_step": None if path is None else int(path.name.rsplit("_", 1)[-1])}
+        stop = self.guard.retries > self.guard.max_retries or path is None
+        log.log(self.step, {**event, "stopped": int(stop)}, prefix="nan_guard")
+        if self.guard.retries > self.guard.max_retries:
+            raise FloatingPointError(
+                f"the loss or gradient norm was not finite at step {step} (data window {window}), after "
+                f"{self.guard.max_retries} restore(s) from checkpoints (nan_max_retries={self.guard.max_retries}); "
+                f"stopping. Lower the lr, check the data, use precision=bf16/fp32, or raise nan_max_retries")
+        if path is None:
+            raise FloatingPointError(
+                f"the loss or gradient norm was not finite at step {step} (data window {window}) and no checkpoint "
+                f"was written yet to restore (save_every={self.cfg.save_every}); stopping")
+        self.guard.skip.add(window)
+        if self.world.is_main:
+            logger.warning("non-finite loss at step %d: restoring %s and skipping data window %d (%d batches), "
+                           "retry %d of %d", step, path, window, self.accum, self.guard.retries,
+                           self.guard.max_retries)
+        self._restore(path)
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
 
     def train_step(self, batches: list[tuple]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, bool]:
         """One optimizer step over ``accum`` ``(batch, valid)`` micro-batches (from :meth:`_next_batch`) ->
@@ -279,14 +343,21 @@ class Trainer:
         keys = sorted(sums)
         values = torch.stack([sums[k] for k in keys]).float()
         values = all_reduce_sum(values, self.world) / self.world.world_size
-        counts = all_reduce_sum(torch.tensor([float(self.counters[k]) for k in ("samples", "skipped_samples")],
+        counts = all_reduce_sum(torch.tensor([float(self.counters[k]) for k in ("samples", "skipped_samples",
+                                              "failed_shards")] + [float(len(self.new_failed_shards))],
                                              device=values.device), self.world)
+        if counts[3] > 0:  # every rank agrees; names gathered only when some shard failed since the last record
+            names = [n for part in all_gather_object(self.new_failed_shards, self.world) for n in part]
+            self.new_failed_shards = []
         metrics = {k: float(v) for k, v in zip(keys, values.tolist())}
         if not math.isfinite(metrics["loss"]):
             raise FloatingPointError(f"loss is {metrics['loss']} at step {self.step}; lower the lr or use "
                                      "precision=bf16/fp32")
         metrics.update({"lr": max(g["lr"] for g in self.optimizer.param_groups), "epoch": self.epoch,
-                        "samples_per_s": rate, "samples_seen": int(counts[0]), "skipped_samples": int(counts[1])})
+                        "samples_per_s": rate, "samples_seen": int(counts[0]), "skipped_samples": int(counts[1]),
+                        "failed_shards": int(counts[2])})
+        if counts[3] > 0:
+            metrics["failed_shard_names"] = names
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
         if not stepped:
@@ -296,16 +367,21 @@ class Trainer:
         return metrics
 
     def evaluate(self, log: RunLogger | None = None) -> dict:
-        """``task.evaluate`` in eval mode without touching the training RNG: on rank 0, or under FSDP on every rank
-        (their blocks' shards are gathered together) with the sharded root gathered whole and, as in training, in
-        the run's autocast (:func:`unsharded_root`; evaluators call methods that bypass the root's forward)."""
+        """``task.evaluate`` in eval mode without touching the training RNG, on every rank: each scores its share of
+        the validation data and the evaluators combine the shares over the run's process group
+        (:func:`~openeva.train.evals.eval_group`), so the metrics are one process's. Under FSDP every unit is
+        gathered whole for the evaluation (:func:`~openeva.train.distributed.unsharded`: evaluators call methods
+        that bypass the root's forward, and ranks run different numbers of forwards) and it runs in the run's
+        autocast. A Task whose ``evaluate`` takes no ``group`` runs on rank 0 alone (on every rank under FSDP)."""
         metrics: dict = {}
         fsdp = is_fsdp(self.model)
-        if self.world.is_main or fsdp:
+        shares = accepts_group(self.task.evaluate)
+        if shares or self.world.is_main or fsdp:
             self.task.eval()
-            with _rng_preserved(), torch.no_grad(), unsharded_root(self.model), (
+            with _rng_preserved(), torch.no_grad(), unsharded(self.model), (
                     self.precision.autocast() if fsdp else contextlib.nullcontext()):
-                metrics = self.task.evaluate(self.step) or {}
+                kwargs = {"group": eval_group(self.world)} if shares else {}
+                metrics = self.task.evaluate(self.step, **kwargs) or {}
             self.task.train()
         if log is not None and metrics:
             log.log(self.step, metrics, prefix="val")
@@ -352,6 +428,7 @@ class Trainer:
                         "counters": {k: int(v) for k, v in zip(keys, totals.tolist())},
                         "world_size": world.world_size, "strategy": self.cfg.dist.strategy,
                         "schedule": self.schedule.state_dict(), "scaler": self.precision.state_dict(),
+                        "nan_guard": self.guard.state_dict(),
                         "config": self.cfg.to_dict()}, tmp / TRAIN_STATE)
         torch.save(rng_state(), tmp / f"rng_rank{world.rank}.pt")
         barrier(world)
@@ -374,6 +451,7 @@ class Trainer:
             g["base_lr"], g["lr_scale"], g["weight_decay"] = current.get(g["name"], (g["base_lr"], g["lr_scale"],
                                                                                       g["weight_decay"]))
         self.schedule.load_state_dict(state["schedule"])
+        self.guard.load_state_dict(state.get("nan_guard"))
         self.precision.load_state_dict(state["scaler"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.counters.update({k: v if self.world.is_main else 0 for k, v in state["counters"].items()})

@@ -35,7 +35,7 @@ from openeva.factory import EVA02_HEAD_INIT_SCALE, build_classifier, preprocess_
 from openeva.evaluators import Accuracy, AccuracyOptions
 from openeva.train.augment_bounds import bound_posterize
 from openeva.train.data import ResumableLoader
-from openeva.train.evals import select_evals
+from openeva.train.evals import rank_share, select_evals
 from openeva.train.options import (
     EVA02_AUTO_AUGMENT, EVA02_EMA_DECAY, EVA02_TRAIN_SCALE, FinetuneOptions, check_loss_options,
 )
@@ -151,13 +151,17 @@ def _images_labels(batch) -> tuple[torch.Tensor, torch.Tensor]:
     return batch[0], batch[1]
 
 
-def evaluate_classifier(model: nn.Module, loader: Iterable, device=None, max_batches: int | None = None) -> dict:
+def evaluate_classifier(model: nn.Module, loader: Iterable, device=None, max_batches: int | None = None,
+                        group=None) -> dict:
     """Top-1 / top-5 (top-min(5, C)) accuracy and mean cross-entropy of ``model`` over ``loader``: the
-    :class:`~openeva.evaluators.Accuracy` evaluator over this process's batches.
+    :class:`~openeva.evaluators.Accuracy` evaluator, each rank of ``group`` scoring its share
+    (:func:`~openeva.train.evals.rank_share`: a loader's dataset split into blocks, other batches dealt round-robin;
+    the first ``max_batches`` batches' samples under any number of ranks), the counts summed.
 
     Batches are ``(images, labels)`` (None batches, where every image failed to decode, are skipped).
     """
-    return Accuracy(AccuracyOptions(max_batches=max_batches)).run(model, loader, device=device)
+    data, batching = rank_share(loader, group, max_batches)
+    return Accuracy(AccuracyOptions(), batching).run(model, data, device=device, group=group)
 
 
 # ---------------------------------------------------------------------------------------------- task
@@ -267,12 +271,12 @@ class FinetuneTask(Task):
         what the run reports. None (nothing exported) for a model without a registry spec."""
         return self.eval_model if getattr(self.eval_model, "spec", None) is not None else None
 
-    def evaluate(self, step: int) -> dict[str, float]:
+    def evaluate(self, step: int, group=None) -> dict[str, float]:
         if self.val_loader is None:
             return {}
-        metrics = evaluate_classifier(self.eval_model, self.val_loader, max_batches=self.max_eval_batches)
+        metrics = evaluate_classifier(self.eval_model, self.val_loader, max_batches=self.max_eval_batches, group=group)
         if self.eval_model is not self.model:
-            raw = evaluate_classifier(self.model, self.val_loader, max_batches=self.max_eval_batches)
+            raw = evaluate_classifier(self.model, self.val_loader, max_batches=self.max_eval_batches, group=group)
             metrics.update({f"raw_{k}": v for k, v in raw.items()})
         return metrics
 
@@ -382,7 +386,7 @@ def build_finetune(cfg, world, model=None, train_data=None, val_data=None):
                              num_workers=d.num_workers, pin_memory=world.device.type == "cuda",
                              samples_per_epoch=d.train_num_samples)
     val_loader = None
-    if val is not None and (world.is_main or cfg.dist.strategy == "fsdp") and "accuracy" in select_evals(cfg, ("accuracy",)):
+    if val is not None and "accuracy" in select_evals(cfg, ("accuracy",)):  # on every rank: each scores its share
         val_loader = torch.utils.data.DataLoader(val, batch_size=min(2 * d.batch_size, 256), shuffle=False,
                                                  num_workers=d.num_workers, collate_fn=collate_skip_none)
     task = FinetuneTask(classifier, num_classes, label_smoothing=options.label_smoothing, mixup=options.mixup,

@@ -15,6 +15,7 @@ runs one and leaves ``RUN/final``, a plain backbone checkpoint (see :mod:`openev
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from openeva.data.loader import collate_skip_none
 from openeva.data.transforms import PreprocessConfig, image_transform
+from openeva.evaluators.distributed import all_sum, rank_positions
 from openeva.factory import build_config, build_student, build_teacher, resolve_spec
 from openeva.runtime import resolve_precision
 from openeva.losses.mim import mim_cosine_loss, patchify, pixel_regression_loss
@@ -33,6 +35,7 @@ from openeva.train.config import TrainConfig, load_config
 from openeva.train.options import TARGETS, MIMOptions, canonical_task
 from openeva.train.runner import run_dir_of, train
 from openeva.train.preflight import check_weights, resolve_model
+from openeva.train.distributed import builds_on_meta
 from openeva.train.task import ParamGroupSpec, Task
 
 logger = logging.getLogger(__name__)
@@ -161,21 +164,27 @@ class MIMTask(Task):
         return [ParamGroupSpec(module=self.student, prefix="student", layer_decay=self.layer_decay)]
 
     @torch.no_grad()
-    def evaluate(self, step: int) -> dict[str, float]:
-        """Mean loss (and cosine similarity) on ``val_data``: the same images and masks at every evaluation."""
+    def evaluate(self, step: int, group=None) -> dict[str, float]:
+        """The loss (and cosine similarity) on ``val_data`` averaged over all its masked patches: the same images and
+        masks at every evaluation. Each rank of ``group`` scores its block of the images
+        (:func:`~openeva.evaluators.distributed.rank_positions`) and the sums over patches are added, so the result is
+        one process's whatever the number of ranks or the batch size."""
         if self.val_data is None:
             return {}
-        loader = torch.utils.data.DataLoader(self.val_data, batch_size=self.val_batch_size, shuffle=False,
+        part = torch.utils.data.Subset(self.val_data, rank_positions(len(self.val_data), group))
+        loader = torch.utils.data.DataLoader(part, batch_size=self.val_batch_size, shuffle=False,
                                              collate_fn=collate_skip_none)
         device = self.student.cls_token.device
-        total, count = 0.0, 0
+        sums = torch.zeros(2, dtype=torch.float64)  # loss summed over masked patches, masked patches
         for batch in loader:
             if batch is None:
                 continue
             images, mask = self.masks([t.to(device) for t in batch])
             pred = self.predict(self.encode(images, mask))  # (B, N, C)
-            total += float(self.loss(pred, self.targets(images), mask)) * len(images)
-            count += len(images)
+            patches = mask.sum()  # the loss is a mean over the batch's masked patches: times their count, a sum
+            loss = self.loss(pred, self.targets(images), mask).double()
+            sums += torch.stack([loss * patches, patches.double()]).cpu()
+        total, count = all_sum(sums, group).tolist()
         if count == 0:
             return {}
         metrics = {"loss": total / count}
@@ -334,7 +343,9 @@ def build_mim_task(cfg, opts: MIMOptions | None = None, device="cpu") -> MIMTask
 def build_mim(cfg, world):
     """(MIMTask, ResumableLoader) for a TrainConfig on this process: the engine's ``build(cfg, world)``."""
     opts = MIMOptions.from_dict(cfg.task_options)
-    task = build_mim_task(cfg, opts, world.device)
+    meta = builds_on_meta(world, cfg.dist.strategy, cfg.dist.meta_init)  # shapes only: rank 0 sends the weights
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        task = build_mim_task(cfg, opts, world.device)
     student = task.student
     pre = PreprocessConfig.from_dict(student.spec.preprocess_cfg(student.cfg.img_size))
     # student and teacher see this one crop: the teacher gets the same tensor (resized when its size differs)
@@ -347,11 +358,10 @@ def build_mim(cfg, world):
     loader = ResumableLoader(train, d.batch_size, rank=world.rank, world_size=world.world_size, seed=cfg.seed,
                              num_workers=d.num_workers, pin_memory=world.device.type == "cuda",
                              samples_per_epoch=d.train_num_samples)
-    if world.is_main or cfg.dist.strategy == "fsdp":  # FSDP evaluates on every rank (their shards together)
-        val = build_val_pairs(d, image_transform(pre, is_train=False), None, size, cfg.seed, images_only=True)
-        if val is not None:
-            task.val_data = MaskedImages(val, task.mask_generator, seed=cfg.seed + 3_000_017)
-            task.val_batch_size = min(d.batch_size * 2, 256)
+    val = build_val_pairs(d, image_transform(pre, is_train=False), None, size, cfg.seed, images_only=True)
+    if val is not None:  # on every rank: each scores its share
+        task.val_data = MaskedImages(val, task.mask_generator, seed=cfg.seed + 3_000_017)
+        task.val_batch_size = min(d.batch_size * 2, 256)
     return task, loader
 
 

@@ -33,7 +33,7 @@ from openeva.dense.pyramid import SimpleFeaturePyramid
 from openeva.evaluators import MIoU, MIoUOptions, Segmented
 from openeva.factory import create_model, resolve_spec
 from openeva.train.data import ResumableLoader
-from openeva.train.evals import select_evals
+from openeva.train.evals import rank_share, select_evals
 from openeva.train.options import SegmentationOptions
 from openeva.train.task import ParamGroupSpec, Task
 
@@ -89,11 +89,15 @@ class SegmentationModel(nn.Module):
         return self.num_layers - 1  # pyramid convs and decoder: the full learning rate
 
 
-def evaluate_segmenter(model: nn.Module, loader: Iterable, num_classes: int, device=None) -> dict[str, float]:
+def evaluate_segmenter(model: nn.Module, loader: Iterable, num_classes: int, device=None,
+                       group=None) -> dict[str, float]:
     """mIoU / pixel accuracy / loss of ``model`` over ``loader`` batches of (images, masks): the
-    :class:`~openeva.evaluators.MIoU` evaluator (with the loss) over this process's batches."""
-    evaluator = MIoU(MIoUOptions(ignore_index=IGNORE_INDEX, loss=True))
-    return evaluator.run(model, Segmented(loader, num_classes), device=device if device is not None else "cpu")
+    :class:`~openeva.evaluators.MIoU` evaluator (with the loss), each rank of ``group`` scoring its share
+    (:func:`~openeva.train.evals.rank_share`), the confusion matrices summed."""
+    data, batching = rank_share(loader, group)
+    evaluator = MIoU(MIoUOptions(ignore_index=IGNORE_INDEX, loss=True), batching)
+    return evaluator.run(model, Segmented(data, num_classes), device=device if device is not None else "cpu",
+                         group=group)
 
 
 class SegmentationTask(Task):
@@ -122,11 +126,11 @@ class SegmentationTask(Task):
     def param_group_specs(self) -> list[ParamGroupSpec]:
         return [ParamGroupSpec(module=self.model, prefix="model", layer_decay=self.layer_decay)]
 
-    def evaluate(self, step: int) -> dict[str, float]:
+    def evaluate(self, step: int, group=None) -> dict[str, float]:
         if self.val_loader is None:
             return {}
         device = next(self.model.parameters()).device
-        return evaluate_segmenter(self.model, self.val_loader, self.model.num_classes, device)
+        return evaluate_segmenter(self.model, self.val_loader, self.model.num_classes, device, group)
 
 
 # ------------------------------------------------------------------------------------------- config -> task
@@ -206,7 +210,7 @@ def build_segmentation(cfg, world):
     loader = ResumableLoader(train, d.batch_size, rank=world.rank, world_size=world.world_size, seed=cfg.seed,
                              num_workers=d.num_workers)
     val_loader = None
-    if val_src is not None and (world.is_main or cfg.dist.strategy == "fsdp") and "miou" in select_evals(cfg, ("miou",)):
+    if val_src is not None and "miou" in select_evals(cfg, ("miou",)):  # on every rank: each scores its share
         val = PairedSegmentation(val_src, size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
         val_loader = torch.utils.data.DataLoader(val, batch_size=min(2 * d.batch_size, 64), shuffle=False,
                                                  num_workers=d.num_workers, collate_fn=collate_skip_none)

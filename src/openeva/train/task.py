@@ -64,6 +64,9 @@ class Task(nn.Module, abc.ABC):
     def on_step_end(self, step: int) -> None:
         """Hook after each optimizer step (e.g. clamping CLIP's logit scale)."""
 
-    def evaluate(self, step: int) -> dict[str, float]:
-        """Optional validation metrics, run by the engine every ``eval_every`` steps on rank 0."""
+    def evaluate(self, step: int, group=None) -> dict[str, float]:
+        """Optional validation metrics, run by the engine every ``eval_every`` steps on every rank: each rank scores
+        its share of the validation set and the evaluators combine the shares over ``group`` (None: one process;
+        :func:`openeva.train.evals.rank_share`), so every rank returns the one-process metrics. A Task whose
+        ``evaluate`` takes no ``group`` is run on rank 0 alone (on every rank, over all of its data, under FSDP)."""
         return {}
