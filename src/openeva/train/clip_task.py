@@ -57,12 +57,17 @@ class CLIPTask(Task):
                            "text": (text_lr, text_layer_decay, text_weight_decay)}
         self.max_log_scale = math.log(max_logit_scale)
         self.evaluator = evaluator
-        if loss == "siglip":
+        # A SigLIP model (open_clip's zoo) owns its logit bias: a pretrained bias is trained on, not replaced.
+        self.model_has_bias = getattr(model, "logit_bias", None) is not None
+        if loss == "siglip" and not self.model_has_bias:
             self.logit_bias = nn.Parameter(torch.tensor(-10.0))
             with torch.no_grad():
                 model.logit_scale.fill_(math.log(10.0))
         else:
             self.logit_bias = None
+        if loss == "clip" and self.model_has_bias:
+            raise ValueError(f"{type(model).__name__} carries a sigmoid logit bias (a SigLIP model): train it with "
+                             "loss.kind=siglip")
         self.set_world(0, 1)
 
     def set_world(self, rank: int, world_size: int) -> None:
@@ -82,10 +87,12 @@ class CLIPTask(Task):
         if batch is None or len(batch) < 2:
             raise ValueError("a CLIP batch is (images, tokens)")
         images, texts = batch[0], batch[1]
-        image_features, text_features, scale = self.model(images, texts)  # (B, E), (B, E), ()
+        out = self.model(images, texts)  # (B, E), (B, E), () [, () the model's own SigLIP bias]
+        image_features, text_features, scale = out[:3]
         features = {"image": image_features, "text": text_features, "scale": scale}
-        if self.logit_bias is not None:
-            features["bias"] = self.logit_bias
+        bias = out[3] if len(out) > 3 else self.logit_bias
+        if bias is not None:
+            features["bias"] = bias
         if valid is not None:
             features["valid"] = valid
         return features if features_only else self.loss_from_features(features)
@@ -223,7 +230,7 @@ def preflight_clip(cfg) -> None:
 def build_clip(cfg, world):
     """(CLIPTask, ResumableLoader) for a :class:`~openeva.train.config.TrainConfig` on this process."""
     model = build_clip_model(cfg.model, meta=builds_on_meta(world, cfg.dist.strategy, cfg.dist.meta_init))
-    tokenizer = get_tokenizer(context_length=model.context_length)
+    tokenizer = get_tokenizer(cfg.model.name, context_length=model.context_length)  # the model's own (SigLIP, HF)
     pre = PreprocessConfig.from_dict(preprocess_cfg(model))
     train_tf = image_transform(pre, is_train=True, scale=tuple(cfg.data.scale))
     val_tf = image_transform(pre, is_train=False)
