@@ -5,8 +5,11 @@ Two read paths over the same shards from three places, taking turns within every
 
 * ``train``: clip_tiny's training read path (``TarShardDataset`` in a DataLoader: stream, decode, resize to
   clip_tiny's 32 px input, collate);
-* ``embed``: ``openeva embed`` with clip_tiny's model (EVA02-test, random weights): index the shards, read each
-  image by its byte range, decode, preprocess, encode, write vector shards.
+* ``embed``: ``openeva embed`` with clip_tiny's model (EVA02-test, random weights), one fresh run per timing.
+  From disk: index the shards, read each image by its byte range, decode, preprocess, encode, write vector
+  shards. From a store: one streaming pass, each shard downloaded once to a local temporary file (the next
+  ones while one is embedded), indexed and embedded from there; the DataLoader workers read only local files,
+  so they open no store session.
 
 Both servers run on 127.0.0.1 in their own process, as a store is its own service (moto's S3 in server mode,
 Python's ``http.server`` answering Range requests), so the numbers measure openeva's remote read path plus those
@@ -208,7 +211,9 @@ def main() -> None:
         "paths": {"train": "clip_tiny's training read path: TarShardDataset (shard shuffle, 1000-sample shuffle "
                            "buffer), decode, resize, collate, in the run's persistent ResumableLoader, one epoch "
                            "per timing",
-                  "embed": "openeva embed with EVA02-test (clip_tiny's model), random weights, float32 vectors"},
+                  "embed": "openeva embed with EVA02-test (clip_tiny's model), random weights, float32 vectors, a "
+                           "fresh run per timing; remote shards streamed (each downloaded once to a local "
+                           "temporary file, indexed and embedded from it), disk shards indexed then read by range"},
         "samples_per_s": {k: round(v, 1) for k, v in rates.items()},
         "fraction_of_disk": fraction, "goal_fraction": 0.9,
         "seconds": times, "environment": _common.environment(),

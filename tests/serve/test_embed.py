@@ -175,3 +175,115 @@ def test_resume_after_kill_9_gives_the_same_vectors(clip_dir, make_folder, tmp_p
     assert ids == [m["id"] for m in meta_c]
     assert np.array_equal(resumed, expected)
     assert not list((out / "shards").glob(".*.tmp-*")), "the resumed run removes half-written files"
+
+
+# ------------------------------------------------------------------------------------------------ remote shards
+def _served_shards(tmp_path, make_shards, n: int = 23, per_shard: int = 5):
+    """``n`` captioned JPEGs in shards of ``per_shard`` (the last one short), so that output shards straddle
+    input shards; returns the folder."""
+    return make_shards(tmp_path / "wds", n, per_shard=per_shard)
+
+
+def _same(a, b) -> None:
+    va, ma, fa = load_embeddings(a)
+    vb, mb, fb = load_embeddings(b)
+    assert fa["count"] == fb["count"] and fa["total"] == fb["total"] and fa["num_shards"] == fb["num_shards"]
+    assert [m["id"] for m in ma] == [m["id"] for m in mb] and [m["caption"] for m in ma] == [m["caption"] for m in mb]
+    assert np.array_equal(va, vb)
+
+
+def test_remote_shards_are_streamed_once_and_equal_disk(clip_dir, make_shards, tmp_path, monkeypatch):
+    """From HTTP, S3 and ``pipe:``: each input shard is fetched exactly once (no index pass), the output equals
+    the disk run's (same item numbering, batches, vectors, captions), and no download is left behind."""
+    from remote_servers import http_server, s3_server
+
+    folder = _served_shards(tmp_path, make_shards)
+    opts = {"shard_size": 7, "batch_size": 3, "dtype": "float32", "progress": False}
+    disk = embed(str(folder / "shard-{000..004}.tar"), clip_dir, tmp_path / "disk", **opts)
+    assert disk["count"] == 23
+    with http_server(folder) as (url, handler):
+        remote = embed(f"{url}/shard-{{000..004}}.tar", clip_dir, tmp_path / "http", workers=1, **opts)
+        gets = [r for r in handler.requests if r.endswith(".tar")]
+    assert sorted(gets) == [f"/shard-{i:03d}.tar" for i in range(5)], "each shard downloaded exactly once"
+    assert remote["status"] == "complete" and remote["count"] == 23 and remote["total"] == 23
+    _same(tmp_path / "disk", tmp_path / "http")
+    meta = load_embeddings(tmp_path / "http")[1]
+    assert meta[0]["path"] == f"{url}/shard-000.tar/00000" and meta[0]["source"]["tar"] == f"{url}/shard-000.tar"
+    ledger = json.loads((tmp_path / "http" / "inputs.json").read_text())["shards"]
+    assert [e["count"] for e in ledger] == [5, 5, 5, 5, 3]
+    assert not list((tmp_path / "http").glob(".download-*")), "downloads are deleted"
+    embed(f"pipe:cat {folder}/shard-{{000..004}}.tar", clip_dir, tmp_path / "pipe", **opts)
+    _same(tmp_path / "disk", tmp_path / "pipe")
+    with s3_server(monkeypatch) as s3:
+        for p in sorted(folder.glob("*.tar")):
+            s3.upload_file(str(p), "shards", f"wds/{p.name}")
+        embed("s3://shards/wds/", clip_dir, tmp_path / "s3", workers=1, **opts)  # a prefix of shards
+    _same(tmp_path / "disk", tmp_path / "s3")
+
+
+def test_remote_resume_reads_only_the_shards_of_unfinished_outputs(clip_dir, make_shards, tmp_path):
+    """A rerun downloads only the input shards holding items of unfinished output shards (counts come from
+    the ledger), gives the same vectors, splits over ranks without overlap, and refuses a changed shard."""
+    import shutil
+
+    from remote_servers import http_server
+
+    folder = _served_shards(tmp_path, make_shards)
+    opts = {"shard_size": 7, "batch_size": 3, "dtype": "float32", "progress": False}
+    out = tmp_path / "http"
+    with http_server(folder) as (url, handler):
+        src = f"{url}/shard-{{000..004}}.tar"
+        embed(src, clip_dir, out, **opts)
+        for s in (1, 3):  # as if killed before these finished: items 7-13 (shards 1, 2) and 21-22 (shard 4)
+            (out / "shards" / f"{s:05d}.done.json").unlink()
+        reference = tmp_path / "reference"
+        shutil.copytree(folder, tmp_path / "copy")
+        del handler.requests[:]
+        assert embed(src, clip_dir, out, **opts)["status"] == "complete"
+        assert sorted(r for r in handler.requests if r.endswith(".tar")) == [
+            "/shard-001.tar", "/shard-002.tar", "/shard-004.tar"]
+        two = tmp_path / "two"  # 2 ranks: each counts what it must, embeds only its output shards
+        assert embed(src, clip_dir, two, rank=1, world_size=2, **opts)["status"] == "partial"
+        assert sorted(p.name for p in (two / "shards").glob("*.done.json")) == ["00001.done.json",
+                                                                              "00003.done.json"]
+        assert embed(src, clip_dir, two, rank=0, world_size=2, **opts)["status"] == "complete"
+        (out / "shards" / "00002.done.json").unlink()
+        make_shards(tmp_path / "other", 23, per_shard=4)  # shard-002.tar now holds other items
+        shutil.copy(tmp_path / "other" / "shard-002.tar", folder / "shard-002.tar")
+        with pytest.raises(ValueError, match="shard-002.tar changed"):
+            embed(src, clip_dir, out, **opts)
+    embed(str(tmp_path / "copy" / "shard-{000..004}.tar"), clip_dir, reference, **opts)
+    for other in (out, two):
+        vectors = load_embeddings(other)[0]
+        assert np.array_equal(vectors, load_embeddings(reference)[0])
+
+
+def test_remote_resume_after_kill_9_gives_the_same_vectors(clip_dir, make_shards, tmp_path):
+    """``openeva embed`` from HTTP shards, killed part-way (kill -9), rerun: the same vectors as one clean run
+    over the same shards on disk, and the killed run's downloads are gone."""
+    from remote_servers import http_server
+
+    folder = make_shards(tmp_path / "wds", 150, per_shard=7, size=96)  # 22 input shards, 15 output shards
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = tmp_path / "killed"
+    with http_server(folder) as (url, _):
+        src = f"{url}/shard-{{000..021}}.tar"
+        proc = subprocess.Popen(_embed_cmd(src, clip_dir, out), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 240
+        while len(list((out / "shards").glob("*.done.json"))) < 2 and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+        finished = len(list((out / "shards").glob("*.done.json")))
+        assert 2 <= finished < 15, "the run must be killed part-way for this test to mean anything"
+        subprocess.run(_embed_cmd(src, clip_dir, out), env=env, check=True, timeout=300, capture_output=True)
+    clean = embed(str(folder / "shard-{000..021}.tar"), clip_dir, tmp_path / "clean", shard_size=10, batch_size=5,
+                  dtype="float32", progress=False)
+    resumed, meta_r, manifest = load_embeddings(out)
+    expected, meta_c, _ = load_embeddings(tmp_path / "clean")
+    assert manifest["count"] == clean["count"] == 150
+    assert [m["id"] for m in meta_r] == [m["id"] for m in meta_c] and np.array_equal(resumed, expected)
+    assert not list(out.glob(".download-*")) and not list((out / "shards").glob(".*.tmp-*"))

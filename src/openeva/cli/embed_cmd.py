@@ -12,7 +12,9 @@ from openeva.cli.options import (add_data_options, add_inference_options, add_mo
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("embed", help="embed a collection of images into vector shards (resumable)")
-    p.add_argument("src", help="a folder of images, a .csv/.tsv/.jsonl index, or .tar shards ('{000..099}.tar')")
+    p.add_argument("src", help="a folder of images, a .csv/.tsv/.jsonl index, or .tar shards ('{000..099}.tar'); "
+                               "a path or a URL (s3://, https://, pipe:CMD): remote shards are streamed, each "
+                               "downloaded once")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored vector dtype")
     p.add_argument("--text", action="store_true", help="also embed the captions")
     p.add_argument("--shard-size", type=int, default=4096, help="vectors per output shard")

@@ -68,6 +68,10 @@ class ImageCollection:
     def load(self, i: int) -> Image.Image:
         return open_rgb(self._paths[i])
 
+    def extra(self, i: int) -> dict:
+        """Other metadata of item ``i`` that the source brought (a CSV/JSONL row's other columns)."""
+        return {}
+
     def source(self, i: int) -> dict:
         """Where item ``i``'s bytes live, as JSON-able data (an index keeps it to serve thumbnails)."""
         return {"path": self._paths[i]}
@@ -86,6 +90,14 @@ class FolderCollection(ImageCollection):
 
 class IndexFileCollection(ImageCollection):
     kind = "rows"
+
+    def __init__(self, src: str, keys, paths, captions, skipped=None, extras: list[dict] | None = None):
+        super().__init__(src, keys, paths, captions, skipped)
+        self._extras = extras or [{} for _ in keys]
+
+    def extra(self, i: int) -> dict:
+        """The row's other columns (not image or caption): an index keeps them for ``where`` filters."""
+        return self._extras[i]
 
 
 class TarCollection(ImageCollection):
@@ -188,7 +200,7 @@ def _open_rows(path: Path | str, image_key, caption_key) -> IndexFileCollection:
         cap_col = pick_column(columns, caption_key, CAPTION_COLUMNS, "caption", path)
     else:
         cap_col = next((c for c in CAPTION_COLUMNS if c in columns), None)
-    keys, paths, captions, skipped, seen = [], [], [], [], set()
+    keys, paths, captions, skipped, seen, extras = [], [], [], [], set(), []
     for line, row in enumerate(rows, start=1):
         value = row.get(img_col)
         if not isinstance(value, str) or not value.strip():
@@ -201,7 +213,8 @@ def _open_rows(path: Path | str, image_key, caption_key) -> IndexFileCollection:
         keys.append(key)
         paths.append(str(resolve_listed_path(key, path.parent if isinstance(path, Path) else parent_of(path))))
         captions.append(clean_caption(row.get(cap_col)) if cap_col else None)
-    return IndexFileCollection(str(path), keys, paths, captions, skipped)
+        extras.append({c: v for c, v in row.items() if c not in (img_col, cap_col) and v not in (None, "")})
+    return IndexFileCollection(str(path), keys, paths, captions, skipped, extras)
 
 
 def _open_tars(src: str) -> TarCollection:

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 __all__ = [
-    "PrefetchedSource", "RetryPolicy", "expand_braces", "expand_sources", "fetch_files", "is_http", "is_local",
+    "PrefetchedSource", "RetryPolicy", "download", "expand_braces", "expand_sources", "fetch_files", "is_http", "is_local",
     "is_transient",
     "join_source", "list_dirs", "list_files", "local_mirror", "open_source", "parent_of", "read_bytes", "read_range",
     "read_text", "source_exists", "source_kind", "source_name", "split_sources", "unescape", "upload_file",
@@ -538,6 +538,19 @@ def fetch_files(url: str, local: Path, pattern: str = "**") -> list[Path]:
         with_retries(lambda n=name, t=target: fs.get_file(n, str(t)), f"copying {name}")
         out.append(target)
     return out
+
+
+def download(source: str | Path, target: str | Path) -> None:
+    """Copy one source (a URL or a ``pipe:`` command) to the local file ``target`` in one streamed read,
+    retried whole on a transient error: a shard that must be read twice (indexed, then read by byte range, as
+    ``openeva embed`` does) is fetched once and read from disk."""
+    import shutil
+
+    def copy() -> None:
+        with open_source(source) as f, open(target, "wb") as w:
+            shutil.copyfileobj(f, w, _CHUNK)
+
+    with_retries(copy, f"downloading {source}")
 
 
 def upload_file(local: str | Path, url: str) -> None:
