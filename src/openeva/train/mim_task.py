@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
 from openeva.data.loader import collate_skip_none
+from openeva.data.sources import source_kind
 from openeva.data.transforms import PreprocessConfig, image_transform
 from openeva.evaluators.distributed import all_sum, rank_positions
 from openeva.factory import build_config, build_student, build_teacher, resolve_spec
@@ -307,7 +308,7 @@ def preflight_mim(cfg) -> MIMOptions:
     grid = build_config(student_spec, img_size=cfg.model.img_size).grid_size
     opts.mask_generator(grid)  # raises on masking that does not fit the grid
     check_sources(cfg.data.sources())
-    if cfg.data.val not in (None, "synthetic") and not Path(cfg.data.val).exists():
+    if cfg.data.val not in (None, "synthetic") and source_kind(str(cfg.data.val)) is None:  # a path or a URL
         raise FileNotFoundError(f"data.val: not found: {cfg.data.val}")
     return opts
 
