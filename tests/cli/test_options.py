@@ -35,7 +35,7 @@ COMMANDS = sorted(_commands())
 
 def test_the_command_table_is_complete():
     assert {c[0] for c in COMMANDS} == {"models", "convert", "quickstart", "train", "pretrain", "eval", "eval-merge",
-                                        "export", "embed", "index", "search", "classify", "serve", "segment"}
+                                        "export", "embed", "index", "search", "dedup", "classify", "serve", "segment"}
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -95,14 +95,14 @@ def test_a_bad_input_ends_in_one_line_and_exit_code_2(tmp_path, capsys):
 
 
 def test_main_is_the_one_error_boundary(monkeypatch, capsys):
-    def bad_input(kind=None):
+    def bad_input(*args, **kwargs):
         raise ValueError("first line\n  second line")
 
     monkeypatch.setattr(models_cmd, "model_rows", bad_input)
     assert main(["models"]) == 2
     assert capsys.readouterr().err == "openeva models: error: first line second line\n"  # one line
 
-    def bug(kind=None):
+    def bug(*args, **kwargs):
         raise RuntimeError("a bug, not bad input")
 
     monkeypatch.setattr(models_cmd, "model_rows", bug)

@@ -74,6 +74,8 @@ def test_cli_filters_threshold_delete_compact_info_and_bad_input(clip_dir, make_
     assert search("--min-width", "41") == [] and len(search("--filter", "width<=40", "--max-height", "40")) == 12
     cut = everything[5]["score"]
     assert [h["id"] for h in search("--threshold", str(cut))] == [h["id"] for h in everything[:6]]
+    folded = search("--fold-duplicates", "-1")  # at cosine -1 every hit is a near-duplicate of the first
+    assert len(folded) == 1 and folded[0]["id"] == everything[0]["id"] and folded[0]["duplicate_count"] == 11
     # delete by id: gone from the next search; compaction keeps the rest
     gone = everything[0]["id"]
     assert main(["index", "delete", idx, gone, "no-such-id"]) == 0
@@ -92,6 +94,7 @@ def test_cli_filters_threshold_delete_compact_info_and_bad_input(clip_dir, make_
         (["search", idx, "--text", "x", "--filter", "width>=wide"], "needs an integer"),
         (["search", idx, "--text", "x", "--where", "camera"], "COLUMN=VALUE"),
         (["search", idx, "--text", "x", "-k", "5000"], "k must be"),
+        (["search", idx, "--text", "x", "--fold-duplicates", "3"], "cosine similarity in [-1, 1]"),
         (["search", str(tmp_path / "none"), "--text", "x"], "does not exist"),
         (["index", "build", str(tmp_path / "missing"), "--out", str(tmp_path / "i2")], "does not exist"),
         (["index", "build", str(tmp_path / "e2"), "--out", str(src)], "not an openeva index"),

@@ -75,6 +75,15 @@ def test_threshold_drops_hits_below_it_and_k_is_bounded(server):
     assert r.status_code == 422 and r.json()["error"]["param"] == "threshold"
 
 
+def test_fold_duplicates_folds_near_copies_into_the_best_hit(server):
+    plain = search(server)
+    assert all(h["duplicate_count"] is None for h in plain)
+    folded = search(server, fold_duplicates=-1.0)  # every pair is "near" at cosine -1: one hit keeps them all
+    assert len(folded) == 1 and folded[0]["id"] == plain[0]["id"] and folded[0]["duplicate_count"] == 15
+    r = server.client.post("/v1/search", json={"text": "a", "fold_duplicates": 2})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "fold_duplicates"
+
+
 def test_delete_by_id_needs_the_key_and_the_row_is_gone_from_the_next_search(server):
     every = search(server)
     victim = every[0]["id"]

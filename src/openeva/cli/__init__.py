@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "openeva.cli.embed_cmd",
     "openeva.cli.index_cmd",
     "openeva.cli.search_cmd",
+    "openeva.cli.dedup_cmd",
     "openeva.cli.classify_cmd",
     "openeva.cli.serve_cmd",
     "openeva.cli.segment_cmd",

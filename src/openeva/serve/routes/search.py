@@ -18,6 +18,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 from openeva.index import SearchFilter
+from openeva.index.dedup import search_folded
 from openeva.serve.errors import ApiError
 from openeva.serve.openapi import NON_BLANK_PATTERN, FormInt, JsonInt, errors, limit
 from openeva.serve.state import StateDep
@@ -31,6 +32,7 @@ FormSide = Annotated[FormInt, Field(ge=0, le=MAX_SIDE)]
 Range = tuple[Side | None, Side | None]
 WhereValue = Annotated[str, Field(max_length=1000)] | int | bool  # the union keeps "5" text and true a bool
 THRESHOLD_HELP = "drop hits scoring below this cosine similarity"
+FOLD_HELP = "fold near-duplicates: a hit at this cosine similarity or more to a better hit is listed under it"
 Threshold = Annotated[float, Field(ge=-1.0, le=1.0, strict=True, description=THRESHOLD_HELP)]
 WHERE_ITEM_PATTERN = "^[^=]+="  # COLUMN=VALUE (the first '=' splits)
 
@@ -58,6 +60,7 @@ class SearchIn(BaseModel):
     k: JsonInt = Field(10, description="number of results", json_schema_extra=K_SCHEMA)
     threshold: Threshold | None = None
     filter: FilterIn | None = None
+    fold_duplicates: Annotated[float, Field(ge=-1.0, le=1.0, strict=True, description=FOLD_HELP)] | None = None
 
 
 class Hit(BaseModel):
@@ -69,6 +72,7 @@ class Hit(BaseModel):
     width: int | None = None
     height: int | None = None
     thumb: str
+    duplicate_count: int | None = Field(None, description="near-duplicates folded into this hit (fold_duplicates)")
 
 
 class SearchOut(BaseModel):
@@ -82,7 +86,7 @@ async def search_text(body: SearchIn, state: StateDep):
     k = state.check_k(body.k)
     flt = to_filter(body.filter)
     vectors = await state.bounded(state.text_vectors([body.text]))  # (1, D)
-    hits = await run_search(state, index, vectors, k, body.threshold, flt)
+    hits = await run_search(state, index, vectors, k, body.threshold, flt, body.fold_duplicates)
     return {"query": {"text": body.text}, "results": public_hits(hits)}
 
 
@@ -92,6 +96,7 @@ async def search_image(
         k: FormInt = Form(10, description="number of results", json_schema_extra=K_SCHEMA),
         # optional form fields are typed without None (a form cannot send null), defaulting to None
         threshold: float = Form(None, ge=-1.0, le=1.0, description=THRESHOLD_HELP),
+        fold_duplicates: float = Form(None, ge=-1.0, le=1.0, description=FOLD_HELP),
         path_prefix: str = Form(None, min_length=1, max_length=4096, description="rows whose path starts so"),
         path_glob: str = Form(None, min_length=1, max_length=4096, description="rows whose path matches this glob"),
         min_width: FormSide = Form(None), max_width: FormSide = Form(None),
@@ -109,7 +114,7 @@ async def search_image(
     flt = make_filter(path_prefix, path_glob, columns, (min_width, max_width), (min_height, max_height))
     blobs = await state.read_uploads([file])
     vectors = await state.bounded(state.image_vectors(blobs))  # (1, D)
-    hits = await run_search(state, index, vectors, k, threshold, flt)
+    hits = await run_search(state, index, vectors, k, threshold, flt, fold_duplicates)
     return {"query": {"image": blobs[0][0]}, "results": public_hits(hits)}
 
 
@@ -136,16 +141,21 @@ def make_filter(path_prefix, path_glob, where: dict, width, height) -> SearchFil
         raise ApiError(422, "bad_filter", str(err), "filter") from None
 
 
-async def run_search(state, index, vectors, k: int, threshold: float | None, flt: SearchFilter | None) -> list[dict]:
-    """One query's hits, off the event loop (a search may wait while this process's add writes)."""
+async def run_search(state, index, vectors, k: int, threshold: float | None, flt: SearchFilter | None,
+                     fold: float | None = None) -> list[dict]:
+    """One query's hits, off the event loop (a search may wait while this process's add writes); with ``fold``,
+    near-duplicates folded (:func:`openeva.index.dedup.search_folded`)."""
     if flt is None:
         return []
-    hits = await state.bounded(asyncio.to_thread(index.search, vectors, k, filter=None if flt.empty else flt,
-                                                 threshold=threshold))
-    return [h for h in hits[0] if not math.isnan(h["score"])]
+    kw = {"filter": None if flt.empty else flt, "threshold": threshold}
+    if fold is None:
+        hits = (await state.bounded(asyncio.to_thread(index.search, vectors, k, **kw)))[0]
+    else:
+        hits = await state.bounded(asyncio.to_thread(search_folded, index, vectors, k, fold, **kw))
+    return [h for h in hits if not math.isnan(h["score"])]
 
 
 def public_hits(hits: list[dict]) -> list[dict]:
     """The fields of each hit a client may see (not the server's file paths), and the URL of its thumbnail."""
-    return [{k: h.get(k) for k in ("rank", "score", "row", "id", "caption", "width", "height")}
+    return [{k: h.get(k) for k in ("rank", "score", "row", "id", "caption", "width", "height", "duplicate_count")}
             | {"thumb": f"/v1/thumb/{h['row']}"} for h in hits]
