@@ -24,6 +24,50 @@ def test_models_table_and_kind_filter(capsys):
     assert main(["models", "--kind", "backbone"]) == 0
     out = capsys.readouterr().out
     assert "eva02_base_patch14_224" in out and "EVA02-B-16" not in out
+    header = out.splitlines()[0].split()
+    assert header[-7:] == ["embed", "serve", "tome", "int8", "onnx", "train", "pretrained"]
+
+
+def test_models_families_and_capabilities(capsys):
+    """Each family's row: its tower families, counts, and what it supports with the reason for what it does not."""
+    names = ["ViT-B-32", "ViT-B-16-SigLIP", "convnext_base", "EVA02-B-16", "eva02_tiny_patch14_224",
+             "timm:swin_tiny_patch4_window7_224"]
+    assert main(["models", *names, "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert list(rows) == names
+    open_clip = pytest.importorskip("open_clip")
+    ref = open_clip.create_model("ViT-B-32", device="meta")
+    # openeva drops OpenAI's key bias (softmax ignores it: 12 x 768 weights), otherwise open_clip's count
+    assert rows["ViT-B-32"]["params_m"] == pytest.approx(sum(p.numel() for p in ref.parameters()) / 1e6, abs=0.01)
+    assert rows["ViT-B-32"]["family"] == {"vision": "ViT", "text": "CLIP text"}
+    assert rows["ViT-B-16-SigLIP"]["family"]["vision"] == "ViT (map pool)"
+    assert rows["EVA02-B-16"]["family"]["vision"] == "ViT (RoPE)"
+    assert rows["convnext_base"]["family"]["vision"] == "timm ConvNeXt"
+    everything = dict.fromkeys(["embed", "serve", "tome", "int8", "onnx", "train"], True)
+    for name in ("ViT-B-32", "ViT-B-16-SigLIP", "EVA02-B-16"):
+        assert rows[name]["supports"] == everything and rows[name]["refusals"] == {}
+    assert rows["ViT-B-32"]["tome_r_auto"] == 3 and rows["ViT-B-16-SigLIP"]["tome_r_auto"] == 12
+    conv = rows["convnext_base"]
+    assert conv["supports"] == everything | {"tome": False} and "tome_r_auto" not in conv
+    assert "ConvNeXt" in conv["refusals"]["tome"] and "not a ViT" in conv["refusals"]["tome"]
+    tiny = rows["eva02_tiny_patch14_224"]
+    assert not tiny["supports"]["embed"] and not tiny["supports"]["serve"] and tiny["train_task"] == "finetune"
+    assert "CLIP model" in tiny["refusals"]["serve"]
+    swin = rows["timm:swin_tiny_patch4_window7_224"]
+    assert swin["family"]["vision"] == "timm SwinTransformer" and "SwinTransformer" in swin["refusals"]["tome"]
+    assert swin["params_m"] == pytest.approx(28.29, abs=0.01)  # timm's count for swin_tiny
+
+
+def test_models_capabilities_come_from_the_code_that_refuses(monkeypatch):
+    """Not a table: change what the int8 code refuses and the listing follows."""
+    import openeva.models.int8 as int8
+
+    from openeva.cli.models_cmd import model_row
+
+    assert model_row("EVA02-test")["supports"]["int8"]
+    monkeypatch.setattr(int8, "int8_refusal", lambda model: "no int8 today")
+    row = model_row("EVA02-test")
+    assert not row["supports"]["int8"] and row["refusals"]["int8"] == "no int8 today"
 
 
 def _timm_tiny_checkpoint(path):

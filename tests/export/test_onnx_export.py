@@ -76,3 +76,37 @@ def test_cli_export_onnx(tmp_path, capsys):
     assert "error" in err and len(err.strip().splitlines()) == 1  # one line from main's boundary, no traceback
     with pytest.raises(FileNotFoundError, match="manifest"):
         OnnxClip(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["vit", "siglip", "timm", "hf"])
+def test_export_every_tower_family_matches_pytorch(tmp_path, family):
+    """Plain ViT (QuickGELU, norm_pre), SigLIP (map pooling, bidirectional text, last-token pool), a timm ConvNeXt
+    tower and a Hugging Face text tower with padding: both graphs equal PyTorch at batch sizes not exported."""
+    from tiny_towers import image_size, text_ids, tiny_clip
+
+    model = tiny_clip(family)
+    manifest = export_onnx(model, tmp_path / family)
+    assert set(manifest["graphs"]) == {"image", "text"}
+    assert all(c["ok"] for cs in manifest["parity"].values() for c in cs)
+    runtime = OnnxClip(tmp_path / family)
+    images, ids = torch.randn(4, 3, *image_size(model)), text_ids(model, 4, seed=1)  # HF rows: padded lengths
+    with torch.no_grad():
+        assert _rel(runtime.encode_image(images), model.encode_image(images)) <= 1e-4
+        assert _rel(runtime.encode_text(ids), model.encode_text(ids)) <= 1e-4
+
+
+def test_onnx_refusal_names_the_state_not_the_family():
+    from openeva.export.onnx import onnx_refusal
+
+    for name in ("convnext-test", "EVA02-test"):
+        assert onnx_refusal(openeva.create_model(name, device="meta")) is None  # answers on the meta device too
+    assert "token merging" in onnx_refusal(openeva.create_model("EVA02-test", tome_r=2))
+
+
+def test_cli_export_a_timm_tower_model_by_name(tmp_path, capsys):
+    """`openeva export onnx --model convnext-test`: a registered CLIP with a timm ConvNeXt tower, by name."""
+    assert main(["export", "onnx", "--model", "convnext-test", "--out", str(tmp_path / "c")]) == 0
+    assert "image.onnx" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["model"] == "convnext-test" and manifest["image_size"] == [64, 64]
+    assert all(c["ok"] for cs in manifest["parity"].values() for c in cs)

@@ -1,4 +1,5 @@
-"""Token merging on EVA-02 / EVA-CLIP image towers: shapes, finiteness, exactness at r=0, positions, sizes, RoPE."""
+"""Token merging on every EVAViT tower (EVA-02 with RoPE, plain ViTs, SigLIP without a class token): shapes,
+finiteness, exactness at r=0, positions, sizes, RoPE, map pooling, the default r, refusals of non-ViT towers."""
 
 import copy
 
@@ -8,7 +9,8 @@ import torch
 import openeva
 from openeva.layers.rope import rope_angles_2d
 from openeva.models.tome import (
-    ToMeEVAViT, apply_tome, bipartite_soft_matching, merge_schedule, merge_tokens, rope_angles_at, tome_tokens,
+    AUTO_KEEP, ToMeEVAViT, apply_tome, auto_r, bipartite_soft_matching, merge_schedule, merge_tokens, rope_angles_at,
+    tome_tokens,
 )
 
 
@@ -98,8 +100,10 @@ def test_schedules_and_bad_r():
             merge_schedule(bad, 3)
     with pytest.raises(ValueError, match="schedule"):
         merge_schedule(2, 3, "sideways")
-    with pytest.raises(TypeError, match="EVA"):
+    with pytest.raises(TypeError, match="needs a ViT image tower.*Linear, not a ViT"):
         apply_tome(torch.nn.Linear(2, 2), 2)
+    with pytest.raises(ValueError, match="'auto'"):
+        apply_tome(openeva.create_model("EVA02-test"), "fast")
 
 
 def test_create_model_option_and_state_dict_unchanged(tmp_path):
@@ -158,3 +162,141 @@ def test_proportional_attention_makes_a_merged_duplicate_exact(dtype):
     torch.testing.assert_close(merged.float(), full.float(), **tol)
     without = attention(q, k, v)  # without the bias the duplicate's weight is lost
     assert (without - full).abs().max() > 1e-3
+
+
+# ------------------------------------------------------------------ every EVAViT variant: plain ViT, SigLIP
+def _variant(family: str):
+    """The image tower of the family's tiny CLIP (tests/helpers/tiny_towers.py) at 64 px (64 patches), random."""
+    from tiny_towers import randomize, tiny_clip
+
+    from openeva.models.vit import EVAViT
+
+    cfg = tiny_clip(family).visual.cfg
+    return randomize(EVAViT(cfg.replace(img_size=64, rope_ref_grid=(8, 8) if cfg.rope else None))).eval()
+
+
+VARIANTS = ["eva", "vit", "siglip"]  # RoPE + CLS + token pool; learned positions + CLS + norm_pre; no CLS + map pool
+
+
+@pytest.mark.parametrize("family", VARIANTS)
+def test_every_vit_variant_r0_is_exact(family):
+    """The merging forward, merging nothing, is the plain forward bit for bit (norm_pre, map pooling, no CLS)."""
+    model = _variant(family)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref_tokens, ref = model.forward_features(images), model(images)
+        model.__class__ = ToMeEVAViT
+        model.tome_r = [0] * model.cfg.depth
+        assert torch.equal(model.forward_features(images), ref_tokens)
+        assert torch.equal(model(images), ref)
+
+
+@pytest.mark.parametrize("family", VARIANTS)
+def test_every_vit_variant_merges_with_sizes_and_protection(family):
+    model = apply_tome(_variant(family), 8)
+    P = model.num_prefix_tokens
+    assert P == (0 if family == "siglip" else 1)
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        tokens, size, _, source = model.forward_tome(images)
+        out = model(images)
+    N = P + 64
+    assert tokens.shape[1] == N - 8 * model.cfg.depth  # r tokens fewer after each block
+    assert torch.allclose(size.sum(dim=1), torch.full((3, 1), float(N)))  # every patch counted once
+    if P:
+        assert size[:, 0].eq(1).all() and source[:, 0].eq(0).all()  # the class token never merges
+    else:
+        assert size.max() > 1 and source.unique().numel() == tokens.shape[1]  # no protected token: all can merge
+    assert out.shape == (3, model.embed_dim if model.cfg.num_classes == 0 else model.cfg.num_classes)
+    assert torch.isfinite(out).all()
+
+
+def test_map_pooling_over_merged_tokens_is_proportional_attention():
+    """SigLIP's attention pool reads one row per original patch: a merged token of size s counts s times, which
+    is proportional attention (log s added to its logit) over the merged tokens."""
+    from openeva.layers.attention import attention
+
+    model = apply_tome(_variant("siglip"), 8)
+    images = torch.randn(2, 3, 64, 64)
+    pool = model.attn_pool
+    with torch.no_grad():
+        tokens, size, _, _ = model.forward_tome(images)
+        B, N, D = tokens.shape
+        H, hd = pool.num_heads, pool.head_dim
+        q = pool.q(pool.latent.expand(B, -1, -1)).view(B, 1, H, hd).transpose(1, 2)
+        k, v = pool.kv(tokens).view(B, N, 2, H, hd).permute(2, 0, 3, 1, 4)
+        x = attention(q, k, v, attn_mask=size.log().transpose(1, 2).unsqueeze(1)).transpose(1, 2).reshape(B, 1, D)
+        x = pool.proj(x)
+        want = (x + pool.mlp(pool.norm(x)))[:, 0]
+        torch.testing.assert_close(model.forward_head(model.forward_features(images), pre_logits=True),
+                                   model.fc_norm(want), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_r_keeps_a_quarter_of_the_tokens_to_the_last_block():
+    assert auto_r(openeva.create_model("ViT-B-32", device="meta")) == 3  # 49 patches, 12 blocks: 13 left
+    assert auto_r(openeva.create_model("ViT-B-16-SigLIP", device="meta")) == 12  # 196 patches: 52 left
+    assert auto_r(openeva.create_model("EVA02-L-14", device="meta")) == 8  # 256 patches, 24 blocks: 64 left
+    for family in VARIANTS:
+        model = _variant(family)
+        apply_tome(model)  # r="auto" is the default
+        r = auto_r(model)
+        assert tome_tokens(model) == [r] * model.cfg.depth and r == int(0.75 * 64 // model.cfg.depth)
+        with torch.no_grad():
+            tokens, _, _, _ = model.forward_tome(torch.randn(1, 3, 64, 64))
+        assert tokens.shape[1] - model.num_prefix_tokens >= 64 * AUTO_KEEP
+    with pytest.raises(ValueError, match="keep"):
+        auto_r(_variant("vit"), keep=0.0)
+
+
+def test_create_model_auto_r_on_a_plain_vit():
+    model = openeva.create_model("ViT-B-32", tome_r="auto", depth=2, embed_dim=64, num_heads=2, mlp_hidden=128,
+                                 img_size=128)  # 16 patches, 2 blocks: r = 6
+    assert tome_tokens(model) == [6, 6]
+    with torch.no_grad():
+        assert torch.isfinite(model.encode_image(torch.randn(2, 3, 128, 128))).all()
+
+
+def test_timm_towers_are_refused_with_family_and_reason():
+    model = openeva.create_model("convnext-test")
+    with pytest.raises(TypeError, match=r"timm's test_convnext \(ConvNeXt\), not a ViT"):
+        apply_tome(model, 2)
+    with pytest.raises(TypeError, match="not a ViT"):
+        apply_tome(model)  # "auto" refuses the same way
+
+
+def _timm_vit_clip(timm_name="test_vit", size=160):
+    from tiny_towers import randomize
+
+    from openeva.models.clip import CLIP, CLIPConfig
+    from openeva.models.text import TextConfig
+    from openeva.models.timm_tower import TimmTowerConfig
+
+    pytest.importorskip("timm")
+    vision = TimmTowerConfig(timm_name=timm_name, embed_dim=32, img_size=size, pool="", proj="linear")
+    return randomize(CLIP(CLIPConfig(embed_dim=32, vision=vision, text=TextConfig(64, 2, 1, 32)))).eval()
+
+
+def test_timm_vit_towers_merge_as_the_openeva_vits_do():
+    """A timm VisionTransformer trunk (test_vit: class token, 100 patches, 6 blocks): r=0 through the merging
+    forward is exact, "auto" merges 12 per block, the class token is kept, sizes add up, "off" restores timm's class."""
+    from openeva.models import tome_timm
+
+    model = _timm_vit_clip()
+    trunk = model.visual.trunk
+    plain_cls = type(trunk)
+    images = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        ref = model.encode_image(images)
+        tome_timm.apply(trunk, [0] * len(trunk.blocks))
+        assert torch.equal(model.encode_image(images), ref)
+        apply_tome(model, "auto")
+        assert tome_tokens(model) == [12] * 6 and auto_r(model) == int(0.75 * 100 // 6)
+        tokens, size, source = trunk.forward_tome(images)
+        out = model.encode_image(images)
+    assert tokens.shape[1] == 101 - 6 * 12 and torch.allclose(size.sum(dim=1), torch.full((2, 1), 101.0))
+    assert size[:, 0].eq(1).all() and source[:, 0].eq(0).all()
+    assert torch.isfinite(out).all() and not torch.equal(out, ref)
+    apply_tome(model, 0)
+    assert type(trunk) is plain_cls and tome_tokens(model) is None
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(images), ref)

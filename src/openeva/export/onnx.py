@@ -1,4 +1,8 @@
-"""ONNX export of EVA-CLIP / EVA-02 models: image and text towers as separate graphs, checked against PyTorch.
+"""ONNX export of every openeva model: image and text towers as separate graphs, checked against PyTorch.
+
+Every tower family exports through the model's own ``encode_image`` / ``encode_text`` (EVA-02 with RoPE, plain
+ViTs, SigLIP's attention pooling, timm backbones, Hugging Face text towers); a model in a state that has no
+static graph (int8, token merging, bf16) is refused with what to do instead (:func:`onnx_refusal`).
 
 Each tower is its own graph so a service can load only what it needs: ``image.onnx`` takes ``pixel_values``
 (B, 3, H, W) float32 and returns ``image_embeds`` (B, E), unnormalised; ``text.onnx`` takes ``input_ids``
@@ -58,22 +62,43 @@ class ImageTower(nn.Module):
 
 
 class TextTower(nn.Module):
-    """int32 token ids (B, L) -> embeddings (B, E); the EOT token (largest id) is found on int32."""
+    """int32 token ids (B, L) -> embeddings (B, E) through the model's own ``encode_text``, whatever its text
+    tower (openeva's CLIP text transformer, SigLIP's, a Hugging Face one): the ids stay int32 into the graph, so
+    the EOT ArgMax of CLIP towers and the embedding Gather run on int32."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.text = model.text
+        self.model = model
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        t = self.text
-        L = input_ids.shape[1]
-        x = t.token_embedding(input_ids.long()) + t.positional_embedding[:L]  # (B, L, W)
-        for blk in t.transformer.resblocks:
-            x = blk(x)
-        x = t.ln_final(x)
-        eot = input_ids.argmax(dim=-1)  # (B,): int32 ArgMax
-        x = x[torch.arange(x.shape[0]), eot]  # (B, W)
-        return x @ t.text_projection  # (B, E)
+        return self.model.encode_text(input_ids)
+
+
+def text_vocab_size(model: nn.Module) -> int:
+    """The text tower's vocabulary size (openeva's ``vocab_size``, or a Hugging Face model's config)."""
+    text = model.text
+    for owner in (text, getattr(text, "transformer", None), getattr(text, "config", None),
+                  getattr(getattr(text, "transformer", None), "config", None)):
+        size = getattr(owner, "vocab_size", None)
+        if isinstance(size, int) and size > 0:
+            return size
+    raise ValueError(f"cannot tell the vocabulary size of the text tower {type(text).__name__}")
+
+
+def onnx_refusal(model: nn.Module) -> str | None:
+    """Why ``model``'s structure cannot be exported, or None (its dtype and device are checked by
+    :func:`export_onnx`, so this also answers for a model built on the meta device). Every tower family exports
+    (EVA-02, plain ViTs, SigLIP, timm backbones, Hugging Face text towers); what is refused is a state that has
+    no static fp32 graph: int8 or token merging. The message says what to do instead."""
+    from openeva.models.int8 import is_int8
+    from openeva.models.tome import is_merging
+
+    if is_int8(model):
+        return ("export the model without int8 quantization (the ONNX graphs are fp32; ONNX Runtime optimises "
+                "them itself)")
+    if is_merging(model):
+        return "export the model without token merging (its data-dependent merges are not a static graph)"
+    return None
 
 
 def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
@@ -109,23 +134,18 @@ def export_onnx(model: nn.Module, out_dir: str | Path, opset: int = DEFAULT_OPSE
     ``REL_TOLERANCE``; a mismatch raises ``ValueError`` after the manifest is written.
     """
     from openeva.factory import model_config_dict, preprocess_cfg
-    from openeva.models.int8 import is_int8
-    from openeva.models.tome import ToMeEVAViT
 
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
-    if is_int8(model):
-        raise ValueError("export the model without int8 quantization (the ONNX graphs are fp32; ONNX Runtime "
-                         "optimises them itself)")
+    why = onnx_refusal(model)
+    if why is not None:
+        raise ValueError(why)
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("export an fp32 model on the CPU (create_model(..., precision='fp32', device='cpu'))")
-    if any(isinstance(m, ToMeEVAViT) for m in model.modules()):
-        raise ValueError("export the model without token merging")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    vision = model.visual if hasattr(model, "visual") else model
-    H, W = vision.cfg.img_size
+    H, W = preprocess_cfg(model)["size"]  # the tower's input size, whatever its family
     manifest = {"model": model_name or getattr(getattr(model, "spec", None), "name", None), "pretrained": pretrained,
                 "opset": opset, "image_size": [H, W], "preprocess": preprocess_cfg(model), "graphs": {},
                 "config_hash": config_hash(model_config_dict(model)["model_config"]),
@@ -140,7 +160,7 @@ def export_onnx(model: nn.Module, out_dir: str | Path, opset: int = DEFAULT_OPSE
     if hasattr(model, "encode_text"):
         L = model.context_length
         text_tower = TextTower(model).eval()
-        example = torch.randint(1, 400, (2, L), generator=g, dtype=torch.int32)
+        example = torch.randint(1, min(400, text_vocab_size(model) - 1), (2, L), generator=g, dtype=torch.int32)
         start = time.perf_counter()
         _export(text_tower, example, out / "text.onnx", "input_ids", "text_embeds", opset)
         manifest["graphs"]["text"] = {"file": "text.onnx", "input": "input_ids", "input_dtype": "int32",
@@ -150,7 +170,7 @@ def export_onnx(model: nn.Module, out_dir: str | Path, opset: int = DEFAULT_OPSE
         checks = {"image": [_check(out / "image.onnx", image_tower, torch.randn(b, 3, H, W, generator=g),
                                    "pixel_values") for b in (1, 3)]}
         if "text" in manifest["graphs"]:
-            vocab = model.text.vocab_size
+            vocab = text_vocab_size(model)
             ids = [torch.randint(1, vocab - 1, (b, L), generator=g, dtype=torch.int32) for b in (1, 3)]
             for t in ids:
                 t[:, -1] = vocab - 1  # an EOT token (the largest id), as the tokenizer ends a text

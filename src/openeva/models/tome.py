@@ -1,19 +1,22 @@
-"""Token merging (ToMe) for EVA-02 / EVA-CLIP image towers, training-free, with 2D RoPE kept exact.
+"""Token merging (ToMe) for every EVAViT image tower: EVA-02 with 2D RoPE, plain ViTs, SigLIP; training-free.
 
 ToMe (Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023) merges the ``r`` most similar token pairs
 in every block, between attention and the MLP: bipartite soft matching on the attention keys averaged over
 heads (alternate tokens form the two sets; each token of set A joins its most similar token of set B; the r
 best such edges are merged), size-weighted averages, and proportional attention (``log(size)`` added to the
-attention logits so a token standing for s patches weighs like s of them). The CLS token is never merged.
+attention logits so a token standing for s patches weighs like s of them). A class token is never merged;
+towers without one (SigLIP's attention-pooled 'map' towers) protect nothing.
 
-ToMe was written for absolute position embeddings, which ride inside the tokens. EVA-02 instead rotates q and k
-by 2D RoPE in every block, from each token's (row, column) patch coordinate. Here each token carries its
-coordinate through the merges (the size-weighted mean of the merged tokens' coordinates) and the later blocks
-compute the rotary angles at those fractional positions. Averaging sin/cos tables instead would give vectors
-that are no longer rotations. The size bias goes to SDPA as an additive mask.
+Plain ViTs (OpenAI / LAION CLIP, SigLIP) carry learned absolute positions inside the tokens: ToMe as published.
+EVA-02 instead rotates q and k by 2D RoPE in every block, from each token's (row, column) patch coordinate. Here
+each token carries its coordinate through the merges (the size-weighted mean of the merged tokens' coordinates)
+and the later blocks compute the rotary angles at those fractional positions. Averaging sin/cos tables instead
+would give vectors that are no longer rotations. The size bias goes to SDPA as an additive mask.
 
-``apply_tome(model, r)`` switches a built EVAViT or CLIP (its image tower) to merging; ``r=0`` restores it.
-The weights and the state dict are unchanged. ``forward_intermediates`` (dense maps) stays unmerged.
+``apply_tome(model, r)`` switches a built EVAViT or CLIP (its image tower) to merging; ``r=0`` restores it;
+``r="auto"`` picks :func:`auto_r` for the tower (at least a quarter of the patch tokens reach the end). The
+weights and the state dict are unchanged. ``forward_intermediates`` (dense maps) stays unmerged. Towers that are
+not ViTs (timm's ConvNeXt, Swin, ...) are refused with the reason (:func:`tome_refusal`).
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ import torch
 from torch import nn
 
 from openeva.layers.rope import rope_frequencies
+from openeva.models.families import family_name
 from openeva.models.vit import Block, EVAViT
 
 SCHEDULES = ("constant", "decreasing")
+AUTO_KEEP = 0.25  # r="auto": at least this fraction of the patch tokens is left after the last block
 
 
 def merge_schedule(r: int | Sequence[int], depth: int, schedule: str = "constant") -> list[int]:
@@ -108,7 +113,7 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, protected: int = 1) ->
     """ToMe's matching on (B, N, C) key features: the ``r`` A tokens most similar to a B token merge into it.
 
     Set A = even tokens, set B = odd tokens; the CLS token (index 0, in A) is never merged and keeps its place
-    first (``protected`` is 0 or 1: EVA towers have one prefix token).
+    first (``protected`` is 1 for towers with a class token, 0 for those without: SigLIP's 'map' towers).
     """
     if protected not in (0, 1):
         raise ValueError(f"token merging protects at most the one CLS token, got protected={protected}")
@@ -200,23 +205,86 @@ class ToMeEVAViT(EVAViT):
         return tokens.gather(1, source.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # (B, 1 + N, D)
 
 
-def _tower(model: nn.Module) -> EVAViT:
-    if isinstance(model, EVAViT):
-        return model
-    if isinstance(getattr(model, "visual", None), EVAViT):
-        return model.visual
-    raise TypeError(f"token merging applies to EVA ViTs and CLIP models with an EVA image tower, not "
-                    f"{type(model).__name__}")
+def tome_refusal(model: nn.Module) -> str | None:
+    """Why token merging cannot apply to ``model``'s image tower, or None when it can.
+
+    ToMe needs a plain token sequence through every block (a ViT): openeva's EVAViT in every variant, or timm's
+    ``VisionTransformer`` as a tower's trunk (:mod:`openeva.models.tome_timm`). Windowed or convolutional stages
+    (ConvNeXt, Swin, ...) work on a spatial grid that merged tokens no longer form.
+    """
+    from openeva.models import tome_timm
+
+    tower = model.visual if hasattr(model, "visual") else model
+    if isinstance(tower, EVAViT):
+        return None
+    trunk = tome_timm.timm_vit_trunk(tower)
+    if trunk is not None:
+        why = tome_timm.timm_refusal(trunk)
+        return None if why is None else f"{family_name(tower)}: {why}"
+    what = "its image tower" if tower is not model else "it"
+    return (f"token merging needs a ViT image tower (one token sequence through every block); {what} is "
+            f"{family_name(tower)}, not a ViT: its stages work on a spatial grid (convolutions or windowed attention) "
+            f"that merged tokens no longer form")
 
 
-def apply_tome(model: nn.Module, r: int | Sequence[int], schedule: str = "constant") -> nn.Module:
+def _tower(model: nn.Module) -> nn.Module:
+    """The module that merges: the EVAViT, or the timm ViT trunk of a timm tower."""
+    from openeva.models import tome_timm
+
+    why = tome_refusal(model)
+    if why is not None:
+        raise TypeError(why)
+    tower = model.visual if hasattr(model, "visual") else model
+    return tower if isinstance(tower, EVAViT) else tome_timm.timm_vit_trunk(tower)
+
+
+def _grid_depth(tower: nn.Module) -> tuple[int, int]:
+    from openeva.models import tome_timm
+
+    if isinstance(tower, EVAViT):
+        gh, gw = tower.cfg.grid_size
+        return gh * gw, tower.cfg.depth
+    return tome_timm.grid_and_depth(tower)
+
+
+def token_geometry(model: nn.Module) -> tuple[int, int]:
+    """(patch tokens at the image tower's input size, blocks) of a tower that can merge tokens."""
+    return _grid_depth(_tower(model))
+
+
+def auto_r(model: nn.Module, keep: float = AUTO_KEEP) -> int:
+    """The default ``r`` of a tower: the largest constant r that leaves at least ``keep`` of the patch tokens
+    after the last block, ``floor((1 - keep) * N / depth)`` for N patches at the tower's image size.
+
+    ViT-B-32 (49 patches, 12 blocks): r=3, 13 tokens left; ViT-B-16 and SigLIP B-16 (196, 12): r=12, 52 left;
+    EVA02-L-14 (256, 24): r=8, 64 left. ToMe's paper used r=16 on ViT-B/16 (5 tokens left), which costs more
+    accuracy on small grids; pass an int for that.
+    """
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be in (0, 1], got {keep!r}")
+    n, depth = _grid_depth(_tower(model))
+    return int((1.0 - keep) * n // depth)
+
+
+def apply_tome(model: nn.Module, r: int | Sequence[int] | str = "auto", schedule: str = "constant") -> nn.Module:
     """Merge ``r`` tokens per block in the image tower of ``model`` (in place; returns it). ``r=0``: off.
 
-    ``r`` an int (with ``schedule`` "constant" or "decreasing") or one value per block. Works on an EVAViT
-    backbone or a CLIP's ``visual``; the state dict is untouched, so checkpoints load and save as before.
+    ``r`` an int (with ``schedule`` "constant" or "decreasing"), one value per block, or "auto"
+    (:func:`auto_r`). Works on an EVAViT backbone or a CLIP's ``visual`` (EVA-02, plain ViT, SigLIP) and on timm
+    ViT towers (ViTamin, ...); the state dict is untouched, so checkpoints load and save as before. Other towers
+    raise ``TypeError`` with the family and the reason.
     """
+    from openeva.models import tome_timm
+
     tower = _tower(model)
-    rs = merge_schedule(r, tower.cfg.depth, schedule)
+    if isinstance(r, str):
+        if r != "auto":
+            raise ValueError(f"tome r must be an int >= 0, one int per block, or 'auto', got {r!r}")
+        r = auto_r(model)
+    rs = merge_schedule(r, _grid_depth(tower)[1], schedule)
+    if not isinstance(tower, EVAViT):
+        tome_timm.apply(tower, rs if any(rs) else None)
+        return model
     if not any(rs):
         if isinstance(tower, ToMeEVAViT):
             tower.__class__ = EVAViT
@@ -230,4 +298,11 @@ def apply_tome(model: nn.Module, r: int | Sequence[int], schedule: str = "consta
 def tome_tokens(model: nn.Module) -> list[int] | None:
     """Tokens merged per block, or None when merging is off."""
     tower = _tower(model)
-    return list(tower.tome_r) if isinstance(tower, ToMeEVAViT) else None
+    return list(tower.tome_r) if hasattr(tower, "tome_r") else None
+
+
+def is_merging(model: nn.Module) -> bool:
+    """Whether any tower of ``model`` merges tokens now (its forward is then data-dependent)."""
+    from openeva.models.tome_timm import ToMeTimmViT
+
+    return any(isinstance(m, (ToMeEVAViT, ToMeTimmViT)) for m in model.modules())
