@@ -62,6 +62,7 @@ def _run_rank(rank: int, store: str, out_dir: str) -> None:
             "grad_dtype": str(task.student.blocks[0].attn.proj.weight.grad.dtype),
         }
         (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+        dist.barrier()  # both ranks done with backward's reduce-scatters before either tears gloo down
     finally:
         dist.destroy_process_group()
 
