@@ -27,7 +27,7 @@ class EmbeddingFolder:
 
     @classmethod
     def open(cls, path) -> EmbeddingFolder:
-        root = _local(path)
+        root = fetch_embeddings(path)
         if not root.is_dir():
             raise FileNotFoundError(f"embedding folder {root} does not exist; run `openeva embed SRC --out {root}`")
         if not (root / "manifest.json").is_file():
@@ -85,7 +85,9 @@ class EmbeddingFolder:
             yield vectors, rows
 
 
-def _local(path) -> Path:
+def fetch_embeddings(path) -> Path:
+    """The local folder of an ``openeva embed`` output: ``path`` itself, or for a URL a fresh local copy of it
+    (its manifest and shards; the index memory-maps local files only)."""
     if is_local(str(path)):
         return Path(str(path).removeprefix("file://")).expanduser()
     remote = str(path).rstrip("/")

@@ -40,6 +40,7 @@ from openeva.data.collection import DECODE_ERRORS, ImageCollection, open_collect
 from openeva.data.images import open_rgb
 from openeva.data.sources import (download, fetch_files, is_local, local_mirror, source_name,
                                   upload_file)
+from openeva.index.shards import fetch_embeddings
 from openeva.runtime import atomic_write_bytes, atomic_write_json, precision_of
 from openeva.serve.encoder import Encoder, load_encoder
 
@@ -581,19 +582,3 @@ def load_embeddings(out, text: bool = False) -> tuple[np.ndarray, list[dict], di
         meta += [json.loads(line) for line in base.with_suffix(".jsonl").read_text().splitlines() if line]
     vectors = np.concatenate(arrays) if arrays else np.zeros((0, manifest["dim"]), np.float32)
     return vectors, meta, manifest
-
-
-def fetch_embeddings(out) -> Path:
-    """The local folder of an embedding output: ``out`` itself, or for a URL a fresh local copy of it."""
-    if is_local(str(out)):
-        return Path(out).expanduser()
-    import shutil
-
-    remote = str(out).rstrip("/")
-    local = local_mirror(remote) / "copy"
-    shutil.rmtree(local, ignore_errors=True)
-    local.mkdir(parents=True)
-    if not fetch_files(remote, local, "manifest.json"):
-        raise FileNotFoundError(f"{remote} is not an embedding folder (no manifest.json); run `openeva embed` first")
-    fetch_files(remote, local, "shards/*")
-    return local
