@@ -1,7 +1,8 @@
 """FSDP with ``dist.meta_init``: rank 1 builds its model on the meta device (no memory, no init), the engine shards
 it, allocates the shards and receives them from rank 0 tensor by tensor; every parameter and buffer (sharded
-blocks, the replicated frozen MIM teacher, 0-dim logit scale) then equals a run where every rank built the model
-on the CPU. 2 gloo processes; the ranks run this file as a script (tests/helpers/gloo_ranks.py)."""
+blocks, the replicated frozen MIM teacher and fine-tune EMA copy, 0-dim logit scale) then equals a run where every
+rank built the model on the CPU: for the CLIP, MIM, fine-tune and segmentation builders. 2 gloo processes; the
+ranks run this file as a script (tests/helpers/gloo_ranks.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 import torch
 
 WORLD_SIZE = 2
-CONFIGS = {"clip": "clip_tiny", "mim": "mim_tiny"}
+CONFIGS = {"clip": "clip_tiny", "mim": "mim_tiny", "finetune": "finetune_tiny", "segmentation": "segment_tiny"}
+FROZEN = {"mim": "teacher.", "finetune": "ema."}  # the frozen replica outside the shards each task keeps
 
 
 def _state(task_name: str, out: Path, world, meta_init: bool) -> tuple[dict, bool]:
@@ -29,7 +31,9 @@ def _state(task_name: str, out: Path, world, meta_init: bool) -> tuple[dict, boo
         f"output_dir={out}", f"name=meta{int(meta_init)}", "precision=fp32", "data.batch_size=4",
         "data.train_num_samples=16", "data.val=none", "schedule.total_steps=2", "schedule.warmup_steps=0",
         "progress=false", "tensorboard=false", "plot=false", "dist.strategy=fsdp", f"dist.meta_init={meta_init}"]
-        + (["data.zeroshot=none"] if task_name == "clip" else []))
+        + (["data.zeroshot=none"] if task_name == "clip" else [])
+        + (["data.synthetic_num_samples=16", "schedule.epochs=None"] if task_name in ("finetune", "segmentation")
+           else []))
     seed_all(cfg.seed)
     task, data = resolve_task(cfg.task).build(cfg, world)
     built_on_meta = all(p.is_meta for p in task.parameters())
@@ -59,7 +63,7 @@ def _run_rank(rank: int, store: str, out_dir: str) -> None:
         differ = [k for k in cpu if not torch.equal(cpu[k], meta[k])]
         (out / f"rank{rank}.json").write_text(json.dumps({
             "built_on_meta": [cpu_meta, meta_meta], "differ": differ, "tensors": len(cpu),
-            "teacher": any(k.startswith("teacher.") for k in cpu)}))
+            "frozen": sorted({p for p in FROZEN.values() if any(k.startswith(p) for k in cpu)})}))
     finally:
         dist.destroy_process_group()
 
@@ -77,7 +81,8 @@ def test_meta_built_ranks_receive_the_cpu_built_weights(tmp_path, task_name):
     assert ranks[1]["built_on_meta"] == [False, True]  # rank 1: on the meta device only with meta_init
     for r in ranks:
         assert r["tensors"] > 10 and r["differ"] == []
-    assert ranks[0]["teacher"] == (task_name == "mim")  # the frozen replica outside the shards is covered
+    # the frozen replica outside the shards (MIM teacher, fine-tune EMA) is among the tensors compared
+    assert ranks[0]["frozen"] == ([FROZEN[task_name]] if task_name in FROZEN else [])
 
 
 if __name__ == "__main__":

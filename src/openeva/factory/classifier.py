@@ -111,7 +111,7 @@ def _named_classifier(name, num_classes, pretrained, img_size, drop_path_rate, p
     vit = EVAViT(build_config(spec, img_size=img_size, num_classes=num_classes, **overrides))
     vit.spec = spec
     weights = pretrained or saved_weights
-    if weights is None:
+    if weights is None or vit.head.weight.is_meta:  # built on meta (an FSDP rank > 0): shapes only, no file read
         return vit, False
     report = load_from(vit, resolve_pretrained(spec, weights), CLASSIFIER)
     return vit, "head.weight" in report.loaded

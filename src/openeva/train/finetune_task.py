@@ -14,6 +14,7 @@ one training engine.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Callable, Iterable
@@ -35,6 +36,7 @@ from openeva.factory import EVA02_HEAD_INIT_SCALE, build_classifier, preprocess_
 from openeva.evaluators import Accuracy, AccuracyOptions
 from openeva.train.augment_bounds import bound_posterize
 from openeva.train.data import ResumableLoader
+from openeva.train.distributed import builds_on_meta
 from openeva.train.evals import rank_share, select_evals
 from openeva.train.options import (
     EVA02_AUTO_AUGMENT, EVA02_EMA_DECAY, EVA02_TRAIN_SCALE, FinetuneOptions, check_loss_options,
@@ -363,10 +365,14 @@ def build_finetune(cfg, world, model=None, train_data=None, val_data=None):
         raise ValueError(f"task_options.num_classes={options.num_classes} but the training data has {num_classes}")
 
     name = model if model is not None else m.name
-    pretrained = None if model is not None else m.pretrained
-    classifier = build_classifier(name, num_classes, pretrained=pretrained, img_size=m.img_size,
-                                  drop_path_rate=m.drop_path_rate, patch_embed_grad_scale=options.patch_embed_grad_scale,
-                                  head_init_scale=options.head_init_scale)
+    # shapes only on an FSDP rank other than 0: rank 0 sends the weights (pretrained ones included) at wrap time
+    meta = model is None and builds_on_meta(world, cfg.dist.strategy, cfg.dist.meta_init)
+    pretrained = None if model is not None or meta else m.pretrained
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        classifier = build_classifier(name, num_classes, pretrained=pretrained, img_size=m.img_size,
+                                      drop_path_rate=m.drop_path_rate,
+                                      patch_embed_grad_scale=options.patch_embed_grad_scale,
+                                      head_init_scale=options.head_init_scale)
     if m.grad_checkpointing:
         classifier.set_grad_checkpointing(True)
     pre = preprocess_cfg(classifier) if getattr(classifier, "spec", None) is not None else {

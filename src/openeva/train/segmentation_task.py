@@ -15,6 +15,7 @@ attention layout), ``synthetic_label_by`` ("color" | "shape"), ``hflip`` (probab
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from openeva.dense.pyramid import SimpleFeaturePyramid
 from openeva.evaluators import MIoU, MIoUOptions, Segmented
 from openeva.factory import create_model, resolve_spec
 from openeva.train.data import ResumableLoader
+from openeva.train.distributed import builds_on_meta
 from openeva.train.evals import rank_share, select_evals
 from openeva.train.options import SegmentationOptions
 from openeva.train.task import ParamGroupSpec, Task
@@ -190,7 +192,10 @@ def build_segmentation(cfg, world):
     kwargs = {"img_size": m.img_size} if m.img_size else {}
     if m.drop_path_rate is not None:
         kwargs["drop_path_rate"] = m.drop_path_rate
-    built = create_model(m.name, m.pretrained, **kwargs)
+    meta = builds_on_meta(world, cfg.dist.strategy, cfg.dist.meta_init)  # shapes only: rank 0 sends the weights
+    if meta:
+        kwargs["device"] = "meta"
+    built = create_model(m.name, None if meta else m.pretrained, **kwargs)
     backbone = getattr(built, "visual", built)  # a CLIP contributes its image tower
     size = int(backbone.cfg.img_size[0])
     if d.sources() == ["synthetic"]:
@@ -202,8 +207,9 @@ def build_segmentation(cfg, world):
         train_src = _folder(d.sources()[0], opts.classnames)
         val_src = None if d.val in (None, "synthetic") else _folder(d.val, opts.classnames)
         classnames = train_src.classnames
-    model = SegmentationModel(backbone, len(classnames) + 1, opts.out_channels, opts.decoder_channels,
-                              opts.window_size, opts.global_blocks)
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        model = SegmentationModel(backbone, len(classnames) + 1, opts.out_channels, opts.decoder_channels,
+                                  opts.window_size, opts.global_blocks)
     if m.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
     train = PairedSegmentation(train_src, size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, opts.hflip, train=True)
