@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from openeva.index.core import MAX_K
 from openeva.runtime import atomic_write_text
 
 DEFAULT_THRESHOLD = 0.95
@@ -141,8 +142,6 @@ def search_folded(index, query: np.ndarray, k: int, fold_threshold: float = DEFA
     """One query's top ``k`` hits with near-duplicates (cosine >= ``fold_threshold`` to a better hit) folded into
     the hit that kept them (:func:`fold_duplicates`). ``search_kw`` (filter, threshold) go to ``index.search``;
     the index is asked for ``FOLD_OVERFETCH * k`` hits (at most its ``MAX_K``) so that k distinct hits remain."""
-    from openeva.index.core import MAX_K
-
     hits = index.search(query, min(MAX_K, FOLD_OVERFETCH * k), **search_kw)[0]
     return fold_duplicates(hits, fold_threshold, hit_vectors(index, hits) if hits else None)[:k]
 
