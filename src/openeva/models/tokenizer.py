@@ -191,10 +191,7 @@ class ClipTokenizer:
         Texts too long are cut to ``context_length`` with the end id kept as the last token.
         """
         length = self.context_length if context_length is None else _check_context_length(context_length)
-        if isinstance(texts, str):
-            texts = [texts]
-        elif not isinstance(texts, (list, tuple)):
-            raise TypeError(f"tokenizer input must be a str or a list of str, got {type(texts).__name__}")
+        texts = _text_list(texts)
         out = torch.zeros(len(texts), length, dtype=torch.long)  # (N, L)
         for row, text in enumerate(texts):
             ids = [self.sot_token_id, *self.encode(_check_text(text, f"texts[{row}]"))][: length - 1]
@@ -204,6 +201,15 @@ class ClipTokenizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, context_length={self.context_length})"
+
+
+def _text_list(texts) -> list[str] | tuple[str, ...]:
+    """A tokenizer's input as a sequence: one string becomes a list of one; anything but a list/tuple is refused."""
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise TypeError(f"tokenizer input must be a str or a list of str, got {type(texts).__name__}")
+    return texts
 
 
 def _check_context_length(context_length) -> int:
@@ -345,10 +351,7 @@ class HFTokenizer:
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
         """``(N, context_length)`` long tensor of padded ids."""
         length = self.context_length if context_length is None else _check_context_length(context_length)
-        if isinstance(texts, str):
-            texts = [texts]
-        elif not isinstance(texts, (list, tuple)):
-            raise TypeError(f"tokenizer input must be a str or a list of str, got {type(texts).__name__}")
+        texts = _text_list(texts)
         cleaned = [self._clean_fn(_check_text(t, f"texts[{i}]")) for i, t in enumerate(texts)]
         ids = self.tokenizer(cleaned, return_tensors="pt", max_length=length, padding="max_length",
                              truncation=True).input_ids  # (N, L)
@@ -417,10 +420,7 @@ class SentencePieceTokenizer:
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
         length = self.context_length if context_length is None else _check_context_length(context_length)
-        if isinstance(texts, str):
-            texts = [texts]
-        elif not isinstance(texts, (list, tuple)):
-            raise TypeError(f"tokenizer input must be a str or a list of str, got {type(texts).__name__}")
+        texts = _text_list(texts)
         out = torch.full((len(texts), length), self.pad_token_id, dtype=torch.long)  # (N, L)
         for row, text in enumerate(texts):
             ids = self.encode(_check_text(text, f"texts[{row}]"))[: length - 1] + [self.eot_token_id]

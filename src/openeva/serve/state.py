@@ -98,6 +98,7 @@ class ServiceState:
             loader.cancel()
         await self.image_batcher.stop()
         await self.text_batcher.stop()
+        # an add or delete in flight finishes (every write is on disk when it returns) before the model stops
         async with self.index_lock:
             pass
         self.model_thread.shutdown(wait=True)
